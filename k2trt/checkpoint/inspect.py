@@ -1,0 +1,243 @@
+"""Inspect a K2 checkpoint from its headers alone: config ↔ tensors ↔ index ↔ files, plus tokenizer files.
+
+Never reads tensor data, so the 1 TB K2 inspects in seconds. Every finding is a Problem with a severity:
+``error`` (a loader would fail or load wrong weights), ``warning`` (works, but not what you want), ``info``.
+Checks, in the order a user hits them:
+- config.json parses into a ModelSpec;
+- every ``*.safetensors`` header is valid (truncation, bad JSON, offsets);
+- the index names only files that exist and tensors that are in those files; no tensor is in two files; no file
+  sits outside the index (TensorRT-LLM loads *every* ``*.safetensors`` in the directory);
+- every tensor the spec expects is present with its shape and dtype, every FP8 weight has a ``weight_scale_inv`` of
+  the block-grid shape, and unknown tensors are reported (``rotary_emb.inv_freq`` as ignored extras);
+- the tokenizer and chat template files are there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from k2trt.checkpoint import files, names
+from k2trt.errors import CheckpointError, ConfigError
+from k2trt.spec import LINEAR_ROLES, ModelSpec, TensorInfo
+
+TOKENIZER_FILES = ("tiktoken.model", "tokenizer_config.json")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding: severity (error/warning/info), where (file or tensor), what, and how to fix it."""
+
+    severity: str
+    where: str
+    message: str
+    fix: str = ""
+
+
+@dataclass
+class LayerSummary:
+    """Per-layer totals."""
+
+    layer: int
+    kind: str
+    tensors: int = 0
+    params: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class Report:
+    """What inspect found. ``ok`` is True when there is no error or warning."""
+
+    model_dir: str
+    model_type: str | None = None
+    quantization: str | None = None
+    shards: int = 0
+    tensors: int = 0
+    params: int = 0
+    bytes_by_dtype: dict[str, int] = field(default_factory=dict)
+    fp8_coverage: float = 0.0
+    layers: list[LayerSummary] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not any(p.severity in ("error", "warning") for p in self.problems)
+
+    def count(self, severity: str) -> int:
+        return sum(p.severity == severity for p in self.problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ok"] = self.ok
+        d["total_bytes"] = sum(self.bytes_by_dtype.values())
+        return d
+
+
+def inspect_checkpoint(model_dir: str | Path) -> Report:
+    """Inspect ``model_dir`` (headers only) and return a Report; never raises for checkpoint defects.
+
+    Example: ``r = inspect_checkpoint("/models/Kimi-K2-Instruct"); r.ok, r.params``.
+    """
+    d = Path(model_dir)
+    rep = Report(str(d))
+    if not d.is_dir():
+        rep.problems.append(Problem("error", str(d), "is not a directory", "point at the checkpoint directory"))
+        return rep
+    spec = _spec(d, rep)
+    present = _read_shards(d, rep)
+    _check_index(d, rep, present)
+    if spec is not None:
+        _check_tensors(spec, rep, present)
+    _check_side_files(d, rep)
+    rep.tensors = len(present)
+    for e in present.values():
+        rep.bytes_by_dtype[e.dtype] = rep.bytes_by_dtype.get(e.dtype, 0) + e.nbytes
+    return rep
+
+
+def _spec(d: Path, rep: Report) -> ModelSpec | None:
+    try:
+        spec = ModelSpec.from_config(d)
+    except ConfigError as e:
+        rep.problems.append(Problem("error", "config.json", str(e)))
+        return None
+    rep.model_type = spec.model_type
+    q = spec.quantization
+    rep.quantization = (f"{q.quant_method} {q.fmt} {list(q.weight_block_size)}" if q else "none (bf16)")
+    return spec
+
+
+def _read_shards(d: Path, rep: Report) -> dict[str, files.TensorEntry]:
+    present: dict[str, files.TensorEntry] = {}
+    shard_list = files.shard_files(d)
+    rep.shards = len(shard_list)
+    if not shard_list:
+        rep.problems.append(Problem("error", str(d), "no *.safetensors files", "download the weights"))
+    for f in shard_list:
+        try:
+            header = files.read_header(f)
+        except CheckpointError as e:
+            rep.problems.append(Problem("error", f.name, str(e)))
+            continue
+        for name, entry in header.tensors.items():
+            if name in present:
+                rep.problems.append(Problem("error", name, f"is in both {present[name].file} and {f.name}",
+                                            "remove the duplicate shard: a loader would pick either copy"))
+                continue
+            present[name] = entry
+    return present
+
+
+def _check_index(d: Path, rep: Report, present: dict[str, files.TensorEntry]) -> None:
+    try:
+        idx = files.read_index(d)
+    except CheckpointError as e:
+        rep.problems.append(Problem("error", names.INDEX_FILE, str(e)))
+        return
+    on_disk = {f.name for f in files.shard_files(d)}
+    if idx is None:
+        if len(on_disk) > 1:
+            rep.problems.append(Problem("warning", names.INDEX_FILE, "missing for a multi-shard checkpoint",
+                                        "k2trt convert --to trtllm writes one"))
+        return
+    wm: dict[str, str] = idx["weight_map"]
+    missing_files: set[str] = set()
+    for name, fname in wm.items():
+        if fname not in on_disk:
+            missing_files.add(fname)
+        elif name not in present or present[name].file != fname:
+            where = f"in {present[name].file}" if name in present else "in no shard"
+            rep.problems.append(Problem("error", name, f"index puts it in {fname} but it is {where}",
+                                        "regenerate the index or re-download the shard"))
+    for fname in sorted(missing_files):
+        n = sum(1 for v in wm.values() if v == fname)
+        rep.problems.append(Problem("error", fname, f"named by the index for {n} tensors but not on disk",
+                                    "download the missing shard"))
+    for fname in sorted(on_disk - set(wm.values())):
+        rep.problems.append(Problem("error", fname, "is not in the index, but TensorRT-LLM loads every "
+                                    "*.safetensors in the directory", "move the stray file out of the directory"))
+    unindexed = [n for n, e in present.items() if n not in wm and e.file in set(wm.values())]
+    for name in unindexed[:20]:
+        rep.problems.append(Problem("warning", name, f"is in {present[name].file} but not in the index",
+                                    "regenerate the index"))
+    total = idx.get("metadata", {}).get("total_size")
+    actual = sum(e.nbytes for e in present.values())
+    if isinstance(total, int) and total != actual and not missing_files:
+        rep.problems.append(Problem("info", names.INDEX_FILE, f"metadata.total_size {total} ≠ {actual} bytes "
+                                    "of tensors on disk"))
+
+
+def _check_tensors(spec: ModelSpec, rep: Report, present: dict[str, files.TensorEntry]) -> None:
+    expected = {t.name: t for t in spec.tensors() if t.role not in names.IGNORED_ROLES}
+    fp8_params = lin_params = 0
+    layers: dict[int, LayerSummary] = {}
+    for name, t in expected.items():
+        e = present.get(name)
+        if e is None:
+            fix = ("the FP8 weight cannot be used without it; re-download the shard" if t.scale_of
+                   else "re-download the checkpoint")
+            rep.problems.append(Problem("error", name, f"missing ({t.dtype}{list(t.shape)} expected)", fix))
+            continue
+        _compare(t, e, rep)
+        if t.scale_of is None:
+            rep.params += t.numel
+            if t.role in LINEAR_ROLES:
+                lin_params += t.numel
+                fp8_params += t.numel if e.dtype == "F8_E4M3" else 0
+        if t.layer is not None:
+            s = layers.setdefault(t.layer, LayerSummary(t.layer, "moe" if spec.is_moe_layer(t.layer) else "dense"))
+            s.tensors += 1
+            s.params += t.numel if t.scale_of is None else 0
+            s.bytes += e.nbytes
+    rep.layers = [layers[k] for k in sorted(layers)]
+    rep.fp8_coverage = fp8_params / lin_params if lin_params else 0.0
+    extras = [n for n in present if n not in expected]
+    ignored = [n for n in extras if (p := names.parse(n)) is not None and p.role in names.IGNORED_ROLES]
+    if ignored:
+        rep.problems.append(Problem("info", ignored[0], f"{len(ignored)} rotary_emb.inv_freq-style tensors are "
+                                    "present; they are ignored (RoPE is recomputed)"))
+    for n in [n for n in extras if n not in set(ignored)]:
+        e = present[n]
+        p = names.parse(n)
+        if p is not None and p.is_scale and spec.quantization is None:
+            msg = "is a block scale, but config.json has no quantization_config"
+            fix = "restore quantization_config or re-convert to bf16 with k2trt convert"
+        else:
+            msg = f"is not part of this model ({e.dtype}{list(e.shape)} in {e.file})"
+            fix = "check config.json matches the weights"
+        rep.problems.append(Problem("warning", n, msg, fix))
+
+
+def _compare(t: TensorInfo, e: files.TensorEntry, rep: Report) -> None:
+    if tuple(e.shape) != t.shape:
+        if t.scale_of:
+            msg = (f"scale has shape {list(e.shape)}, expected {list(t.shape)} "
+                   "(one per 128×128 block, partial blocks included)")
+        else:
+            msg = f"has shape {list(e.shape)}, config.json implies {list(t.shape)}"
+        rep.problems.append(Problem("error", t.name, msg + f" in {e.file}", "check config.json against the weights"))
+    if e.dtype != t.dtype:
+        rep.problems.append(Problem("error", t.name, f"is {e.dtype}, expected {t.dtype} in {e.file}",
+                                    "check quantization_config in config.json against the weights"))
+
+
+def _check_side_files(d: Path, rep: Report) -> None:
+    for f in TOKENIZER_FILES:
+        if not (d / f).exists():
+            rep.problems.append(Problem("warning", f, "missing", "copy K2's tokenizer files next to the weights"))
+    has_template = (d / "chat_template.jinja").exists()
+    if not has_template and (d / "tokenizer_config.json").exists():
+        import json
+
+        try:
+            has_template = "chat_template" in json.loads((d / "tokenizer_config.json").read_text())
+        except json.JSONDecodeError:
+            rep.problems.append(Problem("error", "tokenizer_config.json", "invalid JSON"))
+    if not has_template:
+        rep.problems.append(Problem("warning", "chat_template.jinja", "no chat template (neither the file nor "
+                                    "tokenizer_config.json's chat_template)", "copy K2's chat_template.jinja"))
+    if not (d / "generation_config.json").exists():
+        rep.problems.append(Problem("info", "generation_config.json", "missing; stop tokens come from the "
+                                    "chat template (<|im_end|>) and config.json ([EOS])"))

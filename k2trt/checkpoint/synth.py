@@ -1,0 +1,190 @@
+"""Synthesize a faithful K2 checkpoint from a ModelSpec: the tiny K2 the verification path runs on, or the real
+1 TB layout as sparse files.
+
+What is written (K2's file set, kimi_formats.md §2.1): ``model-{i}-of-{n}.safetensors`` shards (K2 0711's unpadded
+naming, so nothing downstream may assume a naming pattern), ``model.safetensors.index.json``, ``config.json``
+(K2's, via ``ModelSpec.to_config``), ``generation_config.json``, and the tokenizer (``tiktoken.model``,
+``tokenizer_config.json``, ``chat_template.jinja`` from ``k2trt.chat.vocab``).
+
+Weights are deterministic per (seed, tensor name), scaled so a forward pass gives finite, non-degenerate logits:
+linear weights ~ N(0, 1/fan_in), norms ~ 1, router bias small. FP8 tensors are quantised from BF16 with
+``fp8.quantize`` so fp8 → bf16 → fp8 round-trips exactly. ``sparse=True`` writes headers only and leaves every
+data region as a file hole. The directory appears under its final name only when complete.
+"""
+
+from __future__ import annotations
+
+import shutil
+import zlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from k2trt.checkpoint import names
+from k2trt.checkpoint.files import ShardWriter, write_json_atomic
+from k2trt.errors import CheckpointError
+from k2trt.spec import ModelSpec, TensorInfo
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_SHARDS = {"tiny": 4}
+
+
+def shard_name(i: int, n: int) -> str:
+    """K2 0711's shard naming: ``model-1-of-61.safetensors`` (1-based, not zero-padded)."""
+    return f"model-{i}-of-{n}.safetensors"
+
+
+def plan_shards(tensors: list[TensorInfo], n: int) -> list[list[TensorInfo]]:
+    """Split the inventory into ``n`` contiguous shards of roughly equal bytes; a weight and its scale stay
+    together."""
+    total = sum(t.nbytes for t in tensors)
+    target = total / n
+    out: list[list[TensorInfo]] = [[]]
+    acc = 0
+    for t in tensors:
+        if acc >= target * len(out) and len(out) < n and t.scale_of is None:
+            out.append([])
+        out[-1].append(t)
+        acc += t.nbytes
+    while len(out) < n:  # fewer tensors than shards: empty shards are legal safetensors files
+        out.append([])
+    return out
+
+
+def _generator(seed: int, name: str) -> "torch.Generator":
+    import torch
+
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) & 0x7FFF_FFFF_FFFF)
+    return g
+
+
+def _bf16_value(spec: ModelSpec, t: TensorInfo, seed: int) -> "torch.Tensor":
+    import torch
+
+    g = _generator(seed, t.name)
+    shape = t.shape
+    if t.role in ("input_norm", "post_norm", "q_a_norm", "kv_a_norm", "final_norm"):
+        w = 1.0 + 0.1 * torch.randn(shape, generator=g)
+    elif t.role == "router_bias":
+        w = 0.05 * torch.randn(shape, generator=g)
+    elif t.role == "inv_freq":
+        w = torch.rand(shape, generator=g)
+    elif t.role == "embed":
+        w = torch.randn(shape, generator=g)
+    else:  # linear [out, in]
+        w = torch.randn(shape, generator=g) / shape[-1] ** 0.5
+    return w
+
+
+def tensor_values(spec: ModelSpec, seed: int) -> "Any":
+    """Yield (TensorInfo, tensor) for every tensor of ``spec`` in inventory order (FP8 weights with their scales)."""
+    import torch
+
+    from k2trt.checkpoint.fp8 import quantize
+
+    pending_scale: dict[str, torch.Tensor] = {}
+    for t in spec.tensors():
+        if t.scale_of is not None:
+            yield t, pending_scale.pop(t.scale_of)
+            continue
+        w = _bf16_value(spec, t, seed)
+        if t.dtype == "F8_E4M3":
+            q, s = quantize(w.to(torch.bfloat16))
+            pending_scale[t.name] = s
+            yield t, q
+        elif t.dtype == "F32":
+            yield t, w.to(torch.float32)
+        else:
+            yield t, w.to(torch.bfloat16)
+
+
+def tensor_bytes(x: "torch.Tensor") -> memoryview:
+    """The raw little-endian bytes of a tensor, as safetensors stores them."""
+    import torch
+
+    return memoryview(x.contiguous().view(torch.uint8).numpy()).cast("B")
+
+
+def synthesize(spec: ModelSpec, out_dir: str | Path, *, seed: int = 0, shards: int | None = None,
+               sparse: bool = False, force: bool = False, progress: bool = False,
+               preset_name: str | None = None, tokenizer: bool = True) -> Path:
+    """Write a K2-format checkpoint for ``spec`` to ``out_dir``.
+
+    Args:
+        spec: the model (``k2trt.spec.preset("tiny")`` for the verification path).
+        out_dir: destination; must not exist (or be empty) unless ``force``.
+        seed: weights are a pure function of (seed, tensor name).
+        shards: number of safetensors files (default 4 for tiny, else 1 per layer like K2 0711's 61).
+        sparse: headers only, data regions left as holes (the full-size presets on a laptop).
+        force: replace a non-empty ``out_dir``.
+        progress: show a byte progress bar.
+        tokenizer: also write the tokenizer and chat template files.
+    Returns:
+        The checkpoint directory.
+    Example:
+        ``synthesize(preset("tiny"), "/tmp/tiny-k2", seed=0)``
+    """
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise CheckpointError(f"{out} is not empty", "choose another --out or pass --force")
+    tmp = out.with_name(f".{out.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        _write_all(spec, tmp, seed, shards, sparse, progress, preset_name)
+        if tokenizer:
+            _write_tokenizer(spec, tmp, seed)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def _write_all(spec: ModelSpec, tmp: Path, seed: int, shards: int | None, sparse: bool, progress: bool,
+               preset_name: str | None) -> None:
+    from tqdm import tqdm
+
+    tensors = spec.tensors()
+    n = shards or DEFAULT_SHARDS.get(preset_name or "", max(1, spec.num_hidden_layers))
+    groups = plan_shards(tensors, n)
+    weight_map: dict[str, str] = {}
+    total = sum(t.nbytes for t in tensors)
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc="synth", disable=not progress or sparse)
+    values = None if sparse else tensor_values(spec, seed)
+    for i, group in enumerate(groups, 1):
+        fname = shard_name(i, n)
+        with ShardWriter(tmp / fname, [(t.name, t.dtype, t.shape) for t in group]) as w:
+            for t in group:
+                weight_map[t.name] = fname
+                if values is not None:
+                    info, x = next(values)
+                    assert info.name == t.name  # internal invariant: same inventory order
+                    w.write(t.name, tensor_bytes(x))
+                    bar.update(t.nbytes)
+            w.commit(sparse=sparse)
+    bar.close()
+    write_json_atomic(tmp / names.INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map})
+    write_json_atomic(tmp / "config.json", spec.to_config())
+
+
+def _write_tokenizer(spec: ModelSpec, out: Path, seed: int) -> None:
+    from k2trt.chat import vocab
+
+    n_ranks = spec.vocab_size - len_reserved()
+    vocab.write_tokenizer_files(out, n_ranks=n_ranks, seed=seed)
+    im_end = n_ranks + 2  # <|im_end|> sits at BOS + 2 in K2's layout (kimi_formats.md §3.3)
+    gen = {"bos_token_id": spec.bos_token_id, "eos_token_id": [im_end, spec.eos_token_id],
+           "max_length": spec.max_position_embeddings}
+    write_json_atomic(out / "generation_config.json", gen)
+
+
+def len_reserved() -> int:
+    """K2 reserves 256 ids after its BPE ranks for special tokens."""
+    return 256

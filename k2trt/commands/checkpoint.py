@@ -1,0 +1,77 @@
+"""``k2trt synth`` and ``k2trt inspect``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from k2trt.cli_options import echo_json, json_option
+
+
+@click.command()
+@click.option("--preset", "preset_name", default="tiny", show_default=True,
+              help="Model preset: tiny, k2-instruct or k2-instruct-0905.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory to write the checkpoint to.")
+@click.option("--seed", default=0, show_default=True, help="Weights are a pure function of the seed.")
+@click.option("--shards", type=click.IntRange(min=1), default=None,
+              help="Number of safetensors shards [default: 4 for tiny, one per layer otherwise].")
+@click.option("--sparse", is_flag=True, help="Headers only; data regions left as file holes (full-size presets).")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+def synth(preset_name: str, out_dir: Path, seed: int, shards: int | None, sparse: bool, force: bool) -> None:
+    """Write a K2-format checkpoint: the tiny K2 for the verification path, or the real layout as sparse files."""
+    from k2trt.checkpoint.synth import synthesize
+    from k2trt.spec import preset
+
+    spec = preset(preset_name)
+    out = synthesize(spec, out_dir, seed=seed, shards=shards, sparse=sparse, force=force,
+                     progress=sys.stderr.isatty(), preset_name=preset_name)
+    size = sum(t.nbytes for t in spec.tensors())
+    click.echo(f"wrote {preset_name} K2 ({spec.param_count() / 1e9:.4g} B params, {size / 2**30:.3g} GiB"
+               f"{', sparse' if sparse else ''}) to {out}")
+
+
+@click.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@json_option
+@click.option("--layers", "show_layers", is_flag=True, help="Show the per-layer summary.")
+def inspect(model_dir: Path, as_json: bool, show_layers: bool) -> None:
+    """Check a checkpoint from its headers alone. Exit 0 when clean, 1 when there are errors or warnings."""
+    from k2trt.checkpoint.inspect import inspect_checkpoint
+
+    rep = inspect_checkpoint(model_dir)
+    if as_json:
+        echo_json(rep.to_dict())
+    else:
+        _render(rep, show_layers)
+    sys.exit(0 if rep.ok else 1)
+
+
+def _render(rep: "object", show_layers: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from k2trt.checkpoint.inspect import Report
+
+    assert isinstance(rep, Report)
+    con = Console(highlight=False)
+    total = sum(rep.bytes_by_dtype.values())
+    con.print(f"[bold]{rep.model_dir}[/bold]: {rep.model_type or '?'}, quantization {rep.quantization or '?'}")
+    con.print(f"  {rep.shards} shards, {rep.tensors:,} tensors, {rep.params:,} parameters "
+              f"({rep.params / 1e9:.1f} B), {total / 2**30:.1f} GiB, FP8 coverage of linear weights "
+              f"{rep.fp8_coverage:.1%}")
+    con.print("  bytes by dtype: " + ", ".join(f"{k} {v / 2**30:.2f} GiB" for k, v in
+                                               sorted(rep.bytes_by_dtype.items())))
+    if show_layers and rep.layers:
+        t = Table("layer", "kind", "tensors", "params", "GiB")
+        for s in rep.layers:
+            t.add_row(str(s.layer), s.kind, str(s.tensors), f"{s.params:,}", f"{s.bytes / 2**30:.3f}")
+        con.print(t)
+    style = {"error": "red", "warning": "yellow", "info": "dim"}
+    for p in rep.problems:
+        fix = f" — {p.fix}" if p.fix else ""
+        con.print(f"  [{style[p.severity]}]{p.severity}[/]: {p.where}: {p.message}{fix}", soft_wrap=True)
+    n_err, n_warn = rep.count("error"), rep.count("warning")
+    con.print("[green]clean[/green]" if rep.ok else f"[red]{n_err} errors, {n_warn} warnings[/red]")

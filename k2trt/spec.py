@@ -1,0 +1,560 @@
+"""ModelSpec: the one place Kimi K2's dimensions live.
+
+A ModelSpec is read from a checkpoint's ``config.json`` (``model_type`` ``kimi_k2`` or ``deepseek_v3``) or from a
+preset, validated, and then answers every dimensional question the rest of k2trt asks: head dims, which layers are
+MoE, the YaRN softmax scale, the full tensor inventory (``tensors()``) and the parameter/byte math built on it.
+No torch here: plan and launch run on login nodes.
+
+Presets: ``k2-instruct`` (0711, 128K), ``k2-instruct-0905`` (256K) and ``tiny`` — K2's exact structure at small
+sizes (1 dense + 2 MoE layers, 16 routed experts, 1 shared, n_group 1, MLA with q_lora and kv_lora, and a ragged
+``kv_a_proj_with_mqa`` of 320 rows so partial 128×128 scale blocks are exercised, as K2's 576 rows are).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from k2trt.checkpoint import names
+from k2trt.errors import ConfigError
+
+Dtype = Literal["F8_E4M3", "BF16", "F32", "F16", "U8", "I8", "F8_E8M0", "I32"]
+DTYPE_BYTES: dict[str, float] = {
+    "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "U8": 1, "I8": 1, "BF16": 2, "F16": 2, "F32": 4, "I32": 4,
+    "I64": 8, "F64": 8, "BOOL": 1,
+}
+BLOCK = 128  # K2's weight_block_size, both axes
+
+SUPPORTED_MODEL_TYPES = ("kimi_k2", "deepseek_v3")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor of a checkpoint: HF name, shape, safetensors dtype, and what it is (role/layer/expert)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    role: str
+    layer: int | None = None
+    expert: int | None = None
+    scale_of: str | None = None
+    """For a ``weight_scale_inv`` tensor, the name of the FP8 weight it scales."""
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.numel * DTYPE_BYTES[self.dtype])
+
+    @property
+    def is_fp8(self) -> bool:
+        return self.dtype == "F8_E4M3"
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """The checkpoint's ``quantization_config`` (K2: fp8 / e4m3 / [128, 128] / dynamic)."""
+
+    quant_method: str = "fp8"
+    fmt: str = "e4m3"
+    weight_block_size: tuple[int, int] = (BLOCK, BLOCK)
+    activation_scheme: str = "dynamic"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Kimi K2 / DeepSeek-V3 architecture, as read from config.json. Field names follow config.json."""
+
+    model_type: str = "kimi_k2"
+    """``kimi_k2`` or ``deepseek_v3`` (same architecture, DeepseekV3ForCausalLM)."""
+    vocab_size: int = 163840
+    """Embedding rows: 163,584 BPE ranks + 256 reserved special ids for K2."""
+    hidden_size: int = 7168
+    """Model width."""
+    intermediate_size: int = 18432
+    """FFN width of the dense (first_k_dense_replace) layers."""
+    moe_intermediate_size: int = 2048
+    """FFN width of each routed and shared expert."""
+    num_hidden_layers: int = 61
+    """Decoder layers (no MTP layer is counted here)."""
+    num_attention_heads: int = 64
+    """MLA query heads."""
+    num_key_value_heads: int = 64
+    """Reported KV heads (MLA shares one latent; kept for config fidelity)."""
+    q_lora_rank: int | None = 1536
+    """Rank of the query down-projection (None: a plain q_proj)."""
+    kv_lora_rank: int = 512
+    """Rank of the compressed KV latent (what the KV cache stores, plus the rope key)."""
+    qk_nope_head_dim: int = 128
+    """Per-head query/key width without RoPE."""
+    qk_rope_head_dim: int = 64
+    """Per-head RoPE width (the rope key is shared across heads)."""
+    v_head_dim: int = 128
+    """Per-head value width."""
+    n_routed_experts: int = 384
+    """Routed experts per MoE layer."""
+    n_shared_experts: int = 1
+    """Shared experts per MoE layer (stored fused as one FFN of n_shared × moe_intermediate)."""
+    num_experts_per_tok: int = 8
+    """Routed experts chosen per token (top-k)."""
+    n_group: int = 1
+    """Expert groups for group-limited routing (K2: 1, i.e. no grouping)."""
+    topk_group: int = 1
+    """Groups kept per token before the top-k."""
+    topk_method: str = "noaux_tc"
+    """``noaux_tc``: selection uses scores + e_score_correction_bias; weights use the unbiased scores."""
+    scoring_func: str = "sigmoid"
+    """Router score function."""
+    routed_scaling_factor: float = 2.827
+    """Multiplier on the routed experts' combined weights."""
+    norm_topk_prob: bool = True
+    """Normalise the chosen experts' weights to sum to 1 before scaling."""
+    first_k_dense_replace: int = 1
+    """The first k layers use a dense FFN instead of MoE."""
+    moe_layer_freq: int = 1
+    """Every moe_layer_freq-th layer after first_k_dense_replace is MoE."""
+    hidden_act: str = "silu"
+    """FFN activation (SwiGLU gate)."""
+    rms_norm_eps: float = 1e-6
+    """RMSNorm epsilon."""
+    rope_theta: float = 50000.0
+    """RoPE base."""
+    rope_scaling: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+    """YaRN parameters (type, factor, original_max_position_embeddings, beta_fast, beta_slow, mscale, mscale_all_dim)."""
+    max_position_embeddings: int = 131072
+    """Advertised context length."""
+    tie_word_embeddings: bool = False
+    """K2 keeps a separate lm_head."""
+    bos_token_id: int = 163584
+    """``[BOS]``."""
+    eos_token_id: int = 163585
+    """``[EOS]`` (turns end with ``<|im_end|>``; stop on both)."""
+    num_nextn_predict_layers: int = 0
+    """MTP layers stored after the decoder layers (K2: none)."""
+    quantization: Quantization | None = field(default_factory=Quantization)
+    """Block-FP8 quantization of the linear weights, or None for a BF16 checkpoint."""
+    rotary_inv_freq_tensors: bool = False
+    """Whether the checkpoint stores ``rotary_emb.inv_freq`` per layer (K2 0711 does; never loaded)."""
+    raw: dict[str, Any] = field(default_factory=dict, hash=False, compare=False, repr=False)
+    """The config.json this spec was read from, verbatim (written back by synth and convert)."""
+
+    # ---- construction -------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, source: str | Path | dict[str, Any]) -> "ModelSpec":
+        """Read a spec from a checkpoint directory, a config.json path, or a config dict.
+
+        Raises ConfigError for unknown model types, missing fields and inconsistent routing.
+        Example: ``ModelSpec.from_config("/models/Kimi-K2-Instruct").n_routed_experts`` → 384.
+        """
+        if isinstance(source, dict):
+            cfg = copy.deepcopy(source)
+            where = "config"
+        else:
+            path = Path(source)
+            if path.is_dir():
+                path = path / "config.json"
+            where = str(path)
+            try:
+                cfg = json.loads(path.read_text())
+            except FileNotFoundError:
+                raise ConfigError(f"{path}: no config.json", "point at a Hugging Face checkpoint directory") from None
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"{where}: expected a JSON object")
+        mt = cfg.get("model_type")
+        if mt not in SUPPORTED_MODEL_TYPES:
+            raise ConfigError(
+                f"{where}: model_type {mt!r} is not supported",
+                f"k2trt reads {' and '.join(SUPPORTED_MODEL_TYPES)} (DeepseekV3ForCausalLM) checkpoints",
+            )
+        q = cfg.get("quantization_config")
+        quant = None
+        if q:
+            if q.get("quant_method") != "fp8":
+                # NVFP4/W4A8 and others are described by hf_quant_config.json; keep the raw dict.
+                quant = Quantization(quant_method=str(q.get("quant_method")), fmt=str(q.get("fmt", "")),
+                                     weight_block_size=tuple(q.get("weight_block_size") or (0, 0)),  # type: ignore[arg-type]
+                                     activation_scheme=str(q.get("activation_scheme", "")))
+            else:
+                bs = q.get("weight_block_size") or [BLOCK, BLOCK]
+                quant = Quantization("fp8", str(q.get("fmt", "e4m3")), (int(bs[0]), int(bs[1])),
+                                     str(q.get("activation_scheme", "dynamic")))
+        kw: dict[str, Any] = {}
+        for f in _CONFIG_FIELDS:
+            if f in cfg and cfg[f] is not None:
+                kw[f] = cfg[f]
+            elif f in _REQUIRED:
+                raise ConfigError(f"{where}: missing field {f!r}", "is this a DeepseekV3-architecture config.json?")
+        if "q_lora_rank" in cfg:
+            kw["q_lora_rank"] = cfg["q_lora_rank"]
+        rs = cfg.get("rope_scaling") or cfg.get("rope_parameters")
+        kw["rope_scaling"] = dict(rs) if rs else None
+        try:
+            spec = cls(quantization=quant, raw=cfg, **kw)
+        except TypeError as e:  # a field of the wrong type in the JSON
+            raise ConfigError(f"{where}: {e}") from None
+        spec.validate(where)
+        return spec
+
+    def validate(self, where: str = "config") -> None:
+        """Cross-field checks; raises ConfigError naming the numbers."""
+        ints = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "kv_lora_rank",
+                "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "n_routed_experts", "num_experts_per_tok",
+                "n_group", "topk_group", "moe_intermediate_size", "intermediate_size")
+        for name in ints:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ConfigError(f"{where}: {name} must be a positive integer, got {v!r}")
+        if self.n_routed_experts % self.n_group:
+            raise ConfigError(f"{where}: n_routed_experts {self.n_routed_experts} is not divisible by "
+                              f"n_group {self.n_group}", "group-limited routing needs equal groups")
+        if self.topk_group > self.n_group:
+            raise ConfigError(f"{where}: topk_group {self.topk_group} > n_group {self.n_group}")
+        if self.num_experts_per_tok > self.n_routed_experts // self.n_group * self.topk_group:
+            raise ConfigError(
+                f"{where}: num_experts_per_tok {self.num_experts_per_tok} exceeds the "
+                f"{self.n_routed_experts // self.n_group * self.topk_group} experts in the kept groups "
+                f"({self.topk_group} of {self.n_group} groups × {self.n_routed_experts // self.n_group})")
+        if self.n_group > 1 and (self.n_routed_experts // self.n_group) < 2:
+            raise ConfigError(f"{where}: groups of {self.n_routed_experts // self.n_group} expert cannot be "
+                              "scored by their top-2 sum")
+        if self.qk_rope_head_dim % 2:
+            raise ConfigError(f"{where}: qk_rope_head_dim {self.qk_rope_head_dim} must be even for RoPE")
+        if self.scoring_func not in ("sigmoid", "softmax"):
+            raise ConfigError(f"{where}: scoring_func {self.scoring_func!r} is not sigmoid or softmax")
+        if self.topk_method not in ("noaux_tc", "greedy", "group_limited_greedy"):
+            raise ConfigError(f"{where}: topk_method {self.topk_method!r} is not supported")
+        if not 0 <= self.first_k_dense_replace <= self.num_hidden_layers:
+            raise ConfigError(f"{where}: first_k_dense_replace {self.first_k_dense_replace} is outside "
+                              f"0..{self.num_hidden_layers}")
+        if self.moe_layer_freq < 1:
+            raise ConfigError(f"{where}: moe_layer_freq must be ≥ 1")
+        if self.quantization and self.quantization.quant_method == "fp8":
+            if self.quantization.fmt != "e4m3":
+                raise ConfigError(f"{where}: FP8 format {self.quantization.fmt!r} is not supported (e4m3 only)")
+        rs = self.rope_scaling
+        if rs:
+            kind = rs.get("type") or rs.get("rope_type")
+            if kind not in ("yarn", "default", None):
+                raise ConfigError(f"{where}: rope_scaling type {kind!r} is not supported (yarn only)")
+
+    # ---- derived dimensions ------------------------------------------------------------------------------
+
+    @property
+    def qk_head_dim(self) -> int:
+        """Query/key head width: nope + rope (K2: 192)."""
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    @property
+    def kv_a_out(self) -> int:
+        """Rows of kv_a_proj_with_mqa: the latent plus the shared rope key (K2: 576)."""
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
+    @property
+    def kv_cache_elems_per_token_per_layer(self) -> int:
+        """MLA caches the latent and the rope key: 576 elements per token per layer for K2."""
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
+    @property
+    def fp8(self) -> bool:
+        return self.quantization is not None and self.quantization.quant_method == "fp8"
+
+    @property
+    def has_router_bias(self) -> bool:
+        """noaux_tc routing carries ``e_score_correction_bias`` (used for selection only)."""
+        return self.topk_method == "noaux_tc"
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return layer >= self.first_k_dense_replace and layer % self.moe_layer_freq == 0
+
+    @property
+    def moe_layers(self) -> list[int]:
+        return [i for i in range(self.num_hidden_layers) if self.is_moe_layer(i)]
+
+    @property
+    def yarn(self) -> dict[str, float] | None:
+        """The YaRN parameters with DeepSeek's defaults filled in, or None when RoPE is unscaled."""
+        rs = self.rope_scaling
+        if not rs or (rs.get("type") or rs.get("rope_type")) not in ("yarn",):
+            return None
+        return {
+            "factor": float(rs.get("factor", 1.0)),
+            "original_max_position_embeddings": float(rs.get("original_max_position_embeddings", 4096)),
+            "beta_fast": float(rs.get("beta_fast", 32)),
+            "beta_slow": float(rs.get("beta_slow", 1)),
+            "mscale": float(rs.get("mscale", 1.0)),
+            "mscale_all_dim": float(rs.get("mscale_all_dim", 0.0)),
+        }
+
+    @property
+    def softmax_scale(self) -> float:
+        """Attention scale: qk_head_dim^-0.5 × mscale² with DeepSeek's YaRN rule (K2 0711: ≈0.130861)."""
+        scale = self.qk_head_dim ** -0.5
+        y = self.yarn
+        if y and y["factor"] > 1 and y["mscale_all_dim"]:
+            m = 0.1 * y["mscale_all_dim"] * math.log(y["factor"]) + 1.0
+            scale *= m * m
+        return scale
+
+    # ---- tensor inventory --------------------------------------------------------------------------------
+
+    def _layer_shapes(self, layer: int) -> Iterator[tuple[str, tuple[int, ...], str, int | None]]:
+        h, nh = self.hidden_size, self.num_attention_heads
+        lin = "F8_E4M3" if self.fp8 else "BF16"
+        yield "input_norm", (h,), "BF16", None
+        if self.q_lora_rank:
+            yield "q_a", (self.q_lora_rank, h), lin, None
+            yield "q_a_norm", (self.q_lora_rank,), "BF16", None
+            yield "q_b", (nh * self.qk_head_dim, self.q_lora_rank), lin, None
+        else:
+            yield "q", (nh * self.qk_head_dim, h), lin, None
+        yield "kv_a", (self.kv_a_out, h), lin, None
+        yield "kv_a_norm", (self.kv_lora_rank,), "BF16", None
+        yield "kv_b", (nh * (self.qk_nope_head_dim + self.v_head_dim), self.kv_lora_rank), lin, None
+        yield "o", (h, nh * self.v_head_dim), lin, None
+        if self.rotary_inv_freq_tensors:
+            yield "inv_freq", (_K2_INV_FREQ_LEN,), "BF16", None
+        yield "post_norm", (h,), "BF16", None
+        if not self.is_moe_layer(layer):
+            f = self.intermediate_size
+            yield "dense_gate", (f, h), lin, None
+            yield "dense_up", (f, h), lin, None
+            yield "dense_down", (h, f), lin, None
+            return
+        f = self.moe_intermediate_size
+        yield "router", (self.n_routed_experts, h), "BF16", None
+        if self.has_router_bias:
+            yield "router_bias", (self.n_routed_experts,), "F32", None
+        for e in range(self.n_routed_experts):
+            yield "expert_gate", (f, h), lin, e
+            yield "expert_up", (f, h), lin, e
+            yield "expert_down", (h, f), lin, e
+        if self.n_shared_experts:
+            fs = f * self.n_shared_experts
+            yield "shared_gate", (fs, h), lin, None
+            yield "shared_up", (fs, h), lin, None
+            yield "shared_down", (h, fs), lin, None
+
+    def tensors(self) -> list[TensorInfo]:
+        """The full tensor inventory of this model's HF checkpoint, FP8 scales included.
+
+        For the ``k2-instruct`` preset this is the real 0711 checkpoint: 139,644 tensors, 1,026,470,731,056
+        elements (kimi_formats.md §2.2). Order: embed, layers 0..N-1, final norm, lm_head.
+        """
+        out: list[TensorInfo] = [TensorInfo(names.EMBED, (self.vocab_size, self.hidden_size), "BF16", "embed")]
+        for layer in range(self.num_hidden_layers):
+            for role, shape, dtype, expert in self._layer_shapes(layer):
+                name = names.name_of(role, layer, expert)
+                out.append(TensorInfo(name, shape, dtype, role, layer, expert))
+                if dtype == "F8_E4M3":
+                    out.append(TensorInfo(names.scale_name(name), scale_shape(shape), "F32", role, layer,
+                                          expert, scale_of=name))
+        out.append(TensorInfo(names.FINAL_NORM, (self.hidden_size,), "BF16", "final_norm"))
+        if not self.tie_word_embeddings:
+            out.append(TensorInfo(names.LM_HEAD, (self.vocab_size, self.hidden_size), "BF16", "lm_head"))
+        return out
+
+    # ---- parameter and byte math -------------------------------------------------------------------------
+
+    def param_count(self) -> int:
+        """Model parameters (scales and unused inv_freq excluded). K2: 1,026.4 B."""
+        return sum(t.numel for t in self.tensors() if t.scale_of is None and t.role not in names.IGNORED_ROLES)
+
+    def active_param_count(self, include_embedding: bool = False) -> int:
+        """Parameters touched per token: all but the unchosen routed experts. K2: 31.7 B (32.9 B with embed)."""
+        total = 0
+        k = self.num_experts_per_tok
+        for t in self.tensors():
+            if t.scale_of is not None or t.role in names.IGNORED_ROLES:
+                continue
+            if t.role == "embed" and not include_embedding:
+                continue
+            if t.expert is not None:
+                total += t.numel * k if t.expert == 0 else 0  # k chosen experts per token
+                continue
+            total += t.numel
+        return total
+
+    def bytes_by_dtype(self) -> dict[str, int]:
+        """Checkpoint bytes per safetensors dtype (scales counted under F32)."""
+        out: dict[str, int] = {}
+        for t in self.tensors():
+            out[t.dtype] = out.get(t.dtype, 0) + t.nbytes
+        return out
+
+    def checkpoint_bytes(self) -> int:
+        """Total tensor bytes of the checkpoint (headers excluded). K2 0711 FP8 ≈ 1,029 GB."""
+        return sum(self.bytes_by_dtype().values())
+
+    # ---- config.json ---------------------------------------------------------------------------------------
+
+    def to_config(self) -> dict[str, Any]:
+        """The config.json for this spec: the one it was read from, with k2trt's fields written over it."""
+        cfg = copy.deepcopy(self.raw)
+        for f in _CONFIG_FIELDS:
+            cfg[f] = getattr(self, f)
+        cfg["q_lora_rank"] = self.q_lora_rank
+        cfg["rope_scaling"] = copy.deepcopy(self.rope_scaling)
+        if self.quantization is None:
+            cfg.pop("quantization_config", None)
+        elif self.quantization.quant_method == "fp8":
+            cfg["quantization_config"] = {
+                "activation_scheme": self.quantization.activation_scheme,
+                "fmt": self.quantization.fmt,
+                "quant_method": "fp8",
+                "weight_block_size": list(self.quantization.weight_block_size),
+            }
+        return dict(sorted(cfg.items()))
+
+    def with_quantization(self, quant: Quantization | None) -> "ModelSpec":
+        """The same model with different weight quantization (e.g. None after an FP8→BF16 conversion)."""
+        import dataclasses
+
+        return dataclasses.replace(self, quantization=quant)
+
+
+def scale_shape(shape: tuple[int, ...], block: int = BLOCK) -> tuple[int, ...]:
+    """Shape of the ``weight_scale_inv`` of a weight: ceil(rows/128) × ceil(cols/128) (partial blocks included)."""
+    return tuple(-(-d // block) for d in shape)
+
+
+# The 2-D linear weights: the tensors K2 stores in block FP8 (kimi_formats.md §2.3).
+LINEAR_ROLES = frozenset({"q_a", "q_b", "q", "kv_a", "kv_b", "o", "dense_gate", "dense_up", "dense_down",
+                          "expert_gate", "expert_up", "expert_down", "shared_gate", "shared_up", "shared_down"})
+# K2 0711 stores rotary_emb.inv_freq with a reported shape of [56] (kimi_formats.md §2.2); it is never loaded.
+_K2_INV_FREQ_LEN = 56
+
+_CONFIG_FIELDS = (
+    "model_type", "vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_size", "num_hidden_layers",
+    "num_attention_heads", "num_key_value_heads", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
+    "v_head_dim", "n_routed_experts", "n_shared_experts", "num_experts_per_tok", "n_group", "topk_group",
+    "topk_method", "scoring_func", "routed_scaling_factor", "norm_topk_prob", "first_k_dense_replace",
+    "moe_layer_freq", "hidden_act", "rms_norm_eps", "rope_theta", "max_position_embeddings", "tie_word_embeddings",
+    "bos_token_id", "eos_token_id", "num_nextn_predict_layers",
+)
+_REQUIRED = frozenset({"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "kv_lora_rank",
+                       "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "n_routed_experts",
+                       "num_experts_per_tok", "moe_intermediate_size", "intermediate_size"})
+
+
+# ---- presets ---------------------------------------------------------------------------------------------------
+
+# Kimi-K2-Instruct (0711) config.json, verbatim (kimi_formats.md §1.1).
+_K2_0711: dict[str, Any] = {
+    "architectures": ["DeepseekV3ForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "auto_map": {
+        "AutoConfig": "configuration_deepseek.DeepseekV3Config",
+        "AutoModel": "modeling_deepseek.DeepseekV3Model",
+        "AutoModelForCausalLM": "modeling_deepseek.DeepseekV3ForCausalLM",
+    },
+    "aux_loss_alpha": 0.001,
+    "bos_token_id": 163584,
+    "eos_token_id": 163585,
+    "first_k_dense_replace": 1,
+    "hidden_act": "silu",
+    "hidden_size": 7168,
+    "initializer_range": 0.02,
+    "intermediate_size": 18432,
+    "kv_lora_rank": 512,
+    "max_position_embeddings": 131072,
+    "model_type": "kimi_k2",
+    "moe_intermediate_size": 2048,
+    "moe_layer_freq": 1,
+    "n_group": 1,
+    "n_routed_experts": 384,
+    "n_shared_experts": 1,
+    "norm_topk_prob": True,
+    "num_attention_heads": 64,
+    "num_experts_per_tok": 8,
+    "num_hidden_layers": 61,
+    "num_key_value_heads": 64,
+    "num_nextn_predict_layers": 0,
+    "pretraining_tp": 1,
+    "q_lora_rank": 1536,
+    "qk_nope_head_dim": 128,
+    "qk_rope_head_dim": 64,
+    "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                            "weight_block_size": [128, 128]},
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 50000.0,
+    "routed_scaling_factor": 2.827,
+    "rope_scaling": {"beta_fast": 1.0, "beta_slow": 1.0, "factor": 32.0, "mscale": 1.0, "mscale_all_dim": 1.0,
+                     "original_max_position_embeddings": 4096, "type": "yarn"},
+    "scoring_func": "sigmoid",
+    "seq_aux": True,
+    "tie_word_embeddings": False,
+    "topk_group": 1,
+    "topk_method": "noaux_tc",
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.48.3",
+    "use_cache": True,
+    "v_head_dim": 128,
+    "vocab_size": 163840,
+}
+
+# 0905: 256K context via YaRN factor 64 (kimi_formats.md §1.3); everything else as 0711.
+_K2_0905 = {**copy.deepcopy(_K2_0711), "max_position_embeddings": 262144}
+_K2_0905["rope_scaling"] = {**_K2_0711["rope_scaling"], "factor": 64.0}
+
+# Tiny K2: the same structure at CPU scale. Dimensions are chosen so every tensor shards on 128-element FP8
+# blocks up to TP8 with MoE-TP2 (q_b 16×192/8 = 384, kv_b 16×256/8 = 512, o 16×128/8 = 256, dense FFN 1024/8 = 128,
+# expert FFN 256/2 = 128) while kv_a_proj_with_mqa keeps a ragged 320 = 2.5 × 128 rows.
+TINY_BPE_RANKS = 1024
+_TINY = {
+    **copy.deepcopy(_K2_0711),
+    "vocab_size": TINY_BPE_RANKS + 256,
+    "bos_token_id": TINY_BPE_RANKS,
+    "eos_token_id": TINY_BPE_RANKS + 1,
+    "hidden_size": 256,
+    "intermediate_size": 1024,
+    "moe_intermediate_size": 256,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 16,
+    "q_lora_rank": 256,
+    "kv_lora_rank": 256,
+    "n_routed_experts": 16,
+    "num_experts_per_tok": 4,
+    "routed_scaling_factor": 2.827,
+    "max_position_embeddings": 8192,
+    "rope_scaling": {"beta_fast": 1.0, "beta_slow": 1.0, "factor": 32.0, "mscale": 1.0, "mscale_all_dim": 1.0,
+                     "original_max_position_embeddings": 256, "type": "yarn"},
+}
+
+PRESETS: dict[str, tuple[dict[str, Any], bool]] = {
+    # name -> (config.json, checkpoint stores rotary_emb.inv_freq)
+    "k2-instruct": (_K2_0711, True),
+    "k2-instruct-0905": (_K2_0905, False),
+    "tiny": (_TINY, False),
+}
+
+
+def preset(name: str) -> ModelSpec:
+    """A named ModelSpec: ``k2-instruct``, ``k2-instruct-0905`` or ``tiny``.
+
+    Example: ``preset("k2-instruct").param_count()`` → 1,026,4xx,xxx,xxx.
+    """
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}", f"choose one of {', '.join(PRESETS)}")
+    cfg, inv_freq = PRESETS[name]
+    import dataclasses
+
+    return dataclasses.replace(ModelSpec.from_config(cfg), rotary_inv_freq_tensors=inv_freq)
+
+
+def load(source: str | Path) -> ModelSpec:
+    """A spec from a preset name or a checkpoint directory / config.json path."""
+    if str(source) in PRESETS:
+        return preset(str(source))
+    return ModelSpec.from_config(source)
