@@ -1,0 +1,26 @@
+"""Kimi K2's chat front: tokenizer (tiktoken + K2's special tokens), chat-template renderer, tool-call parser.
+
+Owns every K2 control-token string. Imports no torch (it runs on login nodes and in the gateway); jinja2 is
+imported only to check a model's own template.
+
+- ``vocab``: special-token layout, ``PAT_STR``, the tiny tokenizer files (``write_tokenizer_files``,
+  ``write_hf_tokenizer_json``).
+- ``tokenizer``: ``K2Tokenizer`` (plain-text ``encode``, ``encode_with_specials``, ``IncrementalDecoder``).
+- ``template``: ``render``, ``render_ids``, ``normalize_tool_call_ids``, ``render_with_jinja``.
+- ``toolcalls``: ``parse_tool_calls`` and the incremental ``ToolCallStream``.
+- ``check``: ``check_template`` behind ``k2trt chat check``.
+"""
+
+from __future__ import annotations
+
+from k2trt.chat.template import (ChatFormatError, normalize_tool_call_ids, render, render_ids,
+                                 render_with_jinja)
+from k2trt.chat.tokenizer import IncrementalDecoder, K2Tokenizer
+from k2trt.chat.toolcalls import (ContentDelta, StreamDone, ToolCall, ToolCallArgs, ToolCallEnd, ToolCallStart,
+                                  ToolCallStream, parse_tool_calls)
+
+__all__ = [
+    "ChatFormatError", "ContentDelta", "IncrementalDecoder", "K2Tokenizer", "StreamDone", "ToolCall",
+    "ToolCallArgs", "ToolCallEnd", "ToolCallStart", "ToolCallStream", "normalize_tool_call_ids",
+    "parse_tool_calls", "render", "render_ids", "render_with_jinja",
+]
