@@ -1,0 +1,349 @@
+"""The Starlette application, its routes, and the ways to run it (foreground, or a background thread for the
+``k2trt serve`` launcher and tests).
+
+Cross-cutting behaviour, for every API route:
+
+- **Auth**: with API keys configured, ``Authorization: Bearer KEY`` or ``x-api-key: KEY`` (compared in constant
+  time); ``/health`` stays open for load balancers.
+- **Body limit**: ``Content-Length`` above the limit is refused before reading; a chunked body is counted as it
+  arrives. 413 either way.
+- **Errors** in the calling API's shape (``errors.ApiError``); a failure before the first streamed byte (engine
+  down, for instance) is a real HTTP status, a failure after it an error event in the stream.
+- **Client disconnect** cancels the engine request: streaming responses are cancelled by Starlette when the client
+  goes away, non-streaming ones are raced against ``http.disconnect``; either way the httpx request to the engine
+  is closed, which aborts it there.
+- **Privacy**: prompts and outputs are logged only with ``log_prompts``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager, suppress
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from k2trt.errors import ConfigError
+from k2trt.gateway import anthropic_api, openai_api
+from k2trt.gateway.backend import ChatBackend, RenderBackend
+from k2trt.gateway.config import GatewayConfig
+from k2trt.gateway.engine import EngineClient
+from k2trt.gateway.errors import Api, ApiError, bad_request
+from k2trt.gateway.events import Event
+
+log = logging.getLogger("k2trt.gateway")
+T = TypeVar("T")
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class ClientGone(Exception):
+    """The client disconnected before the answer was ready."""
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it if the client disconnects first (the request body must be read already)."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        watcher.cancel()
+        raise
+    if task in done:
+        watcher.cancel()
+        return task.result()
+    task.cancel()
+    with suppress(asyncio.CancelledError, Exception):
+        await task
+    raise ClientGone()
+
+
+class _State:
+    def __init__(self, config: GatewayConfig, tokenizer: Any) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.engine: EngineClient | None = None
+        self.render: RenderBackend | None = None
+        self.chat: ChatBackend | None = None
+        self.keys = [k.encode() for k in config.api_keys]
+        self.started = time.time()
+
+    def backend(self) -> RenderBackend | ChatBackend:
+        b = self.render if self.config.mode == "render" else self.chat
+        assert b is not None, "lifespan not started"
+        return b
+
+
+def _route(api: Api) -> Callable[[Callable[..., Awaitable[Response]]], Callable[[Request], Awaitable[Response]]]:
+    """Wrap a handler: authenticate, and turn every failure into ``api``'s error shape."""
+
+    def deco(fn: Callable[..., Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def handler(request: Request) -> Response:
+            st: _State = request.app.state.k2
+            try:
+                _authenticate(st, request)
+                return await fn(request, st)
+            except ApiError as e:
+                if e.status >= 500:
+                    log.warning("%s %s -> %d: %s", request.method, request.url.path, e.status, e)
+                return e.response(api)
+            except ClientGone:
+                log.info("%s %s: client disconnected; engine request cancelled", request.method, request.url.path)
+                return Response(status_code=499)
+            except Exception:  # a bug: answer in the API's shape, keep the traceback in the log
+                log.exception("%s %s failed", request.method, request.url.path)
+                return ApiError(500, "internal gateway error (see the gateway log)", "internal").response(api)
+        return handler
+    return deco
+
+
+def _authenticate(st: _State, request: Request) -> None:
+    if not st.keys:
+        return
+    auth = request.headers.get("authorization", "")
+    given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+    if not any(hmac.compare_digest(given.encode(), k) for k in st.keys):
+        raise ApiError(401, "missing or invalid API key: send 'Authorization: Bearer KEY' or 'x-api-key: KEY'",
+                       "authentication")
+
+
+async def _read_json(request: Request, st: _State) -> dict[str, Any]:
+    limit = st.config.max_body_bytes
+    cl = request.headers.get("content-length", "")
+    if cl.isdigit() and int(cl) > limit:
+        raise ApiError(413, f"request body of {int(cl)} bytes exceeds the gateway's limit of {limit} bytes",
+                       "too_large")
+    chunks, n = [], 0
+    async for c in request.stream():
+        n += len(c)
+        if n > limit:
+            raise ApiError(413, f"request body exceeds the gateway's limit of {limit} bytes", "too_large")
+        chunks.append(c)
+    try:
+        body = json.loads(b"".join(chunks))
+    except ValueError as e:
+        raise bad_request(f"request body is not valid JSON ({e})") from None
+    if not isinstance(body, dict):
+        raise bad_request("request body must be a JSON object")
+    return body
+
+
+async def _stream(request: Request, events: AsyncIterator[Event],
+                  render: Callable[[AsyncIterator[Event]], AsyncIterator[str]]) -> Response:
+    """Wait for the engine's first answer (so that an engine failure is an HTTP status), then stream."""
+    try:
+        first = await until_disconnect(request, events.__anext__())
+    except StopAsyncIteration:
+        first = None
+
+    async def chained() -> AsyncIterator[Event]:
+        if first is not None:
+            yield first
+            async for ev in events:
+                yield ev
+
+    return StreamingResponse(render(chained()), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
+@_route("openai")
+async def chat_completions(request: Request, st: _State) -> Response:
+    body = await _read_json(request, st)
+    cfg = st.config
+    if cfg.mode == "passthrough":
+        return await _passthrough(request, st, body)
+    job, include_usage = openai_api.parse_request(body, cfg.default_temperature)
+    backend = st.backend()
+    if job.stream:
+        return await _stream(request, backend.stream(job),
+                             lambda evs: openai_api.stream(evs, cfg.model_name, include_usage))
+    events = await until_disconnect(request, backend.complete(job))
+    return JSONResponse(openai_api.response(events, cfg.model_name))
+
+
+async def _passthrough(request: Request, st: _State, body: dict[str, Any]) -> Response:
+    """Forward /v1/chat/completions to an engine that renders and parses K2 itself (only the temperature default
+    is filled in, so both modes sample alike)."""
+    assert st.engine is not None
+    body.setdefault("temperature", st.config.default_temperature)
+    if not body.get("stream"):
+        return JSONResponse(await until_disconnect(request, st.engine.post_json("/v1/chat/completions", body)))
+    cm = st.engine.stream("/v1/chat/completions", body)
+    resp = await until_disconnect(request, cm.__aenter__())
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in resp.aiter_raw():
+                yield chunk
+        finally:
+            with suppress(Exception):
+                await cm.__aexit__(None, None, None)
+
+    return StreamingResponse(relay(), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
+@_route("anthropic")
+async def messages(request: Request, st: _State) -> Response:
+    body = await _read_json(request, st)
+    cfg = st.config
+    job = anthropic_api.parse_request(body, cfg.anthropic_temperature_scale)
+    backend = st.render if cfg.mode == "render" else st.chat
+    assert backend is not None
+    if job.stream:
+        return await _stream(request, backend.stream(job), lambda evs: anthropic_api.stream(evs, cfg.model_name))
+    events = await until_disconnect(request, backend.complete(job))
+    return JSONResponse(anthropic_api.response(events, cfg.model_name))
+
+
+@_route("anthropic")
+async def count_tokens(request: Request, st: _State) -> Response:
+    body = await _read_json(request, st)
+    if st.render is None:
+        raise ApiError(404, "token counting needs the K2 tokenizer: start the gateway with --model-dir",
+                       "not_found")
+    body.setdefault("max_tokens", 1)
+    ids, _, _ = st.render.prompt_ids(anthropic_api.parse_request(body, 1.0))
+    return JSONResponse({"input_tokens": len(ids)})
+
+
+@_route("openai")
+async def models(request: Request, st: _State) -> Response:
+    return JSONResponse({"object": "list", "data": [{"id": st.config.model_name, "object": "model",
+                                                     "created": int(st.started), "owned_by": "k2trt"}]})
+
+
+async def health(request: Request) -> Response:
+    """200 when the engine's /health answers 200, else 503 with the reason (no auth: for load balancers)."""
+    st: _State = request.app.state.k2
+    assert st.engine is not None
+    info = {"mode": st.config.mode, "model": st.config.model_name, "engine_url": st.engine.base_url}
+    try:
+        r = await st.engine.get("/health")
+    except ApiError as e:
+        return JSONResponse({"status": "unavailable", "engine": str(e), **info}, status_code=503)
+    if r.status_code != 200:
+        return JSONResponse({"status": "unavailable", "engine": f"engine /health answered {r.status_code}",
+                             **info}, status_code=503)
+    return JSONResponse({"status": "ok", "engine": "ok", **info, **st.config.extra})
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    api: Api = "anthropic" if request.url.path.startswith("/v1/messages") else "openai"
+    status = getattr(exc, "status_code", 404)
+    if status == 405:
+        return ApiError(405, f"{request.method} is not allowed on {request.url.path}").response(api)
+    return ApiError(404, f"no route {request.method} {request.url.path}; this gateway serves /v1/chat/completions, "
+                    "/v1/messages, /v1/models and /health", "not_found").response(api)
+
+
+def create_app(config: GatewayConfig, *, tokenizer: Any = None) -> Starlette:
+    """Build the gateway application.
+
+    Args:
+        config: the settings (validated here).
+        tokenizer: a loaded ``K2Tokenizer`` to reuse [default: loaded from ``config.model_dir``].
+
+    Returns:
+        A Starlette app; its lifespan opens and closes the engine client.
+
+    Raises:
+        ConfigError: bad settings or an unreadable model directory.
+
+    Example:
+        >>> app = create_app(GatewayConfig("http://127.0.0.1:8000", model_dir="/models/tiny-k2"))  # doctest: +SKIP
+    """
+    config.validate()
+    if tokenizer is None and config.model_dir:
+        from k2trt.chat.tokenizer import K2Tokenizer
+
+        try:
+            tokenizer = K2Tokenizer.from_dir(config.model_dir)
+        except Exception as e:  # CheckpointError or a tiktoken failure: one line for the CLI
+            raise ConfigError(f"cannot load the K2 tokenizer from {config.model_dir}: {e}") from None
+    st = _State(config, tokenizer)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        st.engine = EngineClient(config.engine_url, connect_timeout_s=config.connect_timeout_s,
+                                 read_timeout_s=config.read_timeout_s)
+        if tokenizer is not None:
+            st.render = RenderBackend(config, st.engine, tokenizer)
+        st.chat = ChatBackend(config, st.engine)
+        log.info("gateway (%s mode) in front of %s, model %s", config.mode, config.engine_url, config.model_name)
+        try:
+            yield
+        finally:
+            await st.engine.aclose()
+
+    routes = [Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+              Route("/v1/messages", messages, methods=["POST"]),
+              Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+              Route("/v1/models", models, methods=["GET"]),
+              Route("/health", health, methods=["GET"])]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found})
+    app.state.k2 = st
+    return app
+
+
+def run_gateway(config: GatewayConfig, *, log_level: str = "info") -> None:
+    """Serve in the foreground until interrupted (what ``k2trt gateway`` runs)."""
+    import uvicorn
+
+    app = create_app(config)
+    uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, timeout_graceful_shutdown=5)
+
+
+class BackgroundGateway:
+    """The gateway on a uvicorn server in a daemon thread — for the ``k2trt serve`` launcher and tests.
+
+    Example:
+        >>> with BackgroundGateway(cfg) as gw:   # doctest: +SKIP
+        ...     httpx.get(gw.url + "/health")
+    """
+
+    def __init__(self, config: GatewayConfig, *, log_level: str = "warning", tokenizer: Any = None) -> None:
+        import uvicorn
+
+        self.config = config
+        self.app = create_app(config, tokenizer=tokenizer)
+        self._server = uvicorn.Server(uvicorn.Config(self.app, host=config.host, port=config.port,
+                                                     log_level=log_level, lifespan="on",
+                                                     timeout_graceful_shutdown=3))
+        self._thread = threading.Thread(target=self._server.run, name="k2trt-gateway", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.config.port}"
+
+    def start(self, timeout_s: float = 30.0) -> "BackgroundGateway":
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise ConfigError(f"the gateway did not start on {self.url}",
+                                  "is the port free? pick another --port")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> "BackgroundGateway":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

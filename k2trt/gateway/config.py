@@ -1,0 +1,95 @@
+"""The gateway's settings: one frozen dataclass, the single source of every default (the CLI reads them here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from k2trt.errors import ConfigError
+
+Mode = Literal["render", "passthrough"]
+UnknownTools = Literal["drop", "keep"]
+MODES: tuple[str, ...] = ("render", "passthrough")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """How the OpenAI + Anthropic front talks to one engine.
+
+    Example:
+        >>> GatewayConfig(engine_url="http://127.0.0.1:8000", model_dir="/models/Kimi-K2-Instruct").validate()
+    """
+
+    engine_url: str
+    """Base URL of the engine's OpenAI-compatible server (``trtllm-serve`` or the reference engine)."""
+    model_dir: str | Path | None = None
+    """K2 model directory (``tiktoken.model``, ``tokenizer_config.json``); required in ``render`` mode."""
+    host: str = "127.0.0.1"
+    """Interface the gateway listens on."""
+    port: int = 8080
+    """Port the gateway listens on."""
+    mode: Mode = "render"
+    """``render``: the gateway renders K2's prompt and parses tool calls, calling the engine's /v1/completions.
+    ``passthrough``: /v1/chat/completions is forwarded as is (TensorRT-LLM ≥1.2 with its kimi_k2 tool parser)."""
+    api_keys: tuple[str, ...] = ()
+    """Accepted keys (``Authorization: Bearer KEY`` or ``x-api-key: KEY``); empty means no authentication."""
+    served_model_name: str | None = None
+    """Model id shown by /v1/models and echoed in responses [default: the model directory's name, else kimi-k2]."""
+    engine_model: str | None = None
+    """``model`` field sent to the engine [default: the served model name]."""
+    max_body_bytes: int = 32 * 2**20
+    """Largest request body accepted; larger ones get 413."""
+    connect_timeout_s: float = 5.0
+    """Seconds to open a connection to the engine before answering 503."""
+    read_timeout_s: float = 600.0
+    """Seconds to wait for the engine's next byte before answering 504. A non-streaming request receives nothing
+    until its generation ends, so this also bounds one whole non-streaming generation."""
+    default_temperature: float = 0.6
+    """OpenAI requests without ``temperature`` get Moonshot's recommended 0.6 (kimi_formats.md §7)."""
+    anthropic_temperature_scale: float = 0.6
+    """Anthropic ``temperature`` is multiplied by this (Moonshot's mapping: Claude's default 1.0 becomes 0.6)."""
+    unknown_tools: UnknownTools = "drop"
+    """Calls to tools the request did not declare: ``drop`` them (as TensorRT-LLM's parser does) or ``keep``."""
+    log_prompts: bool = False
+    """Log rendered prompts and outputs (off by default: prompts may hold private data)."""
+    extra: dict[str, str] = field(default_factory=dict)
+    """Free-form labels shown by /health (for example the engine kind the launcher started)."""
+
+    @property
+    def model_name(self) -> str:
+        """The model id clients see."""
+        if self.served_model_name:
+            return self.served_model_name
+        if self.model_dir:
+            return Path(self.model_dir).name or "kimi-k2"
+        return "kimi-k2"
+
+    def validate(self) -> "GatewayConfig":
+        """Check the settings; raise ``ConfigError`` naming the bad one and the fix. Returns ``self``."""
+        u = urlparse(self.engine_url)
+        if u.scheme not in ("http", "https") or not u.netloc:
+            raise ConfigError(f"--engine-url {self.engine_url!r} is not an http(s) URL",
+                              "pass the engine's base URL, e.g. http://127.0.0.1:8000")
+        if self.mode not in MODES:
+            raise ConfigError(f"--mode {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.mode == "render":
+            if not self.model_dir:
+                raise ConfigError("render mode needs --model-dir (the K2 tokenizer renders the prompt)",
+                                  "pass the model directory, or --mode passthrough for an engine that parses "
+                                  "K2 tool calls itself")
+            if not (Path(self.model_dir) / "tiktoken.model").is_file():
+                raise ConfigError(f"{self.model_dir} has no tiktoken.model",
+                                  "pass the K2 model directory (the one holding tiktoken.model)")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"--port {self.port} is out of range 1..65535")
+        if self.max_body_bytes < 1024:
+            raise ConfigError(f"max body size {self.max_body_bytes} B is too small", "use at least 1KiB")
+        if self.connect_timeout_s <= 0 or self.read_timeout_s <= 0:
+            raise ConfigError("engine timeouts must be positive seconds")
+        if self.unknown_tools not in ("drop", "keep"):
+            raise ConfigError(f"unknown_tools {self.unknown_tools!r} must be drop or keep")
+        if any(not k for k in self.api_keys):
+            raise ConfigError("an empty --api-key would accept every request", "remove it or give a value")
+        return self

@@ -1,0 +1,102 @@
+"""The gateway's internal vocabulary: a ``Job`` (what either API asked for, in OpenAI terms) and the output
+events a backend produces for it. Both API front ends turn the same events into their own wire format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    """``auto`` (the model decides), ``none`` (tools not declared, calls discarded), ``required`` (at least one
+    call) or ``named`` (a call to ``name``)."""
+
+    mode: Literal["auto", "none", "required", "named"] = "auto"
+    name: str | None = None
+
+
+@dataclass
+class Job:
+    """One chat request, whichever API it came in through."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    temperature: float = 0.6
+    top_p: float | None = None
+    top_k: int | None = None
+    max_tokens: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stream: bool = False
+    parallel_tool_calls: bool = True
+
+    @property
+    def tool_names(self) -> set[str]:
+        return {t["function"]["name"] for t in self.tools or []}
+
+
+@dataclass(frozen=True)
+class Started:
+    """The engine accepted the request and began answering (sent before any output event when streaming)."""
+    prompt_tokens: int | None
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolStart:
+    index: int
+    """Dense 0-based position of the call in this response (never the model's ``:N``)."""
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ToolArgs:
+    index: int
+    fragment: str
+
+
+@dataclass(frozen=True)
+class Finish:
+    reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    stop_sequence: str | None = None
+
+
+Event = Union[Started, Text, ToolStart, ToolArgs, Finish]
+
+
+@dataclass
+class Collected:
+    """A whole response assembled from events (the non-streaming shape)."""
+
+    content: str
+    calls: list[tuple[str, str, str]]
+    """``(id, name, arguments)`` in index order."""
+    finish: Finish
+
+
+def collect(events: list[Event]) -> Collected:
+    """Fold a complete event list into content, calls and the finish event."""
+    text: list[str] = []
+    calls: dict[int, list[str]] = {}
+    finish: Finish | None = None
+    for ev in events:
+        if isinstance(ev, Text):
+            text.append(ev.text)
+        elif isinstance(ev, ToolStart):
+            calls[ev.index] = [ev.id, ev.name, ""]
+        elif isinstance(ev, ToolArgs):
+            calls[ev.index][2] += ev.fragment
+        elif isinstance(ev, Finish):
+            finish = ev
+    assert finish is not None, "a backend always ends with Finish"
+    return Collected("".join(text), [(c[0], c[1], c[2]) for _, c in sorted(calls.items())], finish)
