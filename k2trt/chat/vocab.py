@@ -283,8 +283,16 @@ def tiktoken_model_bytes(tokens: tuple[bytes, ...] | list[bytes]) -> bytes:
     return "".join(f"{base64.b64encode(t).decode()} {r}\n" for r, t in enumerate(tokens)).encode()
 
 
+def padded_ranks(n_ranks: int, seed: int = 0, learned: int = 1024) -> tuple[bytes, ...]:
+    """``learned`` real BPE ranks followed by filler tokens up to ``n_ranks``: a full-size (163,584-rank) vocabulary
+    for layout work (sparse K2 checkpoints). Fillers start with 0xF8, which never occurs in UTF-8, so encoding text
+    never produces them."""
+    base = learn_ranks(min(n_ranks, learned), seed)
+    return base + tuple(b"\xf8" + i.to_bytes(3, "big") for i in range(n_ranks - len(base)))
+
+
 def write_tokenizer_files(out_dir: str | Path, n_ranks: int = 1024, *, seed: int = 0,
-                          hf_json: bool = False) -> list[Path]:
+                          hf_json: bool = False, pad: bool = False) -> list[Path]:
     """Write a tiny K2 tokenizer: ``tiktoken.model``, ``tokenizer_config.json`` and ``chat_template.jinja``.
 
     Args:
@@ -292,6 +300,7 @@ def write_tokenizer_files(out_dir: str | Path, n_ranks: int = 1024, *, seed: int
         n_ranks: BPE ranks; the vocabulary is ``n_ranks + 256`` with K2's special tokens at ``n_ranks + offset``.
         seed: tie-break seed for the BPE learner (see ``learn_ranks``).
         hf_json: also write the equivalent ``tokenizer.json`` (real K2 ships none; HF-only tools need it).
+        pad: learn 1,024 ranks and pad with filler tokens up to ``n_ranks`` (see ``padded_ranks``).
 
     Returns:
         The paths written.
@@ -304,7 +313,7 @@ def write_tokenizer_files(out_dir: str | Path, n_ranks: int = 1024, *, seed: int
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {
-        "tiktoken.model": tiktoken_model_bytes(learn_ranks(n_ranks, seed)),
+        "tiktoken.model": tiktoken_model_bytes(padded_ranks(n_ranks, seed) if pad else learn_ranks(n_ranks, seed)),
         "tokenizer_config.json": (json.dumps(tokenizer_config(n_ranks), indent=2, ensure_ascii=False)
                                   + "\n").encode(),
         "chat_template.jinja": CHAT_TEMPLATE.encode(),

@@ -178,7 +178,8 @@ def _write_tokenizer(spec: ModelSpec, out: Path, seed: int) -> None:
     from k2trt.chat import vocab
 
     n_ranks = spec.vocab_size - len_reserved()
-    vocab.write_tokenizer_files(out, n_ranks=n_ranks, seed=seed)
+    # The embedded corpus learns ~1.5K ranks; a full-size vocabulary (163,584 ranks) is padded with filler tokens.
+    vocab.write_tokenizer_files(out, n_ranks=n_ranks, seed=seed, pad=n_ranks > 1024)
     im_end = n_ranks + 2  # <|im_end|> sits at BOS + 2 in K2's layout (kimi_formats.md §3.3)
     gen = {"bos_token_id": spec.bos_token_id, "eos_token_id": [im_end, spec.eos_token_id],
            "max_length": spec.max_position_embeddings}

@@ -1,0 +1,21 @@
+# k2trt on TensorRT-LLM: the production image.
+# The base is the pinned TensorRT-LLM release; the tag is named here once, and
+# tests/unit/test_packaging.py checks it equals k2trt.trtllm.PINNED_RELEASE.
+ARG TRTLLM_RELEASE=1.3.0rc7
+FROM nvcr.io/nvidia/tensorrt-llm/release:${TRTLLM_RELEASE}
+
+# K2's tokenizer loads tiktoken.model through tiktoken.load, which needs blobfile.
+RUN pip install --no-cache-dir blobfile
+
+WORKDIR /opt/k2trt
+COPY pyproject.toml README.md LICENSE ./
+COPY k2trt ./k2trt
+# recipes/ at the repository root links to k2trt/recipes, which ships as package data
+COPY plugins ./plugins
+# The image's own torch, mpi4py and Open MPI stay as they are: --no-deps, then only the pure-Python deps
+# TensorRT-LLM's image may lack. Never let pip replace the container's torch.
+RUN pip install --no-cache-dir --no-deps . \
+ && pip install --no-cache-dir click pyyaml rich tqdm jinja2 tiktoken starlette uvicorn httpx
+
+ENTRYPOINT ["k2trt"]
+CMD ["--help"]

@@ -1,0 +1,300 @@
+"""``k2trt build``: recipe + checkpoint → a self-describing bundle that ``k2trt serve BUNDLE`` runs.
+
+Steps: inspect the checkpoint (headers only; errors refuse) → check its weight format against the recipe (a
+conversion, if needed, is named, not run) → plan every instance's layout (refuse with the reasons when it does not
+fit) → render and lint the TensorRT-LLM YAML(s) → write, atomically as one directory:
+
+- ``config.yml`` (and ``ctx.yml``/``gen.yml``/``disagg.yml`` when disaggregated): extra-llm-api options, linted;
+- ``launch.json``: k2trt.launch.spec.LaunchSpec — per-rank argv, world size, hostfile, ports, versions;
+- ``hostfile``: Open MPI ``host slots=N`` lines, rank 0's host first;
+- ``launch.sh``: ``k2trt serve`` on this bundle, with the equivalent Open MPI 5 command as a comment;
+- ``manifest.json``: checkpoint manifest hash, k2trt and target TensorRT-LLM versions, the resolved recipe;
+- ``PLAN.md``: the memory plan, roofline and warnings.
+
+The bundle is staged in a sibling temporary directory and renamed into place, so a failed build leaves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from k2trt import __version__
+from k2trt.bundle.recipe import Recipe, recipe_to_dict
+from k2trt.errors import CheckpointError, ConfigError, PlanError
+from k2trt.plan.gpus import gpu as gpu_kind
+from k2trt.plan.layout import Layout, parse_layout
+from k2trt.plan.memory import weight_format
+from k2trt.plan.planner import Cluster, LayoutPlan, Plan, PlanRequest, plan_layout, to_markdown
+from k2trt.spec import ModelSpec
+from k2trt.trtllm import PINNED_RELEASE
+from k2trt.trtllm.disagg import RoleServers, disagg_config, router_argv
+from k2trt.trtllm.lint import lint
+from k2trt.trtllm.profiles import profile_for
+from k2trt.trtllm.render import dump_yaml, llm_options, serve_argv, tool_parser_available
+
+CONFIG_FILE = "config.yml"
+HOSTFILE = "hostfile"
+MANIFEST = "manifest.json"
+PLAN_FILE = "PLAN.md"
+LAUNCH_SH = "launch.sh"
+LLMAPI_LAUNCH = "trtllm-llmapi-launch"  # wraps every rank of a multi-node trtllm-serve (trtllm.md §3.1)
+TRTLLM_VERSION_PROBE = ("python3", "-c", "import tensorrt_llm; print(tensorrt_llm.__version__)")
+FORMAT = "k2trt-bundle/1"
+
+
+@dataclass
+class BuildResult:
+    """What was (or, with dry_run, would be) written."""
+
+    out: Path
+    files: dict[str, str]
+    """File name → content."""
+    plans: list[tuple[str, Plan]]
+    """(role, plan) per instance kind: ``server`` or ``ctx``/``gen``."""
+    notes: list[str] = field(default_factory=list)
+    written: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": str(self.out), "written": self.written, "files": sorted(self.files),
+                "plans": {role: p.to_dict() for role, p in self.plans}, "notes": self.notes}
+
+
+def _inspect(checkpoint: Path, notes: list[str]) -> ModelSpec:
+    try:
+        from k2trt.checkpoint.inspect import inspect_checkpoint
+    except ImportError:  # pragma: no cover - inspect ships with k2trt; kept so build degrades to config checks
+        notes.append("checkpoint inspection unavailable: validated config.json only")
+        return ModelSpec.from_config(checkpoint)
+    rep = inspect_checkpoint(checkpoint)
+    errors = [p for p in rep.problems if p.severity == "error"]
+    if errors:
+        first = errors[0]
+        raise CheckpointError(f"{checkpoint}: {len(errors)} checkpoint error(s), first: {first.where}: "
+                              f"{first.message}", first.fix or "run k2trt inspect for the full list")
+    for p in rep.problems:
+        if p.severity == "warning":
+            notes.append(f"inspect warning: {p.where}: {p.message}")
+    return ModelSpec.from_config(checkpoint)
+
+
+def _request(r: Recipe, spec: ModelSpec, layout: Layout, gpus_per_node: int) -> PlanRequest:
+    nodes = max(1, -(-layout.world_size // gpus_per_node))
+    g = gpu_kind(r.cluster.gpu)
+    prof = profile_for(r.serve.trtllm) if r.serve.engine == "trtllm" else None
+    return PlanRequest(spec, Cluster(g, nodes, min(gpus_per_node, layout.world_size)), r.context, r.kv_dtype,
+                       r.serve.options.kv_fraction, None, prof.name if prof else None,
+                       eplb_online=_eplb_online(r), tool_parser=_use_tool_parser(r), model_name=r.name)
+
+
+def _eplb_online(r: Recipe) -> bool:
+    lb = (r.serve.options.extra.get("moe_config") or {}).get("load_balancer")
+    return isinstance(lb, dict) and int(lb.get("layer_updates_per_iter", 0) or 0) > 0
+
+
+def _use_tool_parser(r: Recipe) -> bool:
+    return r.serve.engine == "trtllm" and r.serve.tool_parser and tool_parser_available(r.serve.trtllm)
+
+
+def plan_recipe(r: Recipe, spec: ModelSpec) -> list[tuple[str, LayoutPlan, Plan]]:
+    """Judge the recipe's layout(s) on its cluster; raises PlanError listing every reason when one does not fit."""
+    roles = [("server", r.layout)] if r.disagg is None else [("ctx", r.disagg.ctx.layout),
+                                                             ("gen", r.disagg.gen.layout)]
+    out = []
+    for role, text in roles:
+        lay = parse_layout(text)
+        req = _request(r, spec, lay, r.cluster.gpus_per_node)
+        lp = plan_layout(req, lay)
+        if not lp.ok:
+            reasons = [lp.invalid] if lp.invalid else [f.message for f in lp.errors]
+            raise PlanError(f"recipe {r.name}: {role} layout {lay} does not fit: " + "; ".join(reasons),
+                            "k2trt plan --help shows how to compare layouts")
+        out.append((role, lp, Plan(req, [lp])))
+    return out
+
+
+def _hosts(r: Recipe, hosts: tuple[str, ...] | None, notes: list[str]) -> list[str]:
+    names = list(hosts or r.cluster.hosts)
+    if not names:
+        if r.cluster.nodes == 1 and r.serve.engine == "reference":
+            return ["localhost"]
+        names = [f"node{i + 1}" for i in range(r.cluster.nodes)]
+        notes.append(f"no hosts given: hostfile uses placeholders {', '.join(names)}; rebuild with --hosts")
+    if len(names) != r.cluster.nodes:
+        raise ConfigError(f"{len(names)} hosts given for {r.cluster.nodes} nodes", "give one host per node")
+    return names
+
+
+def _gpu_substring(key: str) -> str | None:
+    g = gpu_kind(key)
+    return None if g.reference_only else g.name.split()[0]
+
+
+def engine_argv(r: Recipe, lay: Layout, model_dir: str, config_path: str, port: int,
+                role: str | None = None) -> tuple[str, ...]:
+    """The per-rank command of one instance: ``trtllm-llmapi-launch trtllm-serve serve …`` for TensorRT-LLM, or
+    ``python -m k2trt.reference.serve MODEL --tp … --ep … [--adp] --host … --port …`` for the reference engine."""
+    m = lay.mapping(r.cluster.gpus_per_node)
+    if r.serve.engine == "reference":
+        a = ["python", "-m", "k2trt.reference.serve", model_dir, "--tp", str(lay.tp), "--ep", str(m.ep)]
+        a += ["--adp"] if lay.adp else []
+        a += ["--host", r.serve.host, "--port", str(port)]
+        if r.model.served_name:
+            a += ["--served-model-name", r.model.served_name]
+        return tuple(a)
+    inner = serve_argv(model_dir, config_path=config_path, tp=lay.tp, ep=m.ep, pp=lay.pp,
+                       gpus_per_node=r.cluster.gpus_per_node, host=r.serve.host, port=port,
+                       tool_parser=_use_tool_parser(r), server_role=role, version=r.serve.trtllm)
+    return (LLMAPI_LAUNCH, *inner)
+
+
+def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: tuple[str, ...] | None = None,
+                 dry_run: bool = False, force: bool = False) -> BuildResult:
+    """Inspect → plan → render → write the bundle for recipe ``r`` (see module docstring).
+
+    Raises CheckpointError (bad checkpoint), PlanError (does not fit), ConfigError (bad recipe / lint errors / an
+    existing non-bundle ``out``). With ``dry_run`` nothing is written and ``BuildResult.files`` holds the content.
+    """
+    from k2trt.launch.preflight import manifest_hash
+    from k2trt.launch.spec import DisaggSpec, HostSlots, LaunchSpec, RoleSpec, SlurmOptions
+
+    notes: list[str] = []
+    checkpoint = checkpoint.resolve()
+    out = out.resolve()
+    if not checkpoint.is_dir():
+        raise CheckpointError(f"{checkpoint} is not a directory", "pass the checkpoint directory with --checkpoint")
+    spec = _inspect(checkpoint, notes)
+    fmt = weight_format(spec)
+    want = {"fp8": "fp8_block", "bf16": "bf16", "nvfp4": "nvfp4"}.get(r.model.weights or "", None)
+    if want and fmt != want:
+        raise CheckpointError(f"recipe {r.name} needs {r.model.weights} weights but {checkpoint} is {fmt}",
+                              f"convert it first: k2trt convert {checkpoint} --to {r.model.weights} --out DIR")
+    planned = plan_recipe(r, spec)
+    names = _hosts(r, hosts, notes)
+    gpn = r.cluster.gpus_per_node
+    version = profile_for(r.serve.trtllm).version if r.serve.engine == "trtllm" else None
+    files: dict[str, str] = {}
+    header = (f"extra-llm-api options for TensorRT-LLM {version} — written by k2trt {__version__} "
+              f"from recipe {r.name}") if version else (f"written by k2trt {__version__} from recipe {r.name}; "
+                                                         "the reference engine does not read this file")
+    model_dir = str(checkpoint)
+
+    def render(role: str | None, lay: Layout) -> str:
+        doc = llm_options(r.serve.options, adp=lay.adp, kv_dtype=r.kv_dtype, max_seq_len=r.context, role=role,
+                          transceiver=r.disagg.transceiver if r.disagg else "UCX", version=r.serve.trtllm)
+        res = lint(doc, version)
+        if not res.ok:
+            raise ConfigError(f"recipe {r.name}: rendered config fails the lint: {res.errors[0]}",
+                              "fix serve.options.extra in the recipe")
+        notes.extend(f"config {role or 'server'}: {i}" for i in res.issues)
+        return dump_yaml(doc, header)
+
+    def argv_for(lay: Layout, config_name: str, port: int, role: str | None) -> tuple[str, ...]:
+        return engine_argv(r, lay, model_dir, str(out / config_name), port, role)
+
+    common: dict[str, Any] = dict(
+        engine=r.serve.engine, ssh_port=r.cluster.ssh_port, http_host=r.serve.host, model_dir=model_dir,
+        model_manifest_sha256=manifest_hash(model_dir), engine_version=version or None,
+        engine_version_probe=TRTLLM_VERSION_PROBE if version else (), gpus_per_node=gpn if version else None,
+        gpu_kind=_gpu_substring(r.cluster.gpu), eplb=_eplb_online(r),
+        slurm=SlurmOptions(gpus_per_node=gpn if version else None,
+                           container_image=f"nvcr.io/nvidia/tensorrt-llm/release:{version}" if version else None),
+    )
+    if r.disagg is None:
+        lay = parse_layout(r.layout)
+        files[CONFIG_FILE] = render(None, lay)
+        files[HOSTFILE] = "".join(f"{h} slots={gpn}\n" for h in names)
+        launch = LaunchSpec(argv=argv_for(lay, CONFIG_FILE, r.serve.port, None), world_size=lay.world_size,
+                            hostfile=HOSTFILE, http_port=r.serve.port,
+                            ready_timeout_s=600.0 if r.serve.engine == "reference" else 3600.0, **common)
+    else:
+        d = r.disagg
+        roles: dict[str, list[Any]] = {"ctx": [], "gen": []}
+        host_iter = iter(names)
+        servers: dict[str, RoleServers] = {}
+        for key, sec in (("ctx", d.ctx), ("gen", d.gen)):
+            lay = parse_layout(sec.layout)
+            files[f"{key}.yml"] = render("context" if key == "ctx" else "generation", lay)
+            nodes = max(1, lay.world_size // gpn)
+            urls = []
+            for i in range(sec.instances):
+                hs = tuple(HostSlots(next(host_iter), min(gpn, lay.world_size)) for _ in range(nodes))
+                port = sec.port + i
+                urls.append(f"{hs[0].name}:{port}")
+                roles[key].append(RoleSpec(f"{key}{i}", argv_for(lay, f"{key}.yml", port, None), lay.world_size,
+                                           port, hs))
+            servers[key] = RoleServers(tuple(urls), lay.tp, lay.pp)
+        files["disagg.yml"] = dump_yaml(disagg_config(servers["ctx"], servers["gen"], hostname=r.serve.host,
+                                                      port=r.serve.port), header)
+        files[HOSTFILE] = "".join(f"{h} slots={gpn}\n" for h in names)
+        launch = LaunchSpec(argv=(), world_size=1, http_port=r.serve.port,
+                            disagg=DisaggSpec(tuple(roles["ctx"]), tuple(roles["gen"]),
+                                              tuple(router_argv(str(out / "disagg.yml"))), r.serve.port), **common)
+    launch.validate()
+    files["launch.json"] = json.dumps(launch.to_dict(), indent=2) + "\n"
+    files[LAUNCH_SH] = _launch_sh(launch, out, tuple(HostSlots(h, gpn) for h in names))
+    plans = [(role, p) for role, _, p in planned]
+    files[PLAN_FILE] = "\n".join(to_markdown(p) for _, p in plans) + _notes_md(notes)
+    files[MANIFEST] = json.dumps({
+        "format": FORMAT, "k2trt_version": __version__, "engine": r.serve.engine,
+        "trtllm_version": version, "trtllm_pinned": PINNED_RELEASE,
+        "checkpoint": model_dir, "checkpoint_manifest_sha256": launch.model_manifest_sha256,
+        "weight_format": fmt, "recipe": recipe_to_dict(r),
+        "plan": {role: p.to_dict()["layouts"][0] for role, p in plans},
+    }, indent=2, default=str) + "\n"
+    result = BuildResult(out, files, plans, notes)
+    if not dry_run:
+        _write_atomically(out, files, force)
+        result.written = True
+    return result
+
+
+def _notes_md(notes: list[str]) -> str:
+    return ("\n## Build notes\n\n" + "".join(f"- {n}\n" for n in notes)) if notes else ""
+
+
+def _launch_sh(launch: Any, out: Path, hosts: tuple[Any, ...]) -> str:
+    from k2trt.launch.mpi import MpiFlavor, mpirun_argv
+
+    lines = ["#!/usr/bin/env bash", "# Start this bundle: k2trt serve runs preflight, mpirun (or Slurm) and supervision.",
+             "set -euo pipefail", ""]
+    if launch.disagg is None:
+        cmd = mpirun_argv(launch, MpiFlavor("openmpi", (5, 0)), euid=1000, environ={}, hosts=hosts)
+        lines.insert(2, "# Equivalent Open MPI 5 command: " + shlex.join(cmd))
+    lines.append('exec k2trt serve "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)" "$@"')
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomically(out: Path, files: dict[str, str], force: bool) -> None:
+    if out.exists():
+        if not out.is_dir():
+            raise ConfigError(f"{out} exists and is not a directory")
+        if any(out.iterdir()):
+            if not (out / MANIFEST).exists():
+                raise ConfigError(f"{out} is not empty and is not a k2trt bundle", "choose another --out")
+            if not force:
+                raise ConfigError(f"{out} already holds a bundle", "pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for name, text in files.items():
+            (tmp / name).write_text(text)
+        os.chmod(tmp / LAUNCH_SH, 0o755)
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

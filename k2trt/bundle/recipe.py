@@ -1,0 +1,312 @@
+"""Recipes: a deployment as data (model, cluster, layout, serve, optional disaggregation and bench).
+
+One schema for the YAML files and the CLI: frozen dataclasses with a docstring per field (STYLE P1). ``load_recipe``
+layers defaults < recipe YAML < ``--set key.path=value`` (STYLE P4), rejects unknown keys with a did-you-mean at
+every level, converts and checks types, and runs ``Recipe.validate``. Recipes are found by name among the packaged
+ones (``k2trt/recipes/*.yaml``; the repository's top-level ``recipes/`` points there) or by path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from k2trt.errors import ConfigError, K2trtError
+from k2trt.trtllm.render import EngineOptions
+
+Engine = Literal["trtllm", "reference"]
+KvDtype = Literal["fp8", "bf16"]
+Weights = Literal["fp8", "bf16", "nvfp4"]
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """Which model the recipe serves."""
+
+    preset: str | None = "k2-instruct"
+    """Preset whose dimensions to plan with when no checkpoint is given (``k2-instruct``, ``tiny``, …)."""
+    weights: Weights | None = None
+    """Weight format the recipe needs (``nvfp4`` for Blackwell FP4 recipes); None: whatever the checkpoint is."""
+    served_name: str | None = None
+    """Model name clients use; None: the checkpoint directory name."""
+
+
+@dataclass(frozen=True)
+class ClusterSection:
+    """Where the instance runs."""
+
+    gpu: str = "h200"
+    """GPU kind from the plan catalog (``h200``, ``h100``, ``h20``, ``b200``, ``cpu`` for the reference engine)."""
+    nodes: int = 1
+    """Nodes."""
+    gpus_per_node: int = 8
+    """GPUs (ranks) per node."""
+    hosts: tuple[str, ...] = ()
+    """Host names, first is rank 0's (empty: fill in at build/serve time)."""
+    ssh_port: int | None = None
+    """sshd port of the containers (Moonshot's guide uses 2233); None: the default 22."""
+
+
+@dataclass(frozen=True)
+class ServeSection:
+    """How the engine is started."""
+
+    engine: Engine = "trtllm"
+    """``trtllm`` (production) or ``reference`` (the PyTorch reference K2 on CPU, for CI and the quickstart)."""
+    trtllm: str | None = None
+    """TensorRT-LLM version the config targets; None: the pinned release."""
+    host: str = "0.0.0.0"
+    """Address the engine listens on (``0.0.0.0`` for multi-node and remote clients)."""
+    port: int = 8000
+    """Engine HTTP port."""
+    tool_parser: bool = True
+    """Ask trtllm-serve for ``--tool_parser kimi_k2`` where the release has it (else the gateway parses)."""
+    options: EngineOptions = field(default_factory=EngineOptions)
+    """Engine knobs (KV fraction, batch sizes, CUDA graphs, MoE backend, raw ``extra`` keys)."""
+
+
+@dataclass(frozen=True)
+class RoleSection:
+    """One role of a disaggregated deployment."""
+
+    layout: str = "tp8ep8"
+    """Layout of each instance of this role."""
+    instances: int = 1
+    """Instances of this role."""
+    port: int = 8001
+    """Port of the first instance (the next ones count up)."""
+
+
+@dataclass(frozen=True)
+class DisaggSection:
+    """Disaggregated prefill/decode: context and generation servers behind ``trtllm-serve disaggregated``."""
+
+    ctx: RoleSection = field(default_factory=lambda: RoleSection(port=8001))
+    """Context (prefill) servers."""
+    gen: RoleSection = field(default_factory=lambda: RoleSection(port=8002))
+    """Generation (decode) servers."""
+    transceiver: str = "UCX"
+    """KV transfer backend (cache_transceiver_config.backend)."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A deployment: model × cluster × layout × serve (× disaggregation) (× bench)."""
+
+    name: str = ""
+    """Recipe name (the file stem)."""
+    description: str = ""
+    """One line on what the recipe is for."""
+    model: ModelSection = field(default_factory=ModelSection)
+    """The model."""
+    cluster: ClusterSection = field(default_factory=ClusterSection)
+    """The cluster of one instance (aggregated) or of all instances (disaggregated)."""
+    layout: str = "tp16ep8"
+    """Parallel layout of the (aggregated) instance, e.g. ``tp16ep8`` or ``tp16ep16adp``."""
+    context: int = 131072
+    """Tokens per sequence the deployment must hold (becomes max_seq_len)."""
+    kv_dtype: KvDtype = "fp8"
+    """KV cache dtype."""
+    serve: ServeSection = field(default_factory=ServeSection)
+    """Engine start-up."""
+    disagg: DisaggSection | None = None
+    """Disaggregated serving; None: one aggregated instance."""
+    bench: dict[str, Any] | None = None
+    """Benchmark sweep (validated by k2trt.bench.spec.BenchSpec)."""
+
+    def validate(self) -> None:
+        """Cross-field checks; ConfigError names the field."""
+        from k2trt.plan.layout import parse_layout
+
+        layouts = [("layout", self.layout)]
+        if self.disagg:
+            layouts += [("disagg.ctx.layout", self.disagg.ctx.layout), ("disagg.gen.layout", self.disagg.gen.layout)]
+        for where, text in layouts:
+            try:
+                parse_layout(text)
+            except K2trtError as e:
+                raise ConfigError(f"recipe {self.name}: {where}: {e}") from None
+        if self.context < 1:
+            raise ConfigError(f"recipe {self.name}: context must be ≥ 1")
+        if self.cluster.nodes < 1 or self.cluster.gpus_per_node < 1:
+            raise ConfigError(f"recipe {self.name}: cluster.nodes and cluster.gpus_per_node must be ≥ 1")
+        if self.cluster.hosts and len(self.cluster.hosts) != self.cluster.nodes:
+            raise ConfigError(f"recipe {self.name}: {len(self.cluster.hosts)} hosts for {self.cluster.nodes} nodes")
+        total = self.cluster.nodes * self.cluster.gpus_per_node
+        if not self.disagg:
+            w = parse_layout(self.layout).world_size
+            if w != total:
+                raise ConfigError(f"recipe {self.name}: layout {self.layout} uses {w} GPUs but the cluster has "
+                                  f"{self.cluster.nodes}×{self.cluster.gpus_per_node}")
+        else:
+            d = self.disagg
+            used = sum(r.instances * parse_layout(r.layout).world_size for r in (d.ctx, d.gen))
+            if used != total:
+                raise ConfigError(f"recipe {self.name}: disagg uses {used} GPUs ({d.ctx.instances}× {d.ctx.layout} + "
+                                  f"{d.gen.instances}× {d.gen.layout}) but the cluster has {total}")
+            for role in (d.ctx, d.gen):
+                if parse_layout(role.layout).world_size % self.cluster.gpus_per_node and \
+                        parse_layout(role.layout).world_size > self.cluster.gpus_per_node:
+                    raise ConfigError(f"recipe {self.name}: {role.layout} does not fill whole nodes")
+        if self.serve.engine == "reference" and self.disagg:
+            raise ConfigError(f"recipe {self.name}: the reference engine does not do disaggregated serving")
+        if self.bench is not None:
+            from k2trt.bench.spec import BenchSpec
+
+            BenchSpec.from_dict(self.bench, where=f"recipe {self.name}: bench")
+
+# ---- loading -----------------------------------------------------------------------------------------------------
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, where)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        return _build(tp, value, where)
+    if origin is Literal:
+        if value not in args:
+            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"choose one of {', '.join(map(str, args))}"
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}", hint)
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp in (int, float):
+        if isinstance(value, str):
+            try:
+                value = tp(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (tp is int and not isinstance(value, int)):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+        return tp(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected text, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: Any, data: dict[str, Any], where: str) -> Any:
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kw: dict[str, Any] = {}
+    for k, v in data.items():
+        if k not in names:
+            close = difflib.get_close_matches(str(k), names, n=1)
+            raise ConfigError(f"{where}: unknown key {k!r}",
+                              f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(names)}")
+        kw[k] = _convert(hints[k], v, f"{where}.{k}" if where else k)
+    return cls(**kw)
+
+
+def _set(doc: dict[str, Any], dotted: str, raw: str) -> None:
+    parts = dotted.split(".")
+    node = doc
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {dotted}: {p} is not a section")
+        node = nxt
+    node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+
+
+def recipe_dir() -> Path:
+    """The packaged recipes directory (``k2trt/recipes``; the repository's ``recipes/`` points here)."""
+    return Path(str(resources.files("k2trt") / "recipes"))
+
+
+def list_recipes() -> list[str]:
+    """Names of the packaged recipes."""
+    return sorted(p.stem for p in recipe_dir().glob("*.yaml"))
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A recipe file by packaged name (``k2-h200-2x8-tp16ep8``) or by path."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return p
+    cand = recipe_dir() / f"{name_or_path}.yaml"
+    if cand.exists():
+        return cand
+    names = list_recipes()
+    close = difflib.get_close_matches(name_or_path, names, n=1)
+    raise ConfigError(f"no recipe {name_or_path!r}",
+                      f"did you mean {close[0]!r}?" if close else f"available: {', '.join(names)}")
+
+
+def load_recipe(name_or_path: str | None = None, sets: tuple[str, ...] | list[str] = (),
+                data: dict[str, Any] | None = None) -> Recipe:
+    """Defaults < recipe YAML < ``--set key.path=value`` → a validated Recipe.
+
+    Example: ``load_recipe("tiny-cpu", ["serve.port=9100"]).serve.port`` → 9100.
+    """
+    doc: dict[str, Any] = {}
+    name = ""
+    if name_or_path is not None:
+        path = find_recipe(name_or_path)
+        name = path.stem
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a recipe is a mapping of sections")
+        doc = loaded
+    if data:
+        doc = {**doc, **data}
+    for s in sets:
+        key, eq, val = s.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"--set {s!r} is not key.path=value", "e.g. --set serve.port=9000")
+        _set(doc, key.strip(), val.strip())
+    doc.setdefault("name", name)
+    r: Recipe = _build(Recipe, doc, "")
+    r.validate()
+    return r
+
+
+def recipe_to_dict(r: Recipe) -> dict[str, Any]:
+    """The resolved recipe as plain data (``k2trt config show``, the bundle's manifest)."""
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        return v
+    return conv(r)  # type: ignore[no-any-return]

@@ -1,0 +1,143 @@
+"""``k2trt config`` (check, render, show, recipes) and ``k2trt doctor``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from k2trt.cli_options import dry_run_option, echo_json, json_option
+
+_TRTLLM = click.option("--trtllm", "version", default=None,
+                       help="TensorRT-LLM version or profile (1.0, 1.2, main) [default: the pinned release].")
+
+
+@click.group()
+def config() -> None:
+    """Lint, render and inspect TensorRT-LLM configs and k2trt recipes."""
+
+
+def _read_yaml(path: Path) -> Any:
+    import yaml
+
+    from k2trt.errors import ConfigError
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+
+
+@config.command("check")
+@click.argument("file", type=click.Path(path_type=Path))
+@_TRTLLM
+@json_option
+def check(file: Path, version: str | None, as_json: bool) -> None:
+    """Lint an extra-llm-api YAML the way TensorRT-LLM would reject it. Exit 1 on errors."""
+    from k2trt.errors import ConfigError
+    from k2trt.trtllm.lint import lint_text
+
+    try:
+        text = file.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{file} does not exist") from None
+    res = lint_text(text, version, str(file))
+    if as_json:
+        echo_json({"file": str(file), **res.to_dict()})
+    else:
+        for i in res.issues:
+            click.echo(f"{file}: {i}")
+        n_err, n_warn = len(res.errors), len(res.issues) - len(res.errors)
+        click.echo(f"{file}: {'clean' if not res.issues else f'{n_err} error(s), {n_warn} warning(s)'} "
+                   f"(TensorRT-LLM {res.version}, profile {res.profile})")
+    sys.exit(0 if res.ok else 1)
+
+
+@config.command("render")
+@click.option("--recipe", "recipe_name", required=True, help="Recipe name or path.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe field (repeatable).")
+@click.option("--role", type=click.Choice(["server", "ctx", "gen"]), default="server", show_default=True,
+              help="Which instance's config (ctx/gen for disaggregated recipes).")
+@click.option("--out", type=click.Path(path_type=Path), help="Write here (linted, atomic); default: print.")
+@dry_run_option
+def render(recipe_name: str, sets: tuple[str, ...], role: str, out: Path | None, dry_run: bool) -> None:
+    """Render a recipe's extra-llm-api YAML; it is linted before anything is written."""
+    from k2trt.bundle.recipe import load_recipe
+    from k2trt.errors import ConfigError
+    from k2trt.plan.layout import parse_layout
+    from k2trt.trtllm.lint import lint
+    from k2trt.trtllm.render import dump_yaml, llm_options, write_config
+
+    r = load_recipe(recipe_name, sets)
+    if (role != "server") != (r.disagg is not None):
+        raise ConfigError(f"recipe {r.name} is {'' if r.disagg else 'not '}disaggregated",
+                          "use --role ctx/gen for disaggregated recipes, server otherwise")
+    text_layout = r.layout if r.disagg is None else (r.disagg.ctx if role == "ctx" else r.disagg.gen).layout
+    lay = parse_layout(text_layout)
+    doc = llm_options(r.serve.options, adp=lay.adp, kv_dtype=r.kv_dtype, max_seq_len=r.context,
+                      role={"server": None, "ctx": "context", "gen": "generation"}[role],
+                      transceiver=r.disagg.transceiver if r.disagg else "UCX", version=r.serve.trtllm)
+    header = f"recipe {r.name} ({role}); TensorRT-LLM {r.serve.trtllm or 'pinned'}"
+    if out is None or dry_run:
+        res = lint(doc, r.serve.trtllm)
+        if not res.ok:
+            raise ConfigError(f"rendered config fails the lint: {res.errors[0]}")
+        click.echo(dump_yaml(doc, header), nl=False)
+        if out is not None:
+            click.echo(f"# (dry run: would write {out})", err=True)
+        return
+    write_config(out, doc, r.serve.trtllm, header)
+    click.echo(f"wrote {out}")
+
+
+@config.command("show")
+@click.option("--recipe", "recipe_name", required=True, help="Recipe name or path.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe field (repeatable).")
+def show(recipe_name: str, sets: tuple[str, ...]) -> None:
+    """Print a recipe with defaults and --set overrides resolved."""
+    from k2trt.bundle.recipe import load_recipe, recipe_to_dict
+
+    echo_json(recipe_to_dict(load_recipe(recipe_name, sets)))
+
+
+@config.command("recipes")
+@json_option
+def recipes(as_json: bool) -> None:
+    """List the packaged recipes."""
+    from k2trt.bundle.recipe import list_recipes, load_recipe, recipe_dir
+
+    rows = [(n, load_recipe(n).description) for n in list_recipes()]
+    if as_json:
+        echo_json({"dir": str(recipe_dir()), "recipes": [{"name": n, "description": d} for n, d in rows]})
+        return
+    for n, d in rows:
+        click.echo(f"{n:28} {d}")
+
+
+@click.command()
+@click.argument("file", required=False, type=click.Path(path_type=Path))
+@click.option("--model", help="Model directory for TensorRT-LLM's own validation.")
+@_TRTLLM
+@json_option
+def doctor(file: Path | None, model: str | None, version: str | None, as_json: bool) -> None:
+    """Report the installed TensorRT-LLM and validate a config with its TorchLlmArgs (else k2trt's linter)."""
+    from k2trt.trtllm.doctor import doctor as run
+
+    rep = run(_read_yaml(file) if file else None, model, version)
+    if as_json:
+        echo_json(rep.to_dict())
+    else:
+        click.echo(rep.message)
+        for n in rep.notes:
+            click.echo(f"  note: {n}")
+        if rep.lint is not None:
+            for i in rep.lint.issues:
+                click.echo(f"  {i}")
+            click.echo(f"  k2trt lint ({rep.lint.profile}): {'clean' if rep.lint.ok else 'errors'}")
+        if rep.native_ok is not None:
+            click.echo(f"  TorchLlmArgs: {'accepted' if rep.native_ok else 'rejected: ' + str(rep.native_error)}")
+    sys.exit(0 if rep.ok else 1)

@@ -1,0 +1,253 @@
+"""Per-GPU memory: exact weight bytes per rank, MLA KV bytes per token, reserve, KV capacity and concurrency.
+
+Weights: every tensor of ``spec.tensors()`` goes through :meth:`k2trt.mapping.Mapping.shard`; a rank's bytes are
+the sum of its slices. K2 has 139,644 tensors, so the inventory is first folded into groups of identical
+(role, shape, dtype, scale?) with per-layer counts (routed experts keep their ids); a rank's sum is then one
+``shard`` call per group times the number of tensors it holds — exact, and milliseconds per layout.
+
+Checkpoint formats: block-FP8 and BF16 bytes come from the inventory's dtypes. NVFP4 (a hook until
+``checkpoint/`` describes NVFP4 tensors): routed-expert weights at 4.5 bits per element (E2M1 + one FP8 scale per
+16) plus two FP32 per-tensor scales, everything else BF16 — the nvidia/Kimi-K2-Thinking-NVFP4 layout, ≈ 594 GB.
+
+KV: MLA caches ``kv_lora_rank + qk_rope_head_dim`` (K2: 576) elements per token per layer; 2 bytes in BF16, 1 in
+FP8. Without attention-DP every TP rank keeps the whole latent of every sequence (replicated); with attention-DP
+each rank keeps its own requests' latents (one pool per rank); a pipeline stage keeps only its layers' latents.
+TensorRT-LLM hands the KV pool ``free_gpu_memory_fraction`` (default 0.9) of the memory left after weights and the
+activation reserve, in blocks of ``tokens_per_block`` (32) tokens.
+
+Reserve (documented assumption, k2_numbers.md E2): 8 GiB per GPU for activations at ``max_num_tokens`` 8192, the
+MoE workspace, CUDA graphs (up to ~200 MB each, TensorRT-LLM's CudaGraphConfig doc), NCCL buffers and allocator
+slack. Override with ``reserve_gib``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from k2trt.mapping import EXPERT_ROLES, Mapping
+from k2trt.plan.gpus import RESERVE_GIB, GiB, Gpu
+from k2trt.spec import DTYPE_BYTES, ModelSpec, TensorInfo
+
+KV_FRACTION = 0.9  # TensorRT-LLM KvCacheConfig.free_gpu_memory_fraction default (trtllm.md §2.3)
+TOKENS_PER_BLOCK = 32  # KvCacheConfig.tokens_per_block default
+KV_BYTES = {"bf16": 2, "fp8": 1}
+NVFP4_BYTES_PER_ELEM = 0.5 + 1 / 16  # E2M1 + an FP8 scale per 16 elements
+NVFP4_BYTES_PER_TENSOR = 8  # weight_scale_2 and input_scale, FP32 each
+
+CATEGORY = {
+    "embed": "embedding", "lm_head": "lm_head", "final_norm": "norms", "input_norm": "norms",
+    "post_norm": "norms", "q_a_norm": "norms", "kv_a_norm": "norms", "inv_freq": "norms",
+    "q_a": "attention", "q_b": "attention", "q": "attention", "kv_a": "attention", "kv_b": "attention",
+    "o": "attention", "dense_gate": "dense_ffn", "dense_up": "dense_ffn", "dense_down": "dense_ffn",
+    "router": "routers", "router_bias": "routers", "shared_gate": "shared_experts", "shared_up": "shared_experts",
+    "shared_down": "shared_experts", "expert_gate": "routed_experts", "expert_up": "routed_experts",
+    "expert_down": "routed_experts",
+}
+
+
+def weight_format(spec: ModelSpec) -> str:
+    """``fp8_block``, ``bf16`` or ``nvfp4`` from the spec's quantization (config.json / hf_quant_config)."""
+    q = spec.quantization
+    if q is None:
+        return "bf16"
+    if q.quant_method == "fp8":
+        return "fp8_block"
+    algo = str((spec.raw.get("quantization_config") or {}).get("quant_algo", "")).lower()
+    if q.quant_method.lower() in ("nvfp4", "fp4") or "nvfp4" in algo:
+        return "nvfp4"
+    return q.quant_method
+
+
+def tensor_bytes(t: TensorInfo, numel: int, fmt: str) -> float:
+    """Bytes of ``numel`` elements of tensor ``t`` in checkpoint format ``fmt``."""
+    if fmt == "nvfp4" and t.role in EXPERT_ROLES and t.scale_of is None:
+        return numel * NVFP4_BYTES_PER_ELEM
+    return numel * DTYPE_BYTES[t.dtype]
+
+
+@dataclass
+class _Group:
+    sample: TensorInfo
+    per_layer: dict[int | None, int] = field(default_factory=dict)
+    experts: dict[int, list[int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """The tensor inventory folded into groups of identical tensors (see module docstring)."""
+
+    spec: ModelSpec
+    groups: tuple[Any, ...]
+    total_bytes: float
+    tensors: int
+
+
+@functools.lru_cache(maxsize=8)
+def inventory(spec: ModelSpec) -> Inventory:
+    """Fold ``spec.tensors()`` into groups (cached per spec)."""
+    fmt = weight_format(spec)
+    groups: dict[tuple[Any, ...], _Group] = {}
+    total = 0.0
+    ts = spec.tensors()
+    for t in ts:
+        key = (t.role, t.shape, t.dtype, t.scale_of is not None)
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = _Group(replace(t, expert=None if t.expert is None else 0))
+        if t.expert is not None:
+            g.experts.setdefault(t.layer or 0, []).append(t.expert)
+        else:
+            g.per_layer[t.layer] = g.per_layer.get(t.layer, 0) + 1
+        total += tensor_bytes(t, t.numel, fmt)
+    frozen = []
+    for g in groups.values():
+        for ids in g.experts.values():
+            ids.sort()
+        frozen.append(g)
+    return Inventory(spec, tuple(frozen), total, len(ts))
+
+
+@dataclass(frozen=True)
+class RankBytes:
+    """What one rank holds."""
+
+    rank: int
+    total: float
+    by_category: dict[str, float]
+
+
+def rank_bytes(mapping: Mapping, rank: int, spec: ModelSpec | None = None) -> RankBytes:
+    """Exact weight bytes held by ``rank`` (as TensorRT-LLM's loader shards them), by category.
+
+    Example: K2 FP8 at ``Mapping(16, tp=16, moe_ep=8)`` → about 60 GiB on every rank.
+    """
+    spec = spec or mapping.spec
+    assert spec is not None, "rank_bytes needs the model spec"
+    inv = inventory(spec)
+    fmt = weight_format(spec)
+    layers = mapping.layers(rank, spec.num_hidden_layers) if mapping.pp > 1 else None
+    owned = mapping.experts(rank, spec.n_routed_experts)
+    by: dict[str, float] = {}
+    for g in inv.groups:
+        t = g.sample
+        if g.experts:
+            n, at = 0, None
+            for layer, ids in g.experts.items():
+                if layers is None or layer in layers:
+                    n += bisect.bisect_left(ids, owned.stop) - bisect.bisect_left(ids, owned.start)
+                    at = layer
+            if n == 0:
+                continue
+            s = mapping.shard(replace(t, expert=owned.start, layer=at), rank, spec)
+        else:
+            n = 0
+            held_layer = None
+            for layer, c in g.per_layer.items():
+                if layers is None or layer is None or layer in layers:
+                    n += c
+                    held_layer = layer
+            if n == 0:
+                continue
+            s = mapping.shard(replace(t, layer=held_layer), rank, spec)
+        if not s.held:
+            continue
+        b = n * tensor_bytes(t, s.numel, fmt)
+        if fmt == "nvfp4" and t.role in EXPERT_ROLES and t.scale_of is None:
+            b += n * NVFP4_BYTES_PER_TENSOR
+        cat = CATEGORY.get(t.role, "other")
+        by[cat] = by.get(cat, 0.0) + b
+    return RankBytes(rank, sum(by.values()), by)
+
+
+def kv_bytes_per_token(spec: ModelSpec, kv_dtype: str, layers: int | None = None) -> int:
+    """MLA latent KV bytes per token over ``layers`` layers (default all). K2 BF16: 70,272; FP8: 35,136."""
+    n = spec.num_hidden_layers if layers is None else layers
+    return n * spec.kv_cache_elems_per_token_per_layer * KV_BYTES[kv_dtype]
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Per-GPU memory and KV capacity of one layout on one GPU kind."""
+
+    weights_max: float
+    """Largest per-rank weight bytes (the rank that limits the KV pool)."""
+    weights_min: float
+    """Smallest per-rank weight bytes."""
+    by_category: dict[str, float]
+    """Categories of the largest rank, bytes."""
+    usable: float
+    reserve: float
+    kv_fraction: float
+    kv_budget: float
+    """Bytes per GPU handed to the KV pool."""
+    kv_bytes_per_token: int
+    """Per rank (its stage's layers)."""
+    kv_tokens_per_gpu: int
+    pools: int
+    """Independent KV pools per instance: tp under attention-DP, else 1."""
+    seq_tokens: int
+    """Tokens one full-context sequence occupies (rounded up to whole KV blocks)."""
+    max_sequences: int
+    """Concurrent full-context sequences the instance can hold."""
+    fits: bool
+    """Weights + reserve fit and at least one full-context sequence fits."""
+
+    @property
+    def system_kv_tokens(self) -> int:
+        return self.kv_tokens_per_gpu * self.pools
+
+    def to_dict(self) -> dict[str, Any]:
+        g = GiB
+        return {
+            "weights_gib_max": round(self.weights_max / g, 3), "weights_gib_min": round(self.weights_min / g, 3),
+            "weights_gib_by_category": {k: round(v / g, 3) for k, v in sorted(self.by_category.items())},
+            "usable_gib": self.usable / g, "reserve_gib": self.reserve / g, "kv_fraction": self.kv_fraction,
+            "kv_budget_gib": round(self.kv_budget / g, 3), "kv_bytes_per_token": self.kv_bytes_per_token,
+            "kv_tokens_per_gpu": self.kv_tokens_per_gpu, "kv_pools": self.pools,
+            "system_kv_tokens": self.system_kv_tokens, "seq_tokens": self.seq_tokens,
+            "max_sequences": self.max_sequences, "fits": self.fits,
+        }
+
+
+def memory_plan(spec: ModelSpec, mapping: Mapping, gpu: Gpu, context: int, kv_dtype: str = "fp8",
+                kv_fraction: float = KV_FRACTION, reserve_gib: float = RESERVE_GIB) -> MemoryPlan:
+    """Weights per GPU, the KV pool left over, and how many ``context``-token sequences fit.
+
+    Args:
+        spec: the model; mapping: a layout bound to it (checked); gpu: catalog entry; context: tokens per sequence;
+        kv_dtype: ``fp8`` or ``bf16``; kv_fraction: TensorRT-LLM's ``free_gpu_memory_fraction``;
+        reserve_gib: activation/CUDA-graph/workspace reserve.
+    """
+    per_rank = [rank_bytes(mapping, r, spec) for r in extreme_ranks(mapping)]
+    worst = max(per_rank, key=lambda rb: rb.total)
+    usable = gpu.usable_gib * GiB
+    reserve = reserve_gib * GiB
+    free = usable - worst.total - reserve
+    budget = max(0.0, free) * kv_fraction
+    stage_layers = max(len(mapping.layers(r, spec.num_hidden_layers)) for r in range(0, mapping.world_size,
+                                                                                        mapping.tp))
+    kvpt = kv_bytes_per_token(spec, kv_dtype, stage_layers)
+    tokens = int(budget // kvpt) // TOKENS_PER_BLOCK * TOKENS_PER_BLOCK
+    pools = mapping.tp if mapping.enable_attention_dp else 1
+    seq = -(-context // TOKENS_PER_BLOCK) * TOKENS_PER_BLOCK
+    max_seqs = pools * (tokens // seq)
+    return MemoryPlan(worst.total, min(rb.total for rb in per_rank), worst.by_category, usable, reserve,
+                      kv_fraction, budget, kvpt, tokens, pools, seq, max_seqs, free > 0 and max_seqs >= 1)
+
+
+
+def extreme_ranks(m: Mapping) -> list[int]:
+    """The first and last rank of every pipeline stage: they hold the largest and smallest shards.
+
+    Every split is ``ceil(dim/n)`` wide except a shorter last part, and a stage's first rank (tp_rank 0) holds
+    part 0 of every split while its last rank (tp_rank tp-1) holds part n-1 of every n-way split (n divides tp);
+    EP ranks hold equal expert counts. So the max and min over these ranks are the max and min over all ranks
+    (tests/unit/test_plan.py checks it against every rank).
+    """
+    out: list[int] = []
+    for p in range(m.pp):
+        out += sorted({p * m.tp, p * m.tp + m.tp - 1})
+    return out

@@ -1,0 +1,129 @@
+"""k2trt build: inspect → plan → a complete, atomic, self-describing bundle — and refusals that leave nothing.
+
+Uses the real tiny checkpoint (conftest ``tiny_ckpt``) for the reference-engine recipe, and a header-only sparse K2
+checkpoint (``synthesize(..., sparse=True, tokenizer=False)``: real safetensors headers, data as file holes) for the
+GPU recipes, since no GPU or TensorRT-LLM exists here; their bundles are checked as files, not launched."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from k2trt.bundle.build import build_bundle
+from k2trt.bundle.recipe import load_recipe
+from k2trt.cli import cli
+from k2trt.errors import CheckpointError, ConfigError, PlanError
+from k2trt.launch.preflight import manifest_hash
+from k2trt.launch.spec import LaunchSpec
+from k2trt.trtllm.lint import lint_text
+
+FILES = {"config.yml", "launch.json", "hostfile", "launch.sh", "manifest.json", "PLAN.md"}
+
+
+@pytest.fixture(scope="module")
+def sparse_k2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from k2trt.checkpoint.synth import synthesize
+    from k2trt.spec import preset
+
+    return synthesize(preset("k2-instruct"), tmp_path_factory.mktemp("k2") / "k2", sparse=True, tokenizer=False)
+
+
+def test_tiny_cpu_bundle(tiny_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    r = CliRunner().invoke(cli, ["build", "--recipe", "tiny-cpu", "--checkpoint", str(tiny_ckpt), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert {p.name for p in out.iterdir()} == FILES
+    spec = LaunchSpec.load(out / "launch.json")
+    assert spec.engine == "reference" and spec.world_size == 2 and spec.http_port == 18000
+    assert list(spec.argv) == ["python", "-m", "k2trt.reference.serve", str(tiny_ckpt.resolve()), "--tp", "2",
+                               "--ep", "1", "--host", "127.0.0.1", "--port", "18000"]
+    assert (out / "hostfile").read_text() == "localhost slots=2\n" and spec.hostfile == "hostfile"
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["checkpoint_manifest_sha256"] == manifest_hash(str(tiny_ckpt.resolve())) == spec.model_manifest_sha256
+    assert man["k2trt_version"] and man["trtllm_pinned"] and man["recipe"]["name"] == "tiny-cpu"
+    assert man["plan"]["server"]["ok"] is True
+    assert lint_text((out / "config.yml").read_text()).ok
+    assert "| tp2 |" in (out / "PLAN.md").read_text()
+    assert (out / "launch.sh").stat().st_mode & 0o111 and "k2trt serve" in (out / "launch.sh").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging leftovers
+
+
+def test_rebuild_needs_force_and_never_clobbers_other_dirs(tiny_ckpt: Path, tmp_path: Path) -> None:
+    r = load_recipe("tiny-cpu")
+    out = tmp_path / "b"
+    build_bundle(r, tiny_ckpt, out)
+    with pytest.raises(ConfigError, match="--force"):
+        build_bundle(r, tiny_ckpt, out)
+    build_bundle(load_recipe("tiny-cpu", ["serve.port=18001"]), tiny_ckpt, out, force=True)
+    assert LaunchSpec.load(out / "launch.json").http_port == 18001
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "precious.txt").write_text("x")
+    with pytest.raises(ConfigError, match="not a k2trt bundle"):
+        build_bundle(r, tiny_ckpt, other, force=True)
+    assert (other / "precious.txt").read_text() == "x"
+
+
+def test_dry_run_writes_nothing(tiny_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "dry"
+    r = CliRunner().invoke(cli, ["build", "--recipe", "tiny-cpu", "--checkpoint", str(tiny_ckpt), "--out", str(out),
+                                 "--dry-run"])
+    assert r.exit_code == 0 and "would write" in r.output and "max_seq_len: 2048" in r.output
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_refuses_when_it_does_not_fit(tiny_ckpt: Path, tmp_path: Path) -> None:
+    with pytest.raises(PlanError, match="does not fit.*less than one"):
+        build_bundle(load_recipe("tiny-cpu", ["context=400000000"]), tiny_ckpt, tmp_path / "x")
+    with pytest.raises(PlanError, match="cuts a 128"):  # tiny's 256-wide experts split 4 ways → 64 columns
+        build_bundle(load_recipe("tiny-cpu", ["layout=tp4", "cluster.gpus_per_node=4"]), tiny_ckpt, tmp_path / "x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_a_broken_or_mismatched_checkpoint(tiny_ckpt: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_ckpt, broken)
+    next(broken.glob("*.safetensors")).unlink()
+    with pytest.raises(CheckpointError, match="checkpoint error"):
+        build_bundle(load_recipe("tiny-cpu"), broken, tmp_path / "x")
+    with pytest.raises(CheckpointError, match="needs nvfp4 weights.*k2trt convert"):
+        build_bundle(load_recipe("tiny-cpu", ["model.weights=nvfp4"]), tiny_ckpt, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_gpu_recipe_bundle(sparse_k2: Path, tmp_path: Path) -> None:
+    out = tmp_path / "k2"
+    res = build_bundle(load_recipe("k2-h200-2x8-tp16ep8"), sparse_k2, out, hosts=("gpu-a", "gpu-b"))
+    spec = LaunchSpec.load(out / "launch.json")
+    argv = list(spec.argv)
+    assert argv[:4] == ["trtllm-llmapi-launch", "trtllm-serve", "serve", str(sparse_k2.resolve())]
+    assert argv[argv.index("--config") + 1] == str(out.resolve() / "config.yml")
+    assert spec.world_size == 16 and spec.ssh_port == 2233 and spec.gpu_kind == "H200"
+    assert spec.engine_version == json.loads((out / "manifest.json").read_text())["trtllm_version"]
+    assert spec.slurm.container_image and spec.slurm.container_image.endswith(spec.engine_version or "")
+    assert (out / "hostfile").read_text() == "gpu-a slots=8\ngpu-b slots=8\n"
+    assert "-p 2233" in (out / "launch.sh").read_text()
+    assert res.plans[0][1].layouts[0].memory.weights_max > 60 * 2**30  # type: ignore[union-attr]
+    assert "few-heads" not in (out / "PLAN.md").read_text() and "4 attention heads per rank" in \
+        (out / "PLAN.md").read_text()
+
+
+def test_disaggregated_bundle(sparse_k2: Path, tmp_path: Path) -> None:
+    out = tmp_path / "dis"
+    build_bundle(load_recipe("k2-h200-disagg"), sparse_k2, out, hosts=("a", "b", "c", "d"))
+    assert {"ctx.yml", "gen.yml", "disagg.yml"} <= {p.name for p in out.iterdir()}
+    spec = LaunchSpec.load(out / "launch.json")
+    assert spec.argv == () and spec.disagg is not None
+    (ctx,), (gen,) = spec.disagg.ctx, spec.disagg.gen
+    assert [h.name for h in ctx.hosts] == ["a", "b"] and [h.name for h in gen.hosts] == ["c", "d"]
+    assert "ctx.yml" in ctx.argv[ctx.argv.index("--config") + 1]
+    assert spec.disagg.router_argv[:3] == ("trtllm-serve", "disaggregated", "-c")
+    disagg = (out / "disagg.yml").read_text()
+    assert "- a:8001" in disagg and "- c:8002" in disagg
+    ctx_yml = (out / "ctx.yml").read_text()
+    assert "cuda_graph_config: null" in ctx_yml and "cache_transceiver_config" in ctx_yml
+    assert lint_text(ctx_yml).ok and lint_text((out / "gen.yml").read_text()).ok
