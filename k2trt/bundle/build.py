@@ -20,6 +20,7 @@ import json
 import os
 import shlex
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,7 +143,8 @@ def engine_argv(r: Recipe, lay: Layout, model_dir: str, config_path: str, port: 
     ``python -m k2trt.reference.serve MODEL --tp … --ep … [--adp] --host … --port …`` for the reference engine."""
     m = lay.mapping(r.cluster.gpus_per_node)
     if r.serve.engine == "reference":
-        a = ["python", "-m", "k2trt.reference.serve", model_dir, "--tp", str(lay.tp), "--ep", str(m.ep)]
+        # the interpreter that built the bundle: it has k2trt and torch (a bare "python" may be another one)
+        a = [sys.executable, "-m", "k2trt.reference.serve", model_dir, "--tp", str(lay.tp), "--ep", str(m.ep)]
         a += ["--adp"] if lay.adp else []
         a += ["--host", r.serve.host, "--port", str(port)]
         if r.model.served_name:

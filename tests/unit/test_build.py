@@ -7,6 +7,7 @@ GPU recipes, since no GPU or TensorRT-LLM exists here; their bundles are checked
 from __future__ import annotations
 
 import json
+import sys
 import shutil
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def test_tiny_cpu_bundle(tiny_ckpt: Path, tmp_path: Path) -> None:
     assert {p.name for p in out.iterdir()} == FILES
     spec = LaunchSpec.load(out / "launch.json")
     assert spec.engine == "reference" and spec.world_size == 2 and spec.http_port == 18000
-    assert list(spec.argv) == ["python", "-m", "k2trt.reference.serve", str(tiny_ckpt.resolve()), "--tp", "2",
+    assert list(spec.argv) == [sys.executable, "-m", "k2trt.reference.serve", str(tiny_ckpt.resolve()), "--tp", "2",
                                "--ep", "1", "--host", "127.0.0.1", "--port", "18000"]
     assert (out / "hostfile").read_text() == "localhost slots=2\n" and spec.hostfile == "hostfile"
     man = json.loads((out / "manifest.json").read_text())
