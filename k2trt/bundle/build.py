@@ -164,7 +164,7 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: tuple[str, ..
     existing non-bundle ``out``). With ``dry_run`` nothing is written and ``BuildResult.files`` holds the content.
     """
     from k2trt.launch.preflight import manifest_hash
-    from k2trt.launch.spec import DisaggSpec, HostSlots, LaunchSpec, RoleSpec, SlurmOptions
+    from k2trt.launch.spec import DisaggSpec, GatewayOptions, HostSlots, LaunchSpec, RoleSpec, SlurmOptions
 
     notes: list[str] = []
     checkpoint = checkpoint.resolve()
@@ -205,6 +205,8 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: tuple[str, ..
         model_manifest_sha256=manifest_hash(model_dir), engine_version=version or None,
         engine_version_probe=TRTLLM_VERSION_PROBE if version else (), gpus_per_node=gpn if version else None,
         gpu_kind=_gpu_substring(r.cluster.gpu), eplb=_eplb_online(r),
+        gateway=(GatewayOptions(r.serve.gateway_port, r.serve.host, r.serve.gateway_mode)
+                 if r.serve.gateway_port is not None else None),
         slurm=SlurmOptions(gpus_per_node=gpn if version else None,
                            container_image=f"nvcr.io/nvidia/tensorrt-llm/release:{version}" if version else None),
     )

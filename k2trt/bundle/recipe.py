@@ -69,6 +69,11 @@ class ServeSection:
     """Engine HTTP port."""
     tool_parser: bool = True
     """Ask trtllm-serve for ``--tool_parser kimi_k2`` where the release has it (else the gateway parses)."""
+    gateway_port: int | None = 8080
+    """Port of the k2trt gateway (OpenAI + Anthropic APIs, Kimi tool calls) ``k2trt serve`` starts in front of
+    the engine on the launching host; null for none."""
+    gateway_mode: str = "render"
+    """``render`` (the gateway renders K2 prompts and parses tool calls) or ``passthrough`` (the engine does)."""
     options: EngineOptions = field(default_factory=EngineOptions)
     """Engine knobs (KV fraction, batch sizes, CUDA graphs, MoE backend, raw ``extra`` keys)."""
 

@@ -28,11 +28,13 @@ _PATH = click.Path(exists=True, path_type=Path)
               help="Open MPI hostfile ('node1 slots=8' lines) instead of the bundle's hosts.")
 @click.option("--detach", is_flag=True, help="Return once ready; a background supervisor keeps watching.")
 @click.option("--skip-preflight", is_flag=True, help="Launch even if preflight finds problems.")
+@click.option("--gateway/--no-gateway", default=True, show_default=True,
+              help="Start the bundle's k2trt gateway (OpenAI + Anthropic, Kimi tool calls) in front of the engine.")
 @click.option("--submit", "do_submit", is_flag=True, help="With --launcher slurm: run sbatch on the script.")
 @dry_run_option
 @json_option
 def serve(bundle: Path | None, spec_file: Path | None, engine: str | None, launcher: str | None, hosts: str | None,
-          hostfile: Path | None, detach: bool, skip_preflight: bool, do_submit: bool, dry_run: bool,
+          hostfile: Path | None, detach: bool, skip_preflight: bool, gateway: bool, do_submit: bool, dry_run: bool,
           as_json: bool) -> None:
     """Preflight, launch and supervise BUNDLE's server until Ctrl-C (or --detach)."""
     from k2trt.launch.runner import serve as run_serve
@@ -43,7 +45,7 @@ def serve(bundle: Path | None, spec_file: Path | None, engine: str | None, launc
     echo = None if as_json else (lambda line: click.echo(line, err=True))
     res = run_serve(target, engine=engine, launcher=launcher, detach=detach,  # type: ignore[arg-type]
                     dry_run=dry_run, skip_preflight=skip_preflight, do_submit=do_submit, hosts=hosts,
-                    hostfile=hostfile, echo=echo,
+                    hostfile=hostfile, gateway=gateway, echo=echo,
                     progress=not as_json, after_ready=None if as_json else
                     (lambda url: click.echo(f"ready: {url} (Ctrl-C stops the job)", err=True)))
     if as_json:
@@ -51,7 +53,8 @@ def serve(bundle: Path | None, spec_file: Path | None, engine: str | None, launc
     elif res["status"] == "dry-run":
         click.echo(res["text"])
     elif res["status"] in ("ready", "written", "submitted", "stopped"):
-        click.echo({"ready": f"ready: {res['url']} (detached; `k2trt stop` ends it)",
+        gw = f"; gateway {res['gateway_url']}/v1" if res.get("gateway_url") else ""
+        click.echo({"ready": f"ready: {res['url']}{gw} (detached; `k2trt stop` ends it)",
                     "written": f"wrote {res.get('script')} (submit with --submit, or sbatch it)",
                     "submitted": f"submitted Slurm job {res.get('slurm_job')}: {res.get('script')}",
                     "stopped": res.get("message", "stopped")}[res["status"]])

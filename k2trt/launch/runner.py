@@ -156,13 +156,39 @@ def plan_launch(spec: LaunchSpec, bundle_dir: Path, *, launcher: LauncherKind | 
                       notes + ["servers start first; the router starts once every server is ready"])
 
 
+def _start_gateway(spec: LaunchSpec, engine_url: str) -> Any:
+    """The gateway in a thread of this (supervising) process, in front of the engine at ``engine_url``."""
+    from k2trt.gateway import BackgroundGateway, GatewayConfig
+
+    assert spec.gateway is not None
+    cfg = GatewayConfig(engine_url=engine_url, model_dir=spec.model_dir, host=spec.gateway.host,
+                        port=spec.gateway.port, mode=spec.gateway.mode)  # type: ignore[arg-type]
+    cfg.validate()
+    return BackgroundGateway(cfg).start()
+
+
 def _supervise(spec: LaunchSpec, plan: LaunchPlan, log_dir: Path, state: StateFile, job_id: str, *,
                echo: Callable[[str], None] | None, progress: bool,
                after_ready: Callable[[], None] | None = None) -> Outcome:
-    with Supervisor(plan.stages, log_dir, ready_timeout_s=spec.ready_timeout_s, grace_s=spec.stop_grace_s,
-                    job_id=job_id, echo=echo, progress=progress, on_state=state.on_state,
-                    ready_paths=spec.ready_paths) as sup:
-        outcome = sup.run(after_ready=after_ready)
+    gateways: list[Any] = []
+
+    def on_state(status: str, info: dict[str, Any]) -> None:
+        # the gateway is up before "ready" is recorded, so a detached `serve` returns only once clients can connect
+        if status == "ready" and spec.gateway is not None and not gateways:
+            gateways.append(_start_gateway(spec, plan.url))
+            info = {**info, "gateway_url": gateways[0].url}
+            if echo is not None:
+                echo(f"gateway: {gateways[0].url}/v1 (OpenAI) and {gateways[0].url}/v1/messages (Anthropic)")
+        state.on_state(status, info)
+
+    try:
+        with Supervisor(plan.stages, log_dir, ready_timeout_s=spec.ready_timeout_s, grace_s=spec.stop_grace_s,
+                        job_id=job_id, echo=echo, progress=progress, on_state=on_state,
+                        ready_paths=spec.ready_paths) as sup:
+            outcome = sup.run(after_ready=after_ready)
+    finally:
+        for gw in gateways:
+            gw.stop()
     state.update(status=outcome.status, message=outcome.message, rank=outcome.rank, job=outcome.job,
                  tail=outcome.tail, leftover=outcome.leftover)
     return outcome
@@ -170,17 +196,19 @@ def _supervise(spec: LaunchSpec, plan: LaunchPlan, log_dir: Path, state: StateFi
 
 def serve(target: Path, *, engine: str | None = None, launcher: LauncherKind | None = None, detach: bool = False,
           dry_run: bool = False, skip_preflight: bool = False, do_submit: bool = False, hosts: str | None = None,
-          hostfile: Path | None = None,
+          hostfile: Path | None = None, gateway: bool = True,
           echo: Callable[[str], None] | None = print, progress: bool = True,
           after_ready: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Preflight, then launch (foreground, detached, or a Slurm submit); the body of ``k2trt serve``.
 
     Returns a result dict: ``{"status", "url", "plan", "preflight", ...}``; foreground runs return when the job
     ends (``status`` stopped / failed / timeout, with ``message``, ``rank``, ``tail``). Raises LaunchError when
-    preflight finds problems (unless ``skip_preflight``).
+    preflight finds problems (unless ``skip_preflight``). ``gateway=False`` skips the bundle's gateway.
     """
     spec, spec_path, bundle_dir = load_spec(target, engine)
     spec = with_hosts(spec, hosts, hostfile)
+    if not gateway:
+        spec = dataclasses.replace(spec, gateway=None)
     job_id = uuid.uuid4().hex[:16]
     if dry_run:  # without --launcher: show what every launcher would do
         plans: dict[str, Any] = {}
@@ -215,6 +243,7 @@ def serve(target: Path, *, engine: str | None = None, launcher: LauncherKind | N
     check_not_running(state_path)
     if detach:
         placement = ["--hosts", ",".join(f"{h.name}:{h.slots}" for h in spec.hosts)] if hosts or hostfile else []
+        placement += [] if gateway else ["--no-gateway"]
         return {**result, **_detach(spec_path, launcher, log_dir, state_path, job_id, spec.ready_timeout_s,
                                     progress, placement)}
     state = StateFile(state_path, supervisor_pid=os.getpid(), pids=[], job_id=job_id, url=plan.url,
@@ -249,7 +278,7 @@ def _detach(spec_path: Path, launcher: str, log_dir: Path, state_path: Path, job
             st = data.get("status")
             if st == "ready":
                 return {"status": "ready", "supervisor_pid": child.pid, "state_file": str(state_path),
-                        "log_dir": str(log_dir), "detached": True}
+                        "log_dir": str(log_dir), "detached": True, "gateway_url": data.get("gateway_url")}
             if st in ("failed", "timeout", "stopped") or child.poll() is not None:
                 child.wait(timeout=60)
                 data = read_state(state_path) if state_path.is_file() else {}
@@ -273,9 +302,12 @@ def _child_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--launcher", default="mpirun")
     ap.add_argument("--job-id", required=True)
     ap.add_argument("--hosts", default=None)
+    ap.add_argument("--no-gateway", action="store_true")
     a = ap.parse_args(argv)
     spec, spec_path, bundle_dir = load_spec(a.spec)
     spec = with_hosts(spec, a.hosts)
+    if a.no_gateway:
+        spec = dataclasses.replace(spec, gateway=None)
     log_dir = bundle_dir / spec.log_dir
     plan = plan_launch(spec, bundle_dir, launcher=a.launcher, job_id=a.job_id)
     state = StateFile(log_dir / STATE_FILE, supervisor_pid=os.getpid(), pids=[], job_id=a.job_id, url=plan.url,

@@ -116,6 +116,20 @@ class DisaggSpec:
 
 
 @dataclass(frozen=True)
+class GatewayOptions:
+    """The k2trt gateway (OpenAI + Anthropic APIs, Kimi tool calls) that ``k2trt serve`` runs in front of the
+    engine once it is ready, in the supervising process on the launching host."""
+
+    port: int
+    """Port clients use (OpenAI base URL ``http://HOST:PORT/v1``, Anthropic ``http://HOST:PORT``)."""
+    host: str = "127.0.0.1"
+    """Address the gateway binds (0.0.0.0 to serve other machines)."""
+    mode: str = "render"
+    """``render``: the gateway renders K2 prompts and parses tool calls; ``passthrough``: the engine does both
+    (TensorRT-LLM with its kimi_k2 tool parser)."""
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     """Everything ``k2trt serve`` needs to start, check and supervise one deployment."""
 
@@ -179,6 +193,8 @@ class LaunchSpec:
     """Free /dev/shm each node needs when ``eplb`` is on."""
     disagg: DisaggSpec | None = None
     """Disaggregated roles; when set, ``argv`` is empty and the router is the client-facing server."""
+    gateway: GatewayOptions | None = None
+    """The gateway to start in front of the engine once it is ready (None: clients talk to the engine)."""
     schema_version: int = SCHEMA_VERSION
     """Version of this file format; a newer one than this k2trt knows is refused."""
 
@@ -208,6 +224,16 @@ class LaunchSpec:
         if self.launcher not in get_args(LauncherKind):
             raise ConfigError(f"launcher {self.launcher!r} is not one of {get_args(LauncherKind)}")
         _check_port("http_port", self.http_port)
+        if self.gateway is not None:
+            _check_port("gateway.port", self.gateway.port)
+            if self.gateway.mode not in ("render", "passthrough"):
+                raise ConfigError(f"gateway.mode {self.gateway.mode!r} is not render or passthrough")
+            if self.gateway.port == self.http_port and self.first_probe_host() == "127.0.0.1":
+                raise ConfigError(f"gateway.port {self.gateway.port} is the engine's port on this machine",
+                                  "give the gateway its own port")
+            if self.model_dir is None and self.gateway.mode == "render":
+                raise ConfigError("the gateway renders K2 prompts but the spec names no model_dir",
+                                  "set model_dir (the tokenizer and chat template live there)")
         if self.ssh_port is not None:
             _check_port("ssh_port", self.ssh_port)
         if self.ready_timeout_s <= 0 or self.stop_grace_s < 0:

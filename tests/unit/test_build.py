@@ -59,8 +59,8 @@ def test_rebuild_needs_force_and_never_clobbers_other_dirs(tiny_ckpt: Path, tmp_
     build_bundle(r, tiny_ckpt, out)
     with pytest.raises(ConfigError, match="--force"):
         build_bundle(r, tiny_ckpt, out)
-    build_bundle(load_recipe("tiny-cpu", ["serve.port=18001"]), tiny_ckpt, out, force=True)
-    assert LaunchSpec.load(out / "launch.json").http_port == 18001
+    build_bundle(load_recipe("tiny-cpu", ["serve.port=18002"]), tiny_ckpt, out, force=True)
+    assert LaunchSpec.load(out / "launch.json").http_port == 18002
     other = tmp_path / "other"
     other.mkdir()
     (other / "precious.txt").write_text("x")

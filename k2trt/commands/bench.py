@@ -1,0 +1,131 @@
+"""``k2trt bench``: an aiperf sweep against a running endpoint → results.json, plots, REPORT.md, and a gate."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from k2trt.bench.results import DEFAULT_TOLERANCE_PCT, GATE_METRICS, METRICS
+from k2trt.bench.sweep import DEFAULT_ENDPOINT
+from k2trt.cli_options import dry_run_option, echo_json, json_option
+
+if TYPE_CHECKING:
+    from k2trt.bench.results import BenchResult
+    from k2trt.bench.spec import BenchSpec
+
+_SPEC_HELP = """
+\b
+The sweep is a recipe's bench: section (keys of k2trt.bench.BenchSpec), e.g.:
+  bench:
+    endpoint: chat              # or completions
+    streaming: true
+    isl_osl: [[1024, 1024], [8192, 1024]]
+    concurrency: [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    request_multiplier: 8       # requests per point = 8 x concurrency
+    gpus: 16                    # for tokens/s per GPU
+\b
+Exit status: 0 all points ran and no regression; 1 a point failed or the gate found a regression;
+2 bad input.
+"""
+
+
+@click.command(epilog=_SPEC_HELP)
+@click.option("--recipe", help="Recipe name or YAML path; its bench: section is the sweep.")
+@click.option("--spec", "spec_file", type=click.Path(path_type=Path), help="YAML file with a bench: section.")
+@click.option("--endpoint", default=None,
+              help=f"Server root URL (aiperf appends /v1/...) [default: the recipe's serve host:port, else "
+                   f"{DEFAULT_ENDPOINT}].")
+@click.option("--model-dir", type=click.Path(path_type=Path), help="Checkpoint dir: its tokenizer counts tokens.")
+@click.option("--tokenizer-dir", type=click.Path(path_type=Path), help="Or a ready Hugging Face tokenizer dir.")
+@click.option("--model", default=None, help="Served model name [default: bench.model, else the first listed].")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+@click.option("--baseline", type=click.Path(path_type=Path), help="A stored results.json to gate against.")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=DEFAULT_TOLERANCE_PCT, show_default=True,
+              help="Allowed slowdown in percent before the gate fails (50: fails beyond 1.5x worse).")
+@click.option("--gate-metric", "gate_metrics", multiple=True, type=click.Choice(list(METRICS)),
+              default=GATE_METRICS, show_default=True, help="Metric the gate checks (repeat for several).")
+@click.option("--results", "results_file", type=click.Path(path_type=Path),
+              help="Gate this existing results.json against --baseline instead of running.")
+@click.option("--manifest", type=click.Path(path_type=Path), help="Bundle manifest to record in the provenance.")
+@click.option("--force", is_flag=True, help="Overwrite an --out that already holds results.json.")
+@dry_run_option
+@json_option
+def bench(recipe: str | None, spec_file: Path | None, endpoint: str | None, model_dir: Path | None,
+          tokenizer_dir: Path | None, model: str | None, out_dir: Path | None, baseline: Path | None,
+          tolerance: float, gate_metrics: tuple[str, ...], results_file: Path | None, manifest: Path | None,
+          force: bool, dry_run: bool, as_json: bool) -> None:
+    """Benchmark an OpenAI-compatible endpoint with aiperf over a sweep of ISL/OSL × concurrency."""
+    from k2trt.bench.sweep import gate_files, run_bench
+
+    if results_file is not None:
+        if baseline is None:
+            raise click.UsageError("--results needs --baseline")
+        _, gate = gate_files(results_file, baseline, tolerance, tuple(gate_metrics))
+        if as_json:
+            echo_json(gate)
+        else:
+            click.echo("\n".join(_gate_lines(gate)))
+        sys.exit(0 if gate["passed"] else 1)
+    spec, recipe_endpoint = _load_spec(recipe, spec_file)
+    endpoint = endpoint or recipe_endpoint or DEFAULT_ENDPOINT
+    if out_dir is None:
+        raise click.UsageError("--out is required")
+    if dry_run:
+        return _dry_run(spec, endpoint, out_dir, model_dir, tokenizer_dir, model, as_json)
+    res = run_bench(spec, endpoint, out_dir, model_dir=model_dir, tokenizer_dir=tokenizer_dir, model=model,
+                    baseline=baseline, tolerance=tolerance, gate_metrics=tuple(gate_metrics), manifest=manifest,
+                    force=force, progress=not as_json)
+    if as_json:
+        echo_json(res.to_dict())
+    else:
+        _render(res, out_dir)
+    sys.exit(0 if res.ok else 1)
+
+
+def _load_spec(recipe: str | None, spec_file: Path | None) -> "tuple[BenchSpec, str | None]":
+    from k2trt.bench.spec import load_bench_section, spec_from_recipe
+
+    if recipe is not None and spec_file is None:
+        return spec_from_recipe(recipe)
+    if spec_file is not None and recipe is None:
+        return load_bench_section(spec_file), None
+    raise click.UsageError("give exactly one of --recipe and --spec")
+
+
+def _render(res: "BenchResult", out_dir: Path) -> None:
+    n_ok = sum(p.ok for p in res.points)
+    click.echo(f"{n_ok}/{len(res.points)} points ok; report {out_dir / 'REPORT.md'}, "
+               f"results {out_dir / 'results.json'}")
+    for p in res.points:
+        if not p.ok:
+            click.echo(f"failed: {p.label}: {p.error}")
+    if res.gate is not None:
+        click.echo("\n".join(_gate_lines(res.gate)))
+
+
+def _gate_lines(gate: dict[str, Any]) -> list[str]:
+    head = f"gate vs {gate['baseline']} (tolerance {gate['tolerance_pct']:g}%): "
+    if gate["passed"]:
+        return [head + "passed"]
+    return [head + f"FAILED, {len(gate['regressions'])} regression(s)"] + [
+        f"  regression: {r['message']}" for r in gate["regressions"]]
+
+
+def _dry_run(spec: "BenchSpec", endpoint: str, out_dir: Path, model_dir: Path | None, tokenizer_dir: Path | None,
+             model: str | None, as_json: bool) -> None:
+    from k2trt.bench.sweep import AUTO_MODEL, TOKENIZER_DIR, plan_points
+
+    tok = tokenizer_dir if tokenizer_dir is not None else out_dir / TOKENIZER_DIR
+    planned = plan_points(spec, endpoint, out_dir, tokenizer_dir=tok, model=model or spec.model or AUTO_MODEL)
+    if as_json:
+        echo_json({"spec": spec.to_dict(), "tokenizer_dir": str(tok), "model_dir": model_dir and str(model_dir),
+                   "points": [{"name": pp.point.name, "argv": pp.argv} for pp in planned]})
+        return
+    if tokenizer_dir is None:
+        click.echo(f"# tokenizer: {model_dir or '--model-dir'} → {tok} (tokenizer.json for aiperf)")
+    for pp in planned:
+        click.echo(shlex.join(pp.argv))

@@ -1,0 +1,238 @@
+"""``k2trt demo``: the whole pipeline on the tiny K2, with the same code a production deployment uses.
+
+synth → inspect → convert (trtllm passthrough) → inspect → plan + build the ``tiny-cpu`` bundle → serve it (the
+PyTorch reference engine under real ``mpirun``, the gateway in front) → a chat request and a tool-calling request
+through the openai SDK → a short aiperf sweep → stop. Every step is the library call behind the matching command;
+nothing here is demo-only except the choreography. Whatever happens — an error, Ctrl-C, SIGTERM — the job is
+stopped and no process is left behind (checked by scanning the process table).
+
+The tiny K2's weights are random, so its replies are noise; the point is that every layer of the stack runs for
+real. The tool-calling request sends K2's full round trip (a declared tool, an earlier call and its result) through
+id normalisation, the chat template and the streaming tool-call parser; whether the random model calls the tool
+is reported as is.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from k2trt.errors import K2trtError, LaunchError
+
+RECIPE = "tiny-cpu"
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather for a city.",
+    "parameters": {"type": "object", "required": ["city"],
+                   "properties": {"city": {"type": "string", "description": "City name"}}}}}
+
+
+@dataclass
+class DemoResult:
+    """What the demo did: per-step timings and facts, and where its files are."""
+
+    workdir: str
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    paths: dict[str, str] = field(default_factory=dict)
+    ok: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "workdir": self.workdir, "paths": self.paths, "steps": self.steps}
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the demo the way Ctrl-C does, so the cleanup below always runs."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def run_demo(workdir: str | Path, *, bench: bool = True, baseline: str | Path | None = None,
+             tolerance: float | None = None, echo: Callable[[str], None] = print) -> DemoResult:
+    """Run the pipeline in ``workdir`` (replacing an earlier demo's files there).
+
+    Args:
+        workdir: where the checkpoint, bundle, logs and benchmark go.
+        bench: run the aiperf sweep of the recipe's ``bench:`` section.
+        baseline: a results.json to gate the benchmark against; ``tolerance`` in percent.
+        echo: progress lines.
+    Returns:
+        The DemoResult. Raises K2trtError (one line) when a step fails; the job is stopped either way.
+    Example:
+        ``run_demo("k2trt-demo")``
+    """
+    work = Path(workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    res = DemoResult(str(work))
+    state_path: Path | None = None
+    with _sigterm_as_interrupt():
+        try:
+            ckpt, served = _prepare(work, res, echo)
+            bundle = _build(work, served, res, echo)
+            state_path = bundle / "logs" / "serve.state.json"
+            urls = _serve(bundle, res, echo)
+            _requests(urls["gateway"], res, echo)
+            if bench:
+                _bench(urls["gateway"], served, work, res, echo, baseline, tolerance)
+        except BaseException:
+            res.ok = False
+            raise
+        finally:
+            if state_path is not None:
+                _stop(state_path, res, echo)
+    return res
+
+
+@contextmanager
+def _step(res: DemoResult, name: str, echo: Callable[[str], None]) -> Iterator[dict[str, Any]]:
+    info: dict[str, Any] = {"step": name}
+    echo(f"▶ {name}")
+    t = time.monotonic()
+    try:
+        yield info
+    finally:
+        info["seconds"] = round(time.monotonic() - t, 2)
+        res.steps.append(info)
+        detail = ", ".join(f"{k}={v}" for k, v in info.items() if k not in ("step", "seconds", "reply"))
+        echo(f"  done in {info['seconds']:.1f} s{': ' + detail if detail else ''}")
+
+
+def _prepare(work: Path, res: DemoResult, echo: Callable[[str], None]) -> tuple[Path, Path]:
+    from k2trt.checkpoint.convert import ConvertOptions, convert
+    from k2trt.checkpoint.inspect import inspect_checkpoint
+    from k2trt.checkpoint.synth import synthesize
+    from k2trt.spec import preset
+
+    spec = preset("tiny")
+    ckpt = work / "tiny-k2"
+    with _step(res, "synthesize the tiny K2", echo) as info:
+        synthesize(spec, ckpt, seed=0, force=True, preset_name="tiny")
+        info.update(params=spec.param_count(), shards=4)
+    with _step(res, "inspect it", echo) as info:
+        _inspect_ok(inspect_checkpoint(ckpt), info)
+    served = work / "tiny-k2-trtllm"
+    with _step(res, "convert --to trtllm (the directory trtllm-serve would load)", echo) as info:
+        out = convert(ckpt, served, ConvertOptions(target="trtllm", force=True))
+        info.update(state=out.state, shards=out.shards_written + out.shards_skipped)
+    with _step(res, "inspect the converted checkpoint", echo) as info:
+        _inspect_ok(inspect_checkpoint(served), info)
+    res.paths.update(checkpoint=str(ckpt), converted=str(served))
+    return ckpt, served
+
+
+def _inspect_ok(rep: Any, info: dict[str, Any]) -> None:
+    info.update(tensors=rep.tensors, problems=sum(p.severity != "info" for p in rep.problems))
+    if not rep.ok:
+        first = next(p for p in rep.problems if p.severity in ("error", "warning"))
+        raise K2trtError(f"inspect found problems in {rep.model_dir}: {first.where}: {first.message}")
+
+
+def _build(work: Path, served: Path, res: DemoResult, echo: Callable[[str], None]) -> Path:
+    from k2trt.bundle.build import build_bundle
+    from k2trt.bundle.recipe import load_recipe
+
+    bundle = work / "bundle"
+    with _step(res, f"plan and build the {RECIPE} bundle", echo) as info:
+        out = build_bundle(load_recipe(RECIPE), served, bundle, force=True)
+        info.update(files=len(out.files))
+    res.paths.update(bundle=str(bundle), plan=str(bundle / "PLAN.md"), logs=str(bundle / "logs"))
+    return bundle
+
+
+def _serve(bundle: Path, res: DemoResult, echo: Callable[[str], None]) -> dict[str, str]:
+    from k2trt.launch.runner import serve
+
+    with _step(res, "serve: reference engine under mpirun, gateway in front", echo) as info:
+        out = serve(bundle, detach=True, echo=None, progress=False)
+        if out.get("status") != "ready":
+            tail = "; ".join(out.get("tail", [])[-3:])
+            raise LaunchError(f"the engine did not become ready: {out.get('message')}"
+                              + (f" (last lines: {tail})" if tail else ""), f"logs in {bundle / 'logs'}")
+        info.update(engine=out["url"], gateway=out.get("gateway_url"))
+    if not out.get("gateway_url"):
+        raise LaunchError("the bundle started no gateway", f"rebuild it from the {RECIPE} recipe")
+    return {"engine": out["url"], "gateway": out["gateway_url"]}
+
+
+def _requests(gateway: str, res: DemoResult, echo: Callable[[str], None]) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{gateway}/v1", api_key="demo", timeout=120, max_retries=0)
+    model = client.models.list().data[0].id
+    with _step(res, "chat request (openai SDK, streaming)", echo) as info:
+        parts = []
+        stream = client.chat.completions.create(
+            model=model, stream=True, max_tokens=24, temperature=0.0,
+            messages=[{"role": "user", "content": "Say hello in one short sentence."}])
+        finish = None
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                parts.append(chunk.choices[0].delta.content)
+            if chunk.choices and chunk.choices[0].finish_reason:
+                finish = chunk.choices[0].finish_reason
+        info.update(finish_reason=finish, chars=len("".join(parts)), reply="".join(parts))
+    with _step(res, "tool-calling request: K2 round trip through template and parser", echo) as info:
+        # an earlier call with a client-style id and its result: the gateway renames it to functions.get_weather:0
+        # for the model and keeps the reverse map; the reply is parsed for new calls by the streaming parser.
+        r = client.chat.completions.create(
+            model=model, max_tokens=24, temperature=0.0, tools=[WEATHER_TOOL], tool_choice="auto",
+            messages=[{"role": "user", "content": "What's the weather like in Beijing today?"},
+                      {"role": "assistant", "content": "", "tool_calls": [{
+                          "id": "call_demo_1", "type": "function",
+                          "function": {"name": "get_weather", "arguments": json.dumps({"city": "Beijing"})}}]},
+                      {"role": "tool", "tool_call_id": "call_demo_1", "content": json.dumps({"weather": "Sunny"})},
+                      {"role": "user", "content": "And in Shanghai?"}])
+        choice = r.choices[0]
+        calls = choice.message.tool_calls or []
+        info.update(finish_reason=choice.finish_reason, tool_calls=len(calls),
+                    usage=r.usage.prompt_tokens if r.usage else None)
+        info["reply"] = choice.message.content
+
+
+def _bench(gateway: str, served: Path, work: Path, res: DemoResult, echo: Callable[[str], None],
+           baseline: str | Path | None, tolerance: float | None) -> None:
+    from k2trt.bench.spec import BenchSpec
+    from k2trt.bench.sweep import run_bench
+    from k2trt.bundle.recipe import load_recipe
+
+    spec = BenchSpec.from_dict(load_recipe(RECIPE).bench, where=f"recipe {RECIPE}: bench")
+    out = work / "bench"
+    kw: dict[str, Any] = {} if tolerance is None else {"tolerance": tolerance}
+    with _step(res, "bench: aiperf sweep through the gateway", echo) as info:
+        r = run_bench(spec, gateway, out, model_dir=served, baseline=baseline, force=True, progress=False,
+                      manifest=work / "bundle" / "manifest.json", **kw)
+        info.update(points=len(r.points), ok=r.ok)
+        best = max((p for p in r.points if p.ok), key=lambda p: p.metrics.get("output_tok_s") or 0, default=None)
+        if best is not None:
+            info.update(best_output_tok_s=best.metrics.get("output_tok_s"))
+    res.paths.update(bench=str(out), report=str(out / "REPORT.md"))
+    if not r.ok:
+        regs = (r.gate or {}).get("regressions") or []
+        why = regs[0] if regs else next((p.error for p in r.points if not p.ok), "a point failed")
+        raise K2trtError(f"benchmark failed: {why}", f"see {out / 'REPORT.md'}")
+
+
+def _stop(state_path: Path, res: DemoResult, echo: Callable[[str], None]) -> None:
+    from k2trt.launch.state import stop
+
+    if not state_path.is_file():
+        return
+    with _step(res, "stop everything", echo) as info:
+        out = stop(state_path)  # raises LaunchError naming any process of the job that survived
+        info.update(stopped=out["stopped"], leftover=len(out["leftover"]))
