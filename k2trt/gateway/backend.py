@@ -178,6 +178,8 @@ class RenderBackend:
             body["top_p"] = job.top_p
         if job.top_k:
             body["top_k"] = job.top_k
+        if job.ignore_eos:  # TensorRT-LLM's completion request accepts it; so does the reference engine
+            body["ignore_eos"] = True
         if job.max_tokens is not None:
             body["max_tokens"] = job.max_tokens
         if job.stop:
@@ -293,6 +295,8 @@ class ChatBackend:
             mode = job.tool_choice
             body["tool_choice"] = ({"type": "function", "function": {"name": mode.name}} if mode.mode == "named"
                                    else mode.mode)
+        if job.ignore_eos:
+            body["ignore_eos"] = True
         for key, val in (("top_p", job.top_p), ("top_k", job.top_k), ("max_tokens", job.max_tokens)):
             if val is not None:
                 body[key] = val

@@ -32,6 +32,8 @@ class Job:
     stop: list[str] = field(default_factory=list)
     stream: bool = False
     parallel_tool_calls: bool = True
+    ignore_eos: bool = False
+    """Generate exactly max_tokens (benchmarks with a fixed output length); the engine ignores stop tokens."""
 
     @property
     def tool_names(self) -> set[str]:

@@ -132,11 +132,15 @@ def parse_request(body: dict[str, Any], default_temperature: float) -> tuple[Job
         raise bad_request("stream_options must be an object", "stream_options")
     temperature = _number(body, "temperature", 0.0, 2.0)
     ptc = body.get("parallel_tool_calls", True)
+    ignore_eos = body.get("ignore_eos", False)
+    if not isinstance(ignore_eos, bool):
+        raise bad_request("ignore_eos must be true or false", "ignore_eos")
     job = Job(messages=messages, tools=tools, tool_choice=_tool_choice(body.get("tool_choice"), tools),
               temperature=default_temperature if temperature is None else temperature,
               top_p=_number(body, "top_p", 0.0, 1.0),
               max_tokens=_positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens"),
-              stop=_stop_list(body.get("stop"), "stop"), stream=stream, parallel_tool_calls=ptc is not False)
+              stop=_stop_list(body.get("stop"), "stop"), stream=stream, parallel_tool_calls=ptc is not False,
+              ignore_eos=ignore_eos)
     return job, bool(stream and opts.get("include_usage"))
 
 

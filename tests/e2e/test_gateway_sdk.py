@@ -145,6 +145,18 @@ def test_openai_stream_with_usage_and_sampling(oai: openai.OpenAI, engine: Engin
     body = engine.records[-1].body
     assert (body["temperature"], body["top_p"], body["max_tokens"], body["stop"]) == (0.2, 0.9, 7, ["###"])
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert "ignore_eos" not in body
+
+
+def test_ignore_eos_reaches_the_engine(oai: openai.OpenAI, engine: EngineDouble) -> None:
+    """Benchmarks ask for a fixed output length (aiperf sends ignore_eos through extra inputs)."""
+    engine.script(Reply("fixed length", finish_reason="length"))
+    oai.chat.completions.create(model="m", messages=[{"role": "user", "content": "go"}], max_tokens=5,
+                                extra_body={"ignore_eos": True})
+    assert engine.records[-1].body["ignore_eos"] is True
+    with pytest.raises(openai.BadRequestError, match="ignore_eos must be true or false"):
+        oai.chat.completions.create(model="m", messages=[{"role": "user", "content": "go"}],
+                                    extra_body={"ignore_eos": "yes"})
 
 
 def test_openai_tool_call_non_streaming(oai: openai.OpenAI, engine: EngineDouble, tok: K2Tokenizer) -> None:
