@@ -64,13 +64,15 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def run_demo(workdir: str | Path, *, bench: bool = True, baseline: str | Path | None = None,
-             tolerance: float | None = None, echo: Callable[[str], None] = print) -> DemoResult:
+             tolerance: float | None = None, hold_s: float = 0.0,
+             echo: Callable[[str], None] = print) -> DemoResult:
     """Run the pipeline in ``workdir`` (replacing an earlier demo's files there).
 
     Args:
         workdir: where the checkpoint, bundle, logs and benchmark go.
         bench: run the aiperf sweep of the recipe's ``bench:`` section.
         baseline: a results.json to gate the benchmark against; ``tolerance`` in percent.
+        hold_s: keep the service up this long at the end (to try it by hand; Ctrl-C ends it early).
         echo: progress lines.
     Returns:
         The DemoResult. Raises K2trtError (one line) when a step fails; the job is stopped either way.
@@ -90,6 +92,10 @@ def run_demo(workdir: str | Path, *, bench: bool = True, baseline: str | Path | 
             _requests(urls["gateway"], res, echo)
             if bench:
                 _bench(urls["gateway"], served, work, res, echo, baseline, tolerance)
+            if hold_s > 0:
+                echo(f"serving for {hold_s:.0f} s: OpenAI base URL {urls['gateway']}/v1, Anthropic base URL "
+                     f"{urls['gateway']} (Ctrl-C stops)")
+                time.sleep(hold_s)
         except BaseException:
             res.ok = False
             raise

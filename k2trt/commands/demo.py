@@ -18,14 +18,17 @@ from k2trt.cli_options import echo_json, json_option
               help="Gate the benchmark against this results.json.")
 @click.option("--tolerance", type=click.FloatRange(min=0), default=None,
               help="Allowed slowdown in percent for --baseline [default: the bench gate's].")
+@click.option("--hold", "hold_s", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Keep the service up this many seconds at the end, to try it by hand (Ctrl-C stops).")
 @json_option
-def demo(workdir: Path, bench: bool, baseline: Path | None, tolerance: float | None, as_json: bool) -> None:
+def demo(workdir: Path, bench: bool, baseline: Path | None, tolerance: float | None, hold_s: float,
+         as_json: bool) -> None:
     """Synthesize, inspect, convert, plan, build, serve (reference engine under mpirun + gateway), query with the
     openai SDK, benchmark with aiperf, and stop — on the tiny K2, in a few minutes on a laptop CPU."""
     from k2trt.demo import run_demo
 
     echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
-    res = run_demo(workdir, bench=bench, baseline=baseline, tolerance=tolerance, echo=echo)
+    res = run_demo(workdir, bench=bench, baseline=baseline, tolerance=tolerance, hold_s=hold_s, echo=echo)
     if as_json:
         echo_json(res.to_dict())
         return
