@@ -172,7 +172,9 @@ class RenderBackend:
     def prepare(self, job: Job) -> Prepared:
         ids, prefix, id_back = self.prompt_ids(job)
         body: dict[str, Any] = {"model": self.engine_model, "prompt": ids, "stream": job.stream,
-                                "temperature": job.temperature, "stop_token_ids": list(self.tok.stop_ids),
+                                "temperature": job.temperature,
+                                # with ignore_eos the turn markers must not stop a fixed-length benchmark either
+                                "stop_token_ids": [] if job.ignore_eos else list(self.tok.stop_ids),
                                 "skip_special_tokens": False, "spaces_between_special_tokens": False}
         if job.top_p is not None:
             body["top_p"] = job.top_p

@@ -1,0 +1,440 @@
+"""The reference K2 server: the subset of trtllm-serve's HTTP surface that k2trt uses, over the sharded reference.
+
+``mpirun -np N python -m k2trt.reference.serve MODEL_DIR --tp N [--ep M] [--adp] --host 127.0.0.1 --port P``.
+Every rank loads its own shard (``parallel.build_rank_model``). Rank 0 serves HTTP (starlette + uvicorn) and runs
+the engine thread; the other ranks follow: for each static batch rank 0 broadcasts the work, every rank runs the same
+``generate`` loop in lockstep, and rank 0's tokens and stop decisions are broadcast each step.
+
+Endpoints (trtllm-serve's, trtllm.md §1.3): ``POST /v1/completions`` (prompt as text — tokenised with special
+tokens allowed, as TensorRT-LLM does — or as token ids; ``max_tokens``, ``temperature``, ``top_p``, ``top_k``,
+``seed``, ``stop``, ``stop_token_ids``, ``skip_special_tokens``, ``stream`` as SSE, ``stream_options.include_usage``),
+``POST /v1/chat/completions`` (K2's chat template via ``k2trt.chat``; no tool-call parsing), ``GET /v1/models``,
+``GET /health``, ``GET /health_generate`` (generates one token: 200 only when that works). Generation stops on
+``<|im_end|>`` and ``[EOS]``. Streamed text deltas never split a UTF-8 character and never show a prefix of a stop
+string that later matches.
+
+Failure policy: a rank that fails ends the job. Collectives have a timeout; rank 0 broadcasts a heartbeat while idle,
+so a dead peer is noticed within seconds; any engine error on rank 0 exits the process (and with it the HTTP loop),
+and mpirun then takes the other ranks down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Sequence
+
+import torch
+
+from k2trt.reference.generate import Completion, SamplingParams, generate
+from k2trt.reference.parallel import (DEFAULT_TIMEOUT_S, DistCollectives, Layout, build_rank_model, env_rank,
+                                      init_distributed)
+
+log = logging.getLogger("k2trt.reference.serve")
+HEARTBEAT_S = 2.0
+
+
+# ---- text side of one request ------------------------------------------------------------------------------------
+
+class TextStream:
+    """Detokenises one request's tokens: UTF-8-safe deltas, stop strings matched and cut, their prefixes held back."""
+
+    def __init__(self, tok: Any, stops: Sequence[str], skip_special_tokens: bool) -> None:
+        self.dec = tok.incremental_decoder(skip_special_tokens=skip_special_tokens)
+        self.stops = [s for s in stops if s]
+        self.text, self.sent = "", 0
+        self.stop_reason: str | None = None
+
+    def feed(self, token: int) -> tuple[str, bool]:
+        """Add a token; return (text safe to emit now, whether a stop string matched)."""
+        self.text += self.dec.feed([token])
+        hits = [(i, s) for s in self.stops if (i := self.text.find(s)) >= 0]
+        if hits:
+            i, s = min(hits)
+            self.text, self.stop_reason = self.text[:i], s
+            return self._emit(len(self.text)), True
+        hold = max((k for s in self.stops for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+        return self._emit(len(self.text) - hold), False
+
+    def finish(self) -> str:
+        if self.stop_reason is None:
+            self.text += self.dec.flush()
+        return self._emit(len(self.text))
+
+    def _emit(self, upto: int) -> str:
+        if upto <= self.sent:
+            return ""
+        out, self.sent = self.text[self.sent:upto], upto
+        return out
+
+
+@dataclass
+class Request:
+    """One HTTP request on its way through the engine; events go back to its event loop."""
+
+    prompt: list[int]
+    params: SamplingParams
+    text: TextStream
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+
+    def push(self, kind: str, payload: Any) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, payload))
+
+
+# ---- engine (rank 0) and followers ---------------------------------------------------------------------------------
+
+class Engine:
+    """Rank 0's batcher: takes queued requests as static batches and drives every rank through ``generate``."""
+
+    def __init__(self, model: Any, comm: DistCollectives | None, *, max_batch: int = 8, batch_wait_s: float = 0.02,
+                 heartbeat_s: float = HEARTBEAT_S) -> None:
+        self.model, self.comm = model, comm
+        self.max_batch, self.batch_wait_s, self.heartbeat_s = max_batch, batch_wait_s, heartbeat_s
+        self.pending: queue.Queue[Request] = queue.Queue()
+        self.failed: str | None = None
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="k2trt-engine", daemon=True)
+
+    @property
+    def healthy(self) -> bool:
+        return self.failed is None and self.thread.is_alive()
+
+    def submit(self, req: Request) -> None:
+        self.pending.put(req)
+
+    def _take(self) -> list[Request]:
+        try:
+            batch = [self.pending.get(timeout=self.heartbeat_s)]
+        except queue.Empty:
+            return []
+        deadline = time.monotonic() + self.batch_wait_s
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(self.pending.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+        return batch
+
+    def _broadcast(self, cmd: dict[str, Any]) -> None:
+        if self.comm is not None:
+            self.comm.broadcast_object(cmd)
+
+    def _run(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                batch = self._take()
+                if not batch:
+                    self._broadcast({"op": "noop"})  # heartbeat: followers' waits stay under the timeout
+                    continue
+                self._step(batch)
+            self._broadcast({"op": "exit"})
+        except BaseException as e:  # noqa: BLE001 - any failure of a collective or the model ends the job
+            self.failed = f"{type(e).__name__}: {e}"
+            log.error("engine failed, shutting the job down: %s", self.failed)
+            sys.stderr.flush()
+            os._exit(1)
+
+    def _step(self, batch: list[Request]) -> None:
+        prompts, params = [r.prompt for r in batch], [r.params for r in batch]
+        self._broadcast({"op": "generate", "prompts": prompts, "params": params})
+
+        def on_token(i: int, tok: int) -> bool:
+            delta, stopped = batch[i].text.feed(tok)
+            if delta:
+                batch[i].push("delta", delta)
+            return stopped
+
+        def on_finish(i: int, c: Completion) -> None:
+            r = batch[i]
+            tail = r.text.finish()
+            if tail:
+                r.push("delta", tail)
+            # trtllm-serve's stop_reason: the stop string that matched, else the stop token id, else None
+            r.push("done", (c, r.text.stop_reason if r.text.stop_reason is not None else c.stop_token))
+
+        generate(self.model, prompts, params, on_token=on_token, on_finish=on_finish,
+                 agree=self.comm.broadcast if self.comm else None)
+
+
+def follow(model: Any, comm: DistCollectives) -> None:
+    """A follower rank: run every batch rank 0 broadcasts, in lockstep, until it says exit."""
+    while True:
+        cmd = comm.broadcast_object(None)
+        if cmd["op"] == "exit":
+            return
+        if cmd["op"] == "generate":
+            generate(model, cmd["prompts"], cmd["params"], agree=comm.broadcast)
+
+
+# ---- HTTP ----------------------------------------------------------------------------------------------------------
+
+class BadRequest(Exception):
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> Any:
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}},
+                        status_code=status)
+
+
+def build_app(engine: Engine, tok: Any, spec: Any, model_name: str) -> Any:
+    """The starlette app of rank 0."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request as HttpRequest
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    from k2trt.chat.template import render_ids
+
+    created = int(time.time())
+
+    def sampling(body: dict[str, Any], n_prompt: int) -> tuple[SamplingParams, list[str], bool]:
+        max_tokens = body.get("max_tokens", body.get("max_completion_tokens", 16))
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise BadRequest(f"max_tokens must be a positive integer, got {max_tokens!r}", "max_tokens")
+        if n_prompt + max_tokens > spec.max_position_embeddings:
+            raise BadRequest(f"prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) exceeds the context of "
+                             f"{spec.max_position_embeddings} tokens", "max_tokens")
+        temperature = float(body.get("temperature", 1.0) if body.get("temperature") is not None else 1.0)
+        top_p = float(body.get("top_p") if body.get("top_p") is not None else 1.0)
+        top_k = int(body.get("top_k") or 0)
+        if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+            raise BadRequest("temperature must be ≥ 0, top_p in (0, 1], top_k ≥ 0", "temperature")
+        stop = body.get("stop") or []
+        stop = [stop] if isinstance(stop, str) else list(stop)
+        if not all(isinstance(s, str) for s in stop):
+            raise BadRequest("stop must be a string or a list of strings", "stop")
+        extra = body.get("stop_token_ids") or []
+        seed = body.get("seed")
+        ignore_eos = body.get("ignore_eos", False)
+        if not isinstance(ignore_eos, bool):
+            raise BadRequest("ignore_eos must be true or false", "ignore_eos")
+        # ignore_eos (benchmarks with a fixed output length) drops the model's own stop tokens; explicitly
+        # requested stop_token_ids still apply, as in TensorRT-LLM and vLLM
+        base = () if ignore_eos else tuple(tok.stop_ids)
+        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                                seed=int(seed) if seed is not None else None,
+                                stop_ids=tuple(dict.fromkeys([*base, *map(int, extra)])))
+        return params, stop, bool(body.get("skip_special_tokens", True))
+
+    def check_ids(ids: Any) -> list[int]:
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool)
+                                                            for i in ids):
+            raise BadRequest("prompt must be a non-empty string or a non-empty list of token ids", "prompt")
+        bad = [i for i in ids if not 0 <= i < spec.vocab_size]
+        if bad:
+            raise BadRequest(f"token id {bad[0]} is outside the vocabulary (0..{spec.vocab_size - 1})", "prompt")
+        return ids
+
+    async def parse(http: HttpRequest) -> dict[str, Any]:
+        try:
+            body = await http.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise BadRequest("the request body is not JSON") from None
+        if not isinstance(body, dict):
+            raise BadRequest("the request body must be a JSON object")
+        return body
+
+    def enqueue(prompt: list[int], body: dict[str, Any]) -> Request:
+        if not engine.healthy:
+            raise RuntimeError(engine.failed or "the engine is not running")
+        params, stop, skip = sampling(body, len(prompt))
+        req = Request(prompt, params, TextStream(tok, stop, skip), asyncio.get_running_loop())
+        engine.submit(req)
+        return req
+
+    async def run(req: Request) -> tuple[str, Completion, Any]:
+        parts: list[str] = []
+        while True:
+            kind, payload = await req.events.get()
+            if kind == "delta":
+                parts.append(payload)
+            else:
+                c, stop_reason = payload
+                return "".join(parts), c, stop_reason
+
+    def usage(c: Completion) -> dict[str, int]:
+        return {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                "total_tokens": c.prompt_tokens + c.completion_tokens}
+
+    async def sse(req: Request, chunk: Any, final: Any, include_usage: bool) -> AsyncIterator[bytes]:
+        while True:
+            kind, payload = await req.events.get()
+            if kind == "delta":
+                yield b"data: " + json.dumps(chunk(payload)).encode() + b"\n\n"
+                continue
+            c, reason = payload
+            yield b"data: " + json.dumps(final(c, reason)).encode() + b"\n\n"
+            if include_usage:
+                yield b"data: " + json.dumps({**chunk(None), "choices": [], "usage": usage(c)}).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+            return
+
+    async def completions(http: HttpRequest) -> Any:
+        try:
+            body = await parse(http)
+            p = body.get("prompt")
+            if isinstance(p, list) and len(p) == 1 and isinstance(p[0], (str, list)):
+                p = p[0]  # a batch of one
+            ids = tok.encode_with_specials(p) if isinstance(p, str) and p else check_ids(p)
+            req = enqueue(ids, body)
+        except BadRequest as e:
+            return _error(400, str(e), e.param)
+        except RuntimeError as e:
+            return _error(503, str(e), kind="service_unavailable")
+        rid = f"cmpl-{uuid.uuid4().hex}"
+        head = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model_name}
+        if body.get("stream"):
+            include = bool((body.get("stream_options") or {}).get("include_usage"))
+            chunk = lambda d: {**head, "choices": [{"index": 0, "text": d, "finish_reason": None,  # noqa: E731
+                                                    "logprobs": None}]}
+            final = lambda c, r: {**head, "choices": [{"index": 0, "text": "",  # noqa: E731
+                                                       "finish_reason": c.finish_reason, "stop_reason": r,
+                                                       "logprobs": None}]}
+            return StreamingResponse(sse(req, chunk, final, include), media_type="text/event-stream")
+        text, c, reason = await run(req)
+        return JSONResponse({**head, "choices": [{"index": 0, "text": text, "finish_reason": c.finish_reason,
+                                                  "stop_reason": reason, "logprobs": None}],
+                             "usage": usage(c)})
+
+    async def chat(http: HttpRequest) -> Any:
+        try:
+            body = await parse(http)
+            msgs = body.get("messages")
+            if not isinstance(msgs, list) or not msgs:
+                raise BadRequest("messages must be a non-empty list", "messages")
+            try:
+                ids = render_ids(tok, msgs, body.get("tools") or None)
+            except Exception as e:  # noqa: BLE001 - ChatFormatError and malformed message shapes alike
+                raise BadRequest(f"cannot render the messages: {e}", "messages") from None
+            req = enqueue(ids, body)
+        except BadRequest as e:
+            return _error(400, str(e), e.param)
+        except RuntimeError as e:
+            return _error(503, str(e), kind="service_unavailable")
+        rid = f"chatcmpl-{uuid.uuid4().hex}"
+        head = {"id": rid, "created": int(time.time()), "model": model_name}
+        if body.get("stream"):
+            include = bool((body.get("stream_options") or {}).get("include_usage"))
+            started = {"v": False}
+
+            def chunk(d: str | None) -> dict[str, Any]:
+                delta: dict[str, Any] = {"content": d}
+                if not started["v"]:
+                    delta["role"], started["v"] = "assistant", True
+                return {**head, "object": "chat.completion.chunk",
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+
+            final = lambda c, r: {**head, "object": "chat.completion.chunk",  # noqa: E731
+                                  "choices": [{"index": 0, "delta": {}, "finish_reason": c.finish_reason,
+                                               "stop_reason": r}]}
+            return StreamingResponse(sse(req, chunk, final, include), media_type="text/event-stream")
+        text, c, reason = await run(req)
+        return JSONResponse({**head, "object": "chat.completion",
+                             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                          "finish_reason": c.finish_reason,
+                                          "stop_reason": reason}],
+                             "usage": usage(c)})
+
+    async def models(_: HttpRequest) -> Any:
+        return JSONResponse({"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
+                                                         "owned_by": "k2trt"}]})
+
+    async def health(_: HttpRequest) -> Any:
+        if engine.healthy:
+            return JSONResponse({"status": "ok"})
+        return _error(503, engine.failed or "the engine is not running", kind="service_unavailable")
+
+    async def health_generate(_: HttpRequest) -> Any:
+        try:
+            req = enqueue([tok.im_end_id], {"max_tokens": 1, "temperature": 0})
+            _, c, _ = await asyncio.wait_for(run(req), timeout=60)
+        except (RuntimeError, asyncio.TimeoutError, BadRequest) as e:
+            return _error(503, f"generation failed: {e or 'timeout'}", kind="service_unavailable")
+        if c.completion_tokens != 1:
+            return _error(503, "generation produced no token", kind="service_unavailable")
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(routes=[
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/health_generate", health_generate, methods=["GET"]),
+    ])
+
+
+# ---- process entry -------------------------------------------------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m k2trt.reference.serve",
+                                 description="Reference K2 server (trtllm-serve's HTTP subset); run under mpirun.")
+    ap.add_argument("model_dir", help="checkpoint directory (config.json, safetensors, tokenizer)")
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel size = number of ranks")
+    ap.add_argument("--ep", type=int, default=1, help="MoE expert-parallel size (moe_tp = tp / ep)")
+    ap.add_argument("--adp", action="store_true", help="attention data parallelism")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--served-model-name", default=None, help="model id in /v1/models (default: MODEL_DIR)")
+    ap.add_argument("--max-batch", type=int, default=8, help="requests per static batch")
+    ap.add_argument("--attn-impl", choices=["naive", "absorb"], default="absorb")
+    ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="collective timeout (s)")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s rank%(rank)s %(levelname)s %(message)s")
+    rank, world, _ = env_rank()
+    old = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kw: Any) -> logging.LogRecord:
+        rec = old(*args, **kw)
+        rec.rank = rank
+        return rec
+
+    logging.setLogRecordFactory(factory)
+    layout = Layout(a.tp, a.ep, a.adp)
+    if world != layout.tp:
+        log.error("layout %s needs %d ranks but the job has %d (launch with mpirun -np %d)", layout, layout.tp,
+                  world, layout.tp)
+        return 2
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    init_distributed(rank, world, a.timeout)
+    comm = DistCollectives(rank, world) if world > 1 else None
+    t0 = time.monotonic()
+    model, _ = build_rank_model(Path(a.model_dir), layout, rank, comm, attn_impl=a.attn_impl)
+    log.info("rank %d/%d loaded its %s shard in %.1fs", rank, world, layout, time.monotonic() - t0)
+    if rank != 0:
+        assert comm is not None
+        follow(model, comm)
+        return 0
+    from k2trt.chat.tokenizer import K2Tokenizer
+
+    import uvicorn
+
+    tok = K2Tokenizer.from_dir(a.model_dir)
+    engine = Engine(model, comm, max_batch=a.max_batch)
+    engine.thread.start()
+    app = build_app(engine, tok, model.spec, a.served_model_name or a.model_dir)
+    server = uvicorn.Server(uvicorn.Config(app, host=a.host, port=a.port, log_level="warning"))
+    log.info("serving %s on http://%s:%d", layout, a.host, a.port)
+    server.run()
+    engine.stopping.set()
+    engine.thread.join(timeout=engine.heartbeat_s * 3)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
