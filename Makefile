@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` (install + the whole pipeline on the tiny K2) and `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= dev,bench,plugins
+EXTRAS ?= dev,bench,plugins,quant
 
 .PHONY: install demo test unit e2e clean
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator, Literal
 
 from k2trt.checkpoint import names
+from k2trt.checkpoint import requant_layout as rq
 from k2trt.errors import ConfigError
 
 Dtype = Literal["F8_E4M3", "BF16", "F32", "F16", "U8", "I8", "F8_E8M0", "I32"]
@@ -43,11 +44,19 @@ class TensorInfo:
     layer: int | None = None
     expert: int | None = None
     scale_of: str | None = None
-    """For a ``weight_scale_inv`` tensor, the name of the FP8 weight it scales."""
+    """For a scale tensor (``weight_scale_inv``, ``weight_scale``, ``weight_scale_2``, ``input_scale``), the name of
+    the weight it belongs to."""
+    packed: int = 1
+    """Weight elements per stored element: 2 for the 4-bit NVFP4/INT4 weights (two codes per byte), else 1."""
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def params(self) -> int:
+        """Model parameters this tensor stores (``numel`` × ``packed``; scales count as none by the callers)."""
+        return self.numel * self.packed
 
     @property
     def nbytes(self) -> int:
@@ -60,12 +69,45 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class Quantization:
-    """The checkpoint's ``quantization_config`` (K2: fp8 / e4m3 / [128, 128] / dynamic)."""
+    """The checkpoint's quantization: K2's own ``quantization_config`` (fp8 / e4m3 / [128, 128] / dynamic), or a
+    ModelOpt requantization (``quant_method`` ``modelopt``) read from ``hf_quant_config.json``: NVFP4 routed experts
+    (Blackwell) or W4A8 routed experts with block-FP8 elsewhere (Hopper); see ``checkpoint/requant_layout.py``."""
 
     quant_method: str = "fp8"
     fmt: str = "e4m3"
     weight_block_size: tuple[int, int] = (BLOCK, BLOCK)
     activation_scheme: str = "dynamic"
+    quant_algo: str | None = None
+    """ModelOpt quant_algo of the routed experts: ``NVFP4`` or ``W4A8_AWQ`` (None for K2's block FP8)."""
+    group_size: int | None = None
+    """Elements per weight scale of the routed experts (NVFP4: 16, W4A8: 128)."""
+    kv_cache_quant_algo: str | None = None
+    """``FP8`` when the checkpoint asks for an FP8 KV cache."""
+
+    @classmethod
+    def requant(cls, target: str, kv_cache_quant_algo: str | None = None) -> "Quantization":
+        """The quantization ``k2trt convert --to nvfp4|w4a8`` writes."""
+        if target not in rq.TARGETS:
+            raise ConfigError(f"unknown requantization target {target!r}", f"choose one of {', '.join(rq.TARGETS)}")
+        group = rq.NVFP4_GROUP if target == "nvfp4" else rq.W4A8_GROUP
+        return cls("modelopt", "nvfp4" if target == "nvfp4" else "int4", (0, 0), "static", rq.QUANT_ALGO[target],
+                   group, kv_cache_quant_algo)
+
+    @property
+    def target(self) -> str | None:
+        """``nvfp4`` / ``w4a8`` for a ModelOpt requantized checkpoint, None otherwise."""
+        if self.quant_method != "modelopt":
+            return None
+        return {v: k for k, v in rq.QUANT_ALGO.items()}.get(self.quant_algo or "")
+
+    def describe(self) -> str:
+        """One line for reports: ``fp8 e4m3 [128, 128]``, ``modelopt NVFP4 experts (group 16), rest bf16``."""
+        t = self.target
+        if t is None:
+            return f"{self.quant_method} {self.fmt} {list(self.weight_block_size)}"
+        rest = "bf16" if t == "nvfp4" else "fp8 [128, 128]"
+        kv = f", kv {self.kv_cache_quant_algo}" if self.kv_cache_quant_algo else ""
+        return f"modelopt {self.quant_algo} experts (group {self.group_size}), rest {rest}{kv}"
 
 
 @dataclass(frozen=True)
@@ -178,7 +220,13 @@ class ModelSpec:
             )
         q = cfg.get("quantization_config")
         quant = None
-        if q:
+        hq = _hf_quant_config(path.parent) if not isinstance(source, dict) else None
+        hq_algo = (hq.get("quantization", hq) or {}).get("quant_algo") if hq is not None else None
+        if hq is not None and hq_algo not in (None, "FP8_BLOCK_SCALES", "fp8_pb_wo"):
+            quant = _modelopt_quantization(hq, where)  # TensorRT-LLM reads hf_quant_config.json first
+        elif q and str(q.get("quant_method", "")).startswith("modelopt"):
+            quant = _modelopt_quantization(q, where)
+        elif q:
             if q.get("quant_method") != "fp8":
                 # NVFP4/W4A8 and others are described by hf_quant_config.json; keep the raw dict.
                 quant = Quantization(quant_method=str(q.get("quant_method")), fmt=str(q.get("fmt", "")),
@@ -241,6 +289,13 @@ class ModelSpec:
         if self.quantization and self.quantization.quant_method == "fp8":
             if self.quantization.fmt != "e4m3":
                 raise ConfigError(f"{where}: FP8 format {self.quantization.fmt!r} is not supported (e4m3 only)")
+        if self.quantization is not None and self.quantization.target is not None:
+            for role, shape in (("expert_gate", (self.moe_intermediate_size, self.hidden_size)),
+                                ("expert_down", (self.hidden_size, self.moe_intermediate_size))):
+                try:
+                    rq.check_shape(role, shape, rq.EXPERT_FORMAT[self.quantization.target])
+                except ValueError as e:
+                    raise ConfigError(f"{where}: {e}") from None
         rs = self.rope_scaling
         if rs:
             kind = rs.get("type") or rs.get("rope_type")
@@ -309,7 +364,7 @@ class ModelSpec:
 
     def _layer_shapes(self, layer: int) -> Iterator[tuple[str, tuple[int, ...], str, int | None]]:
         h, nh = self.hidden_size, self.num_attention_heads
-        lin = "F8_E4M3" if self.fp8 else "BF16"
+        lin = "LINEAR"  # expanded per storage format by tensors()
         yield "input_norm", (h,), "BF16", None
         if self.q_lora_rank:
             yield "q_a", (self.q_lora_rank, h), lin, None
@@ -351,13 +406,17 @@ class ModelSpec:
         elements (kimi_formats.md §2.2). Order: embed, layers 0..N-1, final norm, lm_head.
         """
         out: list[TensorInfo] = [TensorInfo(names.EMBED, (self.vocab_size, self.hidden_size), "BF16", "embed")]
+        q = self.quantization
+        target = q.target if q is not None else None
         for layer in range(self.num_hidden_layers):
             for role, shape, dtype, expert in self._layer_shapes(layer):
                 name = names.name_of(role, layer, expert)
-                out.append(TensorInfo(name, shape, dtype, role, layer, expert))
-                if dtype == "F8_E4M3":
-                    out.append(TensorInfo(names.scale_name(name), scale_shape(shape), "F32", role, layer,
-                                          expert, scale_of=name))
+                if dtype != "LINEAR":
+                    out.append(TensorInfo(name, shape, dtype, role, layer, expert))
+                    continue
+                fmt = rq.linear_format(role, target, self.fp8)
+                for i, (n, dt, shp, packed) in enumerate(rq.linear_tensors(name, shape, fmt)):
+                    out.append(TensorInfo(n, shp, dt, role, layer, expert, None if i == 0 else name, packed))
         out.append(TensorInfo(names.FINAL_NORM, (self.hidden_size,), "BF16", "final_norm"))
         if not self.tie_word_embeddings:
             out.append(TensorInfo(names.LM_HEAD, (self.vocab_size, self.hidden_size), "BF16", "lm_head"))
@@ -367,7 +426,7 @@ class ModelSpec:
 
     def param_count(self) -> int:
         """Model parameters (scales and unused inv_freq excluded). K2: 1,026.4 B."""
-        return sum(t.numel for t in self.tensors() if t.scale_of is None and t.role not in names.IGNORED_ROLES)
+        return sum(t.params for t in self.tensors() if t.scale_of is None and t.role not in names.IGNORED_ROLES)
 
     def active_param_count(self, include_embedding: bool = False) -> int:
         """Parameters touched per token: all but the unchosen routed experts. K2: 31.7 B (32.9 B with embed)."""
@@ -379,9 +438,9 @@ class ModelSpec:
             if t.role == "embed" and not include_embedding:
                 continue
             if t.expert is not None:
-                total += t.numel * k if t.expert == 0 else 0  # k chosen experts per token
+                total += t.params * k if t.expert == 0 else 0  # k chosen experts per token
                 continue
-            total += t.numel
+            total += t.params
         return total
 
     def bytes_by_dtype(self) -> dict[str, int]:
@@ -413,6 +472,11 @@ class ModelSpec:
                 "quant_method": "fp8",
                 "weight_block_size": list(self.quantization.weight_block_size),
             }
+        elif not str((cfg.get("quantization_config") or {}).get("quant_method", "")).startswith("modelopt"):
+            # a ModelOpt checkpoint's inline config is written by requant (modelopt's own converter); a minimal one
+            # here keeps the spec readable when only config.json travels
+            cfg["quantization_config"] = {"quant_method": "modelopt", "quant_algo": self.quantization.quant_algo,
+                                          "group_size": self.quantization.group_size}
         return dict(sorted(cfg.items()))
 
     def with_quantization(self, quant: Quantization | None) -> "ModelSpec":
@@ -420,6 +484,49 @@ class ModelSpec:
         import dataclasses
 
         return dataclasses.replace(self, quantization=quant)
+
+
+def _hf_quant_config(model_dir: Path) -> dict[str, Any] | None:
+    """``hf_quant_config.json`` of a checkpoint directory (TensorRT-LLM reads it before config.json), or None."""
+    p = model_dir / rq.HF_QUANT_CONFIG
+    if not p.is_file():
+        return None
+    try:
+        d = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{p}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{p}: expected a JSON object")
+    return d
+
+
+def _modelopt_quantization(hq: dict[str, Any], where: str) -> Quantization | None:
+    """A Quantization from a ModelOpt config: legacy ``{"quantization": {...}}`` or the flat inline shape.
+
+    ``NVFP4`` → NVFP4 experts; ``MIXED_PRECISION`` whose quantized_layers put ``W4A8_AWQ`` on the experts → W4A8;
+    ``FP8_BLOCK_SCALES`` / ``fp8_pb_wo`` → K2's block FP8. Anything else raises ConfigError naming the algorithm.
+    """
+    q = hq.get("quantization", hq)
+    if not isinstance(q, dict):
+        raise ConfigError(f"{where}: hf_quant_config.json 'quantization' is not an object")
+    algo = q.get("quant_algo")
+    kv = q.get("kv_cache_quant_algo")
+    if kv is None and isinstance(q.get("kv_cache_scheme"), dict):
+        kv = "FP8" if q["kv_cache_scheme"].get("num_bits") == 8 else None
+    if algo in ("FP8_BLOCK_SCALES", "fp8_pb_wo"):
+        return Quantization()
+    if algo == "NVFP4":
+        return Quantization.requant("nvfp4", kv)
+    if algo == "MIXED_PRECISION":
+        layers = q.get("quantized_layers") or {}
+        algos = {str(v.get("quant_algo")) for k, v in layers.items() if isinstance(v, dict) and
+                 k.endswith(".mlp.experts")}
+        if algos == {rq.QUANT_ALGO["w4a8"]} or (not layers and q.get("quant_algo_experts") == "W4A8_AWQ"):
+            return Quantization.requant("w4a8", kv)
+        raise ConfigError(f"{where}: MIXED_PRECISION with expert algorithms {sorted(algos) or 'none listed'} is "
+                          "not a layout k2trt reads", "k2trt reads NVFP4 and W4A8_AWQ-expert checkpoints")
+    raise ConfigError(f"{where}: ModelOpt quant_algo {algo!r} is not supported",
+                      "k2trt reads FP8_BLOCK_SCALES, NVFP4 and W4A8 (MIXED_PRECISION with W4A8_AWQ experts)")
 
 
 def scale_shape(shape: tuple[int, ...], block: int = BLOCK) -> tuple[int, ...]:

@@ -146,6 +146,7 @@ def engine_argv(r: Recipe, lay: Layout, model_dir: str, config_path: str, port: 
         # the interpreter that built the bundle: it has k2trt and torch (a bare "python" may be another one)
         a = [sys.executable, "-m", "k2trt.reference.serve", model_dir, "--tp", str(lay.tp), "--ep", str(m.ep)]
         a += ["--adp"] if lay.adp else []
+        a += ["--plugins", r.serve.plugins] if r.serve.plugins != "off" else []
         a += ["--host", r.serve.host, "--port", str(port)]
         if r.model.served_name:
             a += ["--served-model-name", r.model.served_name]
@@ -173,10 +174,10 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: tuple[str, ..
         raise CheckpointError(f"{checkpoint} is not a directory", "pass the checkpoint directory with --checkpoint")
     spec = _inspect(checkpoint, notes)
     fmt = weight_format(spec)
-    want = {"fp8": "fp8_block", "bf16": "bf16", "nvfp4": "nvfp4"}.get(r.model.weights or "", None)
+    want = {"fp8": "fp8_block", "bf16": "bf16", "nvfp4": "nvfp4", "w4a8": "w4a8"}.get(r.model.weights or "", None)
     if want and fmt != want:
         raise CheckpointError(f"recipe {r.name} needs {r.model.weights} weights but {checkpoint} is {fmt}",
-                              f"convert it first: k2trt convert {checkpoint} --to {r.model.weights} --out DIR")
+                              f"convert it first: k2trt convert {checkpoint} DST --to {r.model.weights}")
     planned = plan_recipe(r, spec)
     names = _hosts(r, hosts, notes)
     gpn = r.cluster.gpus_per_node

@@ -24,7 +24,8 @@ from k2trt.trtllm.render import EngineOptions
 
 Engine = Literal["trtllm", "reference"]
 KvDtype = Literal["fp8", "bf16"]
-Weights = Literal["fp8", "bf16", "nvfp4"]
+Weights = Literal["fp8", "bf16", "nvfp4", "w4a8"]
+Plugins = Literal["off", "auto", "triton"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,9 @@ class ServeSection:
     the engine on the launching host; null for none."""
     gateway_mode: str = "render"
     """``render`` (the gateway renders K2 prompts and parses tool calls) or ``passthrough`` (the engine does)."""
+    plugins: Plugins = "off"
+    """Reference engine only: run its MoE layers through k2trt's Triton kernels (``auto``: their torch twins where
+    Triton cannot run). TensorRT-LLM loads the plugin ops with ``--custom_module_dirs`` (plugins/README.md)."""
     options: EngineOptions = field(default_factory=EngineOptions)
     """Engine knobs (KV fraction, batch sizes, CUDA graphs, MoE backend, raw ``extra`` keys)."""
 
@@ -161,6 +165,9 @@ class Recipe:
                 if parse_layout(role.layout).world_size % self.cluster.gpus_per_node and \
                         parse_layout(role.layout).world_size > self.cluster.gpus_per_node:
                     raise ConfigError(f"recipe {self.name}: {role.layout} does not fill whole nodes")
+        if self.serve.plugins != "off" and self.serve.engine != "reference":
+            raise ConfigError(f"recipe {self.name}: serve.plugins applies to the reference engine only",
+                              "remove serve.plugins (TensorRT-LLM: see plugins/README.md for --custom_module_dirs)")
         if self.serve.engine == "reference" and self.disagg:
             raise ConfigError(f"recipe {self.name}: the reference engine does not do disaggregated serving")
         if self.bench is not None:

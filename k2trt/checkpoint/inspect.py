@@ -9,6 +9,9 @@ Checks, in the order a user hits them:
   sits outside the index (TensorRT-LLM loads *every* ``*.safetensors`` in the directory);
 - every tensor the spec expects is present with its shape and dtype, every FP8 weight has a ``weight_scale_inv`` of
   the block-grid shape, and unknown tensors are reported (``rotary_emb.inv_freq`` as ignored extras);
+- NVFP4 / W4A8 checkpoints (``hf_quant_config.json``, ``requant_layout.py``): the packed 4-bit experts with their
+  ``weight_scale`` / ``weight_scale_2`` / ``input_scale`` (or W4A8 ``weight_scale_inv`` / ``input_scale``), the
+  precision of every other module, and the config files TensorRT-LLM reads;
 - the tokenizer and chat template files are there.
 """
 
@@ -58,6 +61,8 @@ class Report:
     params: int = 0
     bytes_by_dtype: dict[str, int] = field(default_factory=dict)
     fp8_coverage: float = 0.0
+    coverage: dict[str, float] = field(default_factory=dict)
+    """Share of linear-weight parameters per storage format: ``fp8``, ``bf16``, ``nvfp4``, ``int4``."""
     layers: list[LayerSummary] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
 
@@ -105,7 +110,17 @@ def _spec(d: Path, rep: Report) -> ModelSpec | None:
         return None
     rep.model_type = spec.model_type
     q = spec.quantization
-    rep.quantization = (f"{q.quant_method} {q.fmt} {list(q.weight_block_size)}" if q else "none (bf16)")
+    rep.quantization = q.describe() if q else "none (bf16)"
+    if q is not None and q.target is not None:
+        from k2trt.checkpoint import requant_layout as rq
+
+        if not (d / rq.HF_QUANT_CONFIG).exists():
+            rep.problems.append(Problem("warning", rq.HF_QUANT_CONFIG, f"missing for a {q.quant_algo} checkpoint "
+                                        "(TensorRT-LLM reads it before config.json's quantization_config)",
+                                        "re-run k2trt convert --to " + q.target))
+        if q.target == "w4a8" and not (d / rq.QUANT_CFG_FILE).exists():
+            rep.problems.append(Problem("info", rq.QUANT_CFG_FILE, "missing; the per-layer W4A8/FP8 split comes "
+                                        "from hf_quant_config.json's quantized_layers"))
     return spec
 
 
@@ -172,27 +187,31 @@ def _check_index(d: Path, rep: Report, present: dict[str, files.TensorEntry]) ->
 def _check_tensors(spec: ModelSpec, rep: Report, present: dict[str, files.TensorEntry]) -> None:
     expected = {t.name: t for t in spec.tensors() if t.role not in names.IGNORED_ROLES}
     fp8_params = lin_params = 0
+    by_fmt: dict[str, int] = {}
     layers: dict[int, LayerSummary] = {}
     for name, t in expected.items():
         e = present.get(name)
         if e is None:
-            fix = ("the FP8 weight cannot be used without it; re-download the shard" if t.scale_of
-                   else "re-download the checkpoint")
+            fix = ("the quantized weight cannot be used without it; re-download or re-convert the shard"
+                   if t.scale_of else "re-download the checkpoint")
             rep.problems.append(Problem("error", name, f"missing ({t.dtype}{list(t.shape)} expected)", fix))
             continue
-        _compare(t, e, rep)
+        _compare(t, e, rep, expected.get(t.scale_of) if t.scale_of else None)
         if t.scale_of is None:
-            rep.params += t.numel
+            rep.params += t.params
             if t.role in LINEAR_ROLES:
-                lin_params += t.numel
-                fp8_params += t.numel if e.dtype == "F8_E4M3" else 0
+                lin_params += t.params
+                fp8_params += t.params if e.dtype == "F8_E4M3" else 0
+                fmt = _FORMAT_OF.get(e.dtype, e.dtype.lower())
+                by_fmt[fmt] = by_fmt.get(fmt, 0) + t.params
         if t.layer is not None:
             s = layers.setdefault(t.layer, LayerSummary(t.layer, "moe" if spec.is_moe_layer(t.layer) else "dense"))
             s.tensors += 1
-            s.params += t.numel if t.scale_of is None else 0
+            s.params += t.params if t.scale_of is None else 0
             s.bytes += e.nbytes
     rep.layers = [layers[k] for k in sorted(layers)]
     rep.fp8_coverage = fp8_params / lin_params if lin_params else 0.0
+    rep.coverage = {k: v / lin_params for k, v in sorted(by_fmt.items())} if lin_params else {}
     extras = [n for n in present if n not in expected]
     ignored = [n for n in extras if (p := names.parse(n)) is not None and p.role in names.IGNORED_ROLES]
     if ignored:
@@ -210,11 +229,17 @@ def _check_tensors(spec: ModelSpec, rep: Report, present: dict[str, files.Tensor
         rep.problems.append(Problem("warning", n, msg, fix))
 
 
-def _compare(t: TensorInfo, e: files.TensorEntry, rep: Report) -> None:
+_FORMAT_OF = {"F8_E4M3": "fp8", "BF16": "bf16", "U8": "nvfp4", "I8": "int4"}
+
+
+def _compare(t: TensorInfo, e: files.TensorEntry, rep: Report, weight: TensorInfo | None = None) -> None:
     if tuple(e.shape) != t.shape:
-        if t.scale_of:
+        if t.scale_of and weight is not None and weight.dtype == "F8_E4M3":
             msg = (f"scale has shape {list(e.shape)}, expected {list(t.shape)} "
                    "(one per 128×128 block, partial blocks included)")
+        elif t.scale_of:
+            msg = (f"scale has shape {list(e.shape)}, expected {list(t.shape)} for the {weight.dtype if weight else ''}"
+                   f"{list(weight.shape) if weight else ''} weight (a transposed or mis-blocked scale)")
         else:
             msg = f"has shape {list(e.shape)}, config.json implies {list(t.shape)}"
         rep.problems.append(Problem("error", t.name, msg + f" in {e.file}", "check config.json against the weights"))

@@ -151,6 +151,10 @@ def _write_all(spec: ModelSpec, tmp: Path, seed: int, shards: int | None, sparse
                preset_name: str | None) -> None:
     from tqdm import tqdm
 
+    q4 = spec.quantization is not None and spec.quantization.target is not None
+    if q4 and not sparse:
+        raise CheckpointError(f"synth writes {spec.quantization.target} layouts only as --sparse headers",
+                              f"synthesize the FP8 model, then k2trt convert SRC DST --to {spec.quantization.target}")
     tensors = spec.tensors()
     n = shards or DEFAULT_SHARDS.get(preset_name or "", max(1, spec.num_hidden_layers))
     groups = plan_shards(tensors, n)
@@ -172,6 +176,10 @@ def _write_all(spec: ModelSpec, tmp: Path, seed: int, shards: int | None, sparse
     bar.close()
     write_json_atomic(tmp / names.INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map})
     write_json_atomic(tmp / "config.json", spec.to_config())
+    if q4:  # a ModelOpt layout: TensorRT-LLM reads hf_quant_config.json before config.json
+        from k2trt.checkpoint.requant_run import write_quant_configs
+
+        write_quant_configs(tmp, spec)
 
 
 def _write_tokenizer(spec: ModelSpec, out: Path, seed: int) -> None:

@@ -48,7 +48,7 @@ _D = _req_defaults()
 @click.option("--checkpoint", type=click.Path(exists=True, file_okay=False), help="Plan this checkpoint's config.")
 @click.option("--preset", "preset_name", help="Plan a preset instead: k2-instruct, k2-instruct-0905, tiny "
               "[default: k2-instruct].")
-@click.option("--weights", type=click.Choice(["fp8", "bf16", "nvfp4"]),
+@click.option("--weights", type=click.Choice(["fp8", "bf16", "nvfp4", "w4a8"]),
               help="Re-describe the weights in this format (e.g. an NVFP4 checkpoint still to be made).")
 @click.option("--gpu", "gpu_key", default="h200", show_default=True, help="GPU kind (h100, h200, h20, h20-141, "
               "b200, gb200, a100).")

@@ -56,7 +56,8 @@ def verify(checkpoint: Path, other: Path | None, against: str | None, layout: st
         return
     from k2trt.reference import verify as v
 
-    t = v.Thresholds.default(mode).merged(**limits)  # type: ignore[arg-type]
+    base = v.Thresholds.for_checkpoint(other) if other else v.Thresholds.default(mode)  # type: ignore[arg-type]
+    t = base.merged(**limits)
     progress = sys.stderr.isatty() and not as_json
     if mode == "transformers":
         rep = v.against_transformers(checkpoint, prompts=prompts, length=length, seed=seed, attn_impl=attn_impl,

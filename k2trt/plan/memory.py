@@ -49,10 +49,12 @@ CATEGORY = {
 
 
 def weight_format(spec: ModelSpec) -> str:
-    """``fp8_block``, ``bf16`` or ``nvfp4`` from the spec's quantization (config.json / hf_quant_config)."""
+    """``fp8_block``, ``bf16``, ``nvfp4`` or ``w4a8`` from the spec's quantization (config.json / hf_quant_config)."""
     q = spec.quantization
     if q is None:
         return "bf16"
+    if q.target is not None:  # k2trt convert --to nvfp4|w4a8, or a ModelOpt export: the inventory is exact
+        return q.target
     if q.quant_method == "fp8":
         return "fp8_block"
     algo = str((spec.raw.get("quantization_config") or {}).get("quant_algo", "")).lower()
@@ -63,8 +65,8 @@ def weight_format(spec: ModelSpec) -> str:
 
 def tensor_bytes(t: TensorInfo, numel: int, fmt: str) -> float:
     """Bytes of ``numel`` elements of tensor ``t`` in checkpoint format ``fmt``."""
-    if fmt == "nvfp4" and t.role in EXPERT_ROLES and t.scale_of is None:
-        return numel * NVFP4_BYTES_PER_ELEM
+    if fmt == "nvfp4" and t.role in EXPERT_ROLES and t.scale_of is None and t.dtype != "U8":
+        return numel * NVFP4_BYTES_PER_ELEM  # a BF16-described expert of a non-ModelOpt NVFP4 config
     return numel * DTYPE_BYTES[t.dtype]
 
 
@@ -155,7 +157,7 @@ def rank_bytes(mapping: Mapping, rank: int, spec: ModelSpec | None = None) -> Ra
         if not s.held:
             continue
         b = n * tensor_bytes(t, s.numel, fmt)
-        if fmt == "nvfp4" and t.role in EXPERT_ROLES and t.scale_of is None:
+        if fmt == "nvfp4" and t.role in EXPERT_ROLES and t.scale_of is None and t.dtype != "U8":
             b += n * NVFP4_BYTES_PER_TENSOR
         cat = CATEGORY.get(t.role, "other")
         by[cat] = by.get(cat, 0.0) + b

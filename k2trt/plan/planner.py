@@ -251,7 +251,7 @@ def to_markdown(p: Plan, only_first: bool = False) -> str:
 def resolve_spec(checkpoint: str | None = None, preset_name: str | None = None,
                  weights: str | None = None) -> tuple[ModelSpec, str]:
     """The model to plan: a checkpoint's config.json or a preset, optionally re-described as another weight format
-    (``fp8``, ``bf16`` or ``nvfp4`` — the NVFP4 hook for checkpoints another step will produce)."""
+    (``fp8``, ``bf16``, or ``nvfp4`` / ``w4a8``: what ``k2trt convert --to nvfp4|w4a8`` would write)."""
     from k2trt.spec import ModelSpec as _MS
     from k2trt.spec import Quantization, preset
 
@@ -263,9 +263,11 @@ def resolve_spec(checkpoint: str | None = None, preset_name: str | None = None,
         name = preset_name or "k2-instruct"
         spec = preset(name)
     if weights:
-        quant = {"fp8": Quantization(), "bf16": None,
-                 "nvfp4": Quantization("nvfp4", "e2m1", (1, 16), "static")}.get(weights, "bad")
+        if weights in ("nvfp4", "w4a8"):
+            quant: Quantization | None | str = Quantization.requant(weights)
+        else:
+            quant = {"fp8": Quantization(), "bf16": None}.get(weights, "bad")
         if quant == "bad":
-            raise PlanError(f"weight format {weights!r} is not fp8, bf16 or nvfp4")
+            raise PlanError(f"weight format {weights!r} is not fp8, bf16, nvfp4 or w4a8")
         spec = spec.with_quantization(quant)  # type: ignore[arg-type]
     return spec, name

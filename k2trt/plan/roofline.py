@@ -136,7 +136,7 @@ def roofline(spec: ModelSpec, mapping: Mapping, gpu: Gpu, context: int, kv_dtype
     fmt = weight_format(spec)
     if fmt == "nvfp4" and gpu.fp4:
         tflops = gpu.fp4_tflops
-    elif fmt in ("fp8_block", "nvfp4") and gpu.fp8:
+    elif fmt in ("fp8_block", "nvfp4", "w4a8") and gpu.fp8:  # W4A8: INT4 weights, FP8 activations and MMA
         tflops = gpu.fp8_tflops
     else:
         tflops = gpu.bf16_tflops

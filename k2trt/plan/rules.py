@@ -75,9 +75,9 @@ def _weight_share(c: RuleContext) -> float:
 
 RULES: tuple[Rule, ...] = (
     Rule("no-fp8", "error",
-         lambda c: weight_format(c.spec) == "fp8_block" and not c.gpu.fp8 and not c.gpu.reference_only,
-         lambda c: f"{c.gpu.name} has no FP8 tensor cores and TensorRT-LLM's block-FP8 path needs Hopper or newer; "
-                   "convert to BF16 (twice the bytes) or use H100/H200/H20/B200"),
+         lambda c: weight_format(c.spec) in ("fp8_block", "w4a8") and not c.gpu.fp8 and not c.gpu.reference_only,
+         lambda c: f"{c.gpu.name} has no FP8 tensor cores and TensorRT-LLM's block-FP8 and W4A8 paths need Hopper "
+                   "or newer; convert to BF16 (twice the bytes) or use H100/H200/H20/B200"),
     Rule("no-fp4", "error",
          lambda c: weight_format(c.spec) == "nvfp4" and not c.gpu.fp4 and not c.gpu.reference_only,
          lambda c: f"NVFP4 checkpoints need FP4 tensor cores (Blackwell); {c.gpu.name} has none"),

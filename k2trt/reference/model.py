@@ -280,18 +280,23 @@ class MoE(nn.Module):
             MLP(get("expert_gate", layer, e), get("expert_up", layer, e), get("expert_down", layer, e)) for e in held)
         self.shared = MLP(get("shared_gate", layer, None), get("shared_up", layer, None),
                           get("shared_down", layer, None)) if spec.n_shared_experts else None
+        # routing + routed experts through the custom kernels (k2trt.reference.plugins.use_plugins), or None
+        self.routed: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         mine = x.reshape(-1, shape[-1])                                      # [n, D]
         pl = self.placement
         tokens, offset = self.comm.gather_tokens(mine) if pl.moe_dp else (mine, 0)  # [M, D]
-        weights, idx = self.gate(tokens)                                     # [M, K]
-        out = torch.zeros_like(tokens)
-        for e, expert in zip(self.expert_ids, self.experts):
-            rows, slot = (idx == e).nonzero(as_tuple=True)
-            if rows.numel():
-                out.index_add_(0, rows, expert(tokens[rows]) * weights[rows, slot, None].to(tokens.dtype))
+        if self.routed is not None:
+            out = self.routed(tokens)
+        else:
+            weights, idx = self.gate(tokens)                                 # [M, K]
+            out = torch.zeros_like(tokens)
+            for e, expert in zip(self.expert_ids, self.experts):
+                rows, slot = (idx == e).nonzero(as_tuple=True)
+                if rows.numel():
+                    out.index_add_(0, rows, expert(tokens[rows]) * weights[rows, slot, None].to(tokens.dtype))
         if pl.moe_dp:  # shared experts are replicated under attention-DP: applied to this rank's tokens only
             out = self.comm.all_reduce(out)[offset: offset + mine.shape[0]]
             if self.shared is not None:

@@ -393,6 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--served-model-name", default=None, help="model id in /v1/models (default: MODEL_DIR)")
     ap.add_argument("--max-batch", type=int, default=8, help="requests per static batch")
     ap.add_argument("--attn-impl", choices=["naive", "absorb"], default="absorb")
+    ap.add_argument("--plugins", choices=["off", "auto", "triton"], default="off",
+                    help="route the MoE through k2trt's Triton kernels (auto: fall back to their torch references)")
     ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="collective timeout (s)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s rank%(rank)s %(levelname)s %(message)s")
@@ -415,6 +417,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     comm = DistCollectives(rank, world) if world > 1 else None
     t0 = time.monotonic()
     model, _ = build_rank_model(Path(a.model_dir), layout, rank, comm, attn_impl=a.attn_impl)
+    if a.plugins != "off":
+        from k2trt.reference.plugins import use_plugins
+
+        log.info("plugins (%s): %s", a.plugins, use_plugins(model, a.plugins))
     log.info("rank %d/%d loaded its %s shard in %.1fs", rank, world, layout, time.monotonic() - t0)
     if rank != 0:
         assert comm is not None

@@ -62,6 +62,17 @@ class Thresholds:
         # KL 0.001–0.003, top-1 ≥ 0.94, rel ≤ 0.08; one FP8 scale block ×4 gives KL ≥ 0.018, top-1 ≤ 0.84.
         return cls(max_rel=0.12, min_top1=0.9, max_kl=0.01)
 
+    @classmethod
+    def for_checkpoint(cls, b: str | Path) -> "Thresholds":
+        """The ``checkpoints`` defaults for comparing against checkpoint ``b``: wider for NVFP4 / W4A8 experts."""
+        q = ModelSpec.from_config(b).quantization
+        if q is None or q.target is None:
+            return cls.default("checkpoints")
+        # Calibrated on the tiny K2 (4–8 prompts × 16 tokens): a faithful NVFP4 / W4A8 requantization gives
+        # KL ≤ 0.019, rel ≤ 0.19, top-1 ≥ 0.72; a transposed or row-shifted expert scale grid gives KL ≥ 0.055,
+        # rel ≥ 0.33, top-1 ≤ 0.54 (tests/unit/test_requant.py).
+        return cls(max_rel=0.26, min_top1=0.62, max_kl=0.035)
+
     def merged(self, **overrides: float | None) -> "Thresholds":
         import dataclasses
 
@@ -220,8 +231,8 @@ def between(a: str | Path, b: str | Path, *, prompts: int = 8, length: int = 16,
     want = _run(ma, x, progress, "A")
     del ma
     got = _run(load_model(b, attn_impl=attn_impl), x, progress, "B")
-    t = thresholds or Thresholds.default("checkpoints")
+    t = thresholds or Thresholds.for_checkpoint(b)
     m = logit_metrics(want, got)
     return Report("checkpoints", str(b), str(a), m, asdict(t), judge(m, t),
-                  {"a_quantization": sa.quantization.quant_method if sa.quantization else "bf16",
-                   "b_quantization": sb.quantization.quant_method if sb.quantization else "bf16"})
+                  {"a_quantization": sa.quantization.describe() if sa.quantization else "bf16",
+                   "b_quantization": sb.quantization.describe() if sb.quantization else "bf16"})

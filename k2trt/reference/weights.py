@@ -4,7 +4,9 @@
 with safetensors' ``safe_open`` and takes only the requested rows/columns with ``get_slice``, so a rank never
 materialises weights it does not hold. For a block-FP8 weight the read is widened to the enclosing 128×128 blocks
 (the scale of a block applies to all its elements), the matching rows/columns of ``weight_scale_inv`` are read,
-the block is dequantised with ``k2trt.checkpoint.fp8.dequantize`` and then cropped to the request.
+the block is dequantised with ``k2trt.checkpoint.fp8.dequantize`` and then cropped to the request. NVFP4 / W4A8
+experts (``k2trt convert --to nvfp4|w4a8``) are read the same way, widened to whole scale groups
+(``k2trt.checkpoint.requant.read_quantized``).
 
 Every read is recorded in ``reads`` (name, shape read) and ``bytes_read``, which is how the tests prove that no rank
 of a sharded job loads a full copy of a sharded tensor.
@@ -76,6 +78,11 @@ class CheckpointReader:
         entry = self._entry(name)
         if entry.file not in self._handles:
             self._handles[entry.file] = safe_open(str(self.model_dir / entry.file), framework="pt")
+        if len(entry.shape) == 0:  # NVFP4's per-tensor weight_scale_2
+            t = self._handles[entry.file].get_tensor(name)
+            self.reads.append((name, ()))
+            self.bytes_read += t.element_size()
+            return t
         sl = self._handles[entry.file].get_slice(name)
         if len(entry.shape) == 1:
             r0, r1 = rows or (0, entry.shape[0])
@@ -90,7 +97,7 @@ class CheckpointReader:
 
     def get(self, role: str, layer: int | None = None, expert: int | None = None, *, rows: Span | None = None,
             cols: Span | None = None, dtype: "torch.dtype | None" = None) -> "torch.Tensor":
-        """The tensor of ``role`` (rows/cols: half-open spans; None = all), dequantised when FP8.
+        """The tensor of ``role`` (rows/cols: half-open spans; None = all), dequantised when FP8, NVFP4 or W4A8.
 
         Args:
             role: a role of ``k2trt.checkpoint.names`` ("q_b", "expert_down", ...).
@@ -105,6 +112,11 @@ class CheckpointReader:
         name = names.name_of(role, layer, expert)
         entry = self._entry(name)
         scale = names.scale_name(name)
+        if entry.dtype in ("U8", "I8"):  # NVFP4 / W4A8 experts of a requantized checkpoint
+            from k2trt.checkpoint.requant import read_quantized
+
+            return read_quantized(self._slice, name, entry.shape, entry.dtype, self.locations.__contains__,
+                                  rows, cols).to(dtype)
         if entry.dtype != "F8_E4M3":
             return self._slice(name, rows, cols).to(dtype)
         if scale not in self.locations:

@@ -128,3 +128,14 @@ def test_disaggregated_bundle(sparse_k2: Path, tmp_path: Path) -> None:
     ctx_yml = (out / "ctx.yml").read_text()
     assert "cuda_graph_config: null" in ctx_yml and "cache_transceiver_config" in ctx_yml
     assert lint_text(ctx_yml).ok and lint_text((out / "gen.yml").read_text()).ok
+
+
+def test_reference_plugins_reach_the_engine_argv(tiny_ckpt: Path, tmp_path: Path) -> None:
+    res_dir = tmp_path / "b"
+    build_bundle(load_recipe("tiny-cpu", ["serve.plugins=triton"]), tiny_ckpt, res_dir)
+    argv = list(LaunchSpec.load(res_dir / "launch.json").argv)
+    assert argv[argv.index("--plugins") + 1] == "triton"
+    with pytest.raises(ConfigError, match="serve.plugins applies to the reference engine only"):
+        load_recipe("k2-h200-2x8-tp16ep8", ["serve.plugins=auto"])
+    with pytest.raises(ConfigError):
+        load_recipe("tiny-cpu", ["serve.plugins=cuda"])
