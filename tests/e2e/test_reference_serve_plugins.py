@@ -1,11 +1,12 @@
 """The reference server with ``--plugins triton`` under real ``mpirun -np 2`` (tp2, ep2: each rank holds half the
 experts, so the kernel path must map global expert ids to local ones and zero the other rank's slots), over real
-HTTP. The Triton kernels run in Triton's interpreter on CPU. Greedy tokens are compared with the plain engine's:
-FP8 activations may flip a near-tie, so most — not all — must agree."""
+HTTP. The Triton kernels run in Triton's interpreter on CPU. Greedy tokens are compared with the plain engine's on
+fixed prompts: FP8 activations may flip a near-tie, so most — not all — must agree."""
 
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -69,7 +70,8 @@ def _greedy(port: int, prompts: list[list[int]]) -> list[str]:
 
 
 def test_plugins_serve_sharded_and_agree_with_the_plain_engine(tiny_ckpt, tmp_path) -> None:
-    prompts = [[int(x) + 1 for x in os.urandom(5)] for _ in range(4)]  # fresh BPE-range prompts every run
+    g = random.Random(7)  # fixed prompts: the comparison below is deterministic, not a coin toss on near-ties
+    prompts = [[g.randrange(1, 1000) for _ in range(5)] for _ in range(6)]
     results = {}
     for i, plugins in enumerate(("off", "triton")):
         log = open(tmp_path / f"{plugins}.log", "w+")
@@ -83,4 +85,5 @@ def test_plugins_serve_sharded_and_agree_with_the_plain_engine(tiny_ckpt, tmp_pa
     text = (tmp_path / "triton.log").read_text()
     assert "plugins (triton)" in text and "'moe_fp8': None" in text  # the kernels ran, not a fallback
     a, b = results["off"], results["triton"]
-    assert sum(x == y for x, y in zip(a, b)) >= 3, (a, b)  # measured top-1 agreement ≥ 0.89 per position
+    print("first greedy token agrees on", sum(x == y for x, y in zip(a, b)), "of", len(a))
+    assert sum(x == y for x, y in zip(a, b)) >= 4, (a, b)  # top-1 agreement per position ≈ 0.9 (unit tests)

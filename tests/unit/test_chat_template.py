@@ -21,6 +21,9 @@ from k2trt.errors import CheckpointError
 TESTDATA = Path(__file__).resolve().parents[3] / "shared" / "testdata"
 TEMPLATE_A = TESTDATA / "kimi_k2_template_2025-07-11.jinja"
 TEMPLATE_B = TESTDATA / "kimi_k2_template_mid-2025.jinja"
+# Moonshot's own files stay in the workspace's shared/testdata (their licence: not copied into the project); a
+# checkout without that sibling directory skips the comparisons against them.
+needs_testdata = pytest.mark.skipif(not TESTDATA.is_dir(), reason=f"{TESTDATA} (Moonshot's templates) not present")
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather",
@@ -47,6 +50,7 @@ def tok(tmp_path_factory) -> K2Tokenizer:
     return K2Tokenizer.from_dir(d)
 
 
+@needs_testdata
 def test_renderer_matches_byte_exact_official_render() -> None:
     expected = (TESTDATA / "kimi_k2_canonical_render_example.txt").read_text(encoding="utf-8")
     msgs, back = normalize_tool_call_ids(client_round_trip())
@@ -141,6 +145,7 @@ def test_render_ids_only_template_markers_are_control_tokens(tok) -> None:
     assert ids != tok.encode_with_specials(render(attack))
 
 
+@needs_testdata
 def test_check_reports_known_differences_of_older_official_templates() -> None:
     a = check_template(TEMPLATE_A.read_text(), template_name=str(TEMPLATE_A))
     ra = {r.name: r for r in a.results}
@@ -161,6 +166,7 @@ def test_check_reports_known_differences_of_older_official_templates() -> None:
     assert "\n  # Tools\n  " in inserted and "    " in inserted and "\n" in inserted
 
 
+@needs_testdata
 def test_chat_check_command(tmp_path) -> None:
     runner = CliRunner()
     vocab.write_tokenizer_files(tmp_path / "m")
@@ -188,7 +194,9 @@ def test_check_reports_a_template_that_fails_to_render() -> None:
     assert not rep.ok and all(r.error for r in rep.results)
 
 
-@pytest.mark.parametrize("template", [CHAT_TEMPLATE, TEMPLATE_A, TEMPLATE_B], ids=["ours", "2025-07-11", "mid-2025"])
+@pytest.mark.parametrize("template", [CHAT_TEMPLATE, pytest.param(TEMPLATE_A, marks=needs_testdata),
+                                      pytest.param(TEMPLATE_B, marks=needs_testdata)],
+                         ids=["ours", "2025-07-11", "mid-2025"])
 def test_jinja_rendering_equals_transformers(template) -> None:
     """The checker's jinja environment against Transformers' own chat-template renderer (the independent oracle)."""
     cu = pytest.importorskip("transformers.utils.chat_template_utils")

@@ -51,18 +51,24 @@ def test_every_moe_layer_is_swapped(models) -> None:
 
 
 def test_triton_kernels_match_their_torch_twins_inside_the_model(models) -> None:
+    """Layer by layer, on the same hidden states (fresh every run), so routing cannot diverge between the two."""
     _, kernels, twins = models
-    x = _tokens(kernels)
-    assert _rel(_logits(twins, x), _logits(kernels, x)) < 2e-3
+    pairs = [(a, b) for a, b in zip(kernels.modules(), twins.modules()) if isinstance(a, MoE)]
+    x = torch.randn(24, kernels.spec.hidden_size, generator=torch.Generator().manual_seed(
+        int.from_bytes(os.urandom(4), "little")))
+    for k, t in pairs:
+        got, want = k.routed(x), t.routed(x)
+        assert _rel(want, got) < 1e-3
 
 
-def test_plugged_model_stays_within_fp8_activation_rounding_of_the_plain_path(models) -> None:
+@pytest.mark.parametrize("seed", [0, 3, 9])  # 3 and 9: the largest differences of 12 measured seeds (rel ≈ 0.09)
+def test_plugged_model_stays_within_fp8_activation_rounding_of_the_plain_path(models, seed) -> None:
     plain, kernels, _ = models
-    x = _tokens(plain)
+    x = _tokens(plain, seed)
     a, b = _logits(plain, x), _logits(kernels, x)
     assert _rel(a, b) < 0.2
     assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.98
-    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.7
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.75
 
 
 def test_plugins_change_what_runs(tiny_ckpt) -> None:
