@@ -60,8 +60,9 @@ def _render(rep: "object", show_layers: bool) -> None:
     total = sum(rep.bytes_by_dtype.values())
     con.print(f"[bold]{rep.model_dir}[/bold]: {rep.model_type or '?'}, quantization {rep.quantization or '?'}")
     con.print(f"  {rep.shards} shards, {rep.tensors:,} tensors, {rep.params:,} parameters "
-              f"({rep.params / 1e9:.1f} B), {total / 2**30:.1f} GiB, FP8 coverage of linear weights "
-              f"{rep.fp8_coverage:.1%}")
+              f"({rep.params / 1e9:.1f} B), {total / 2**30:.1f} GiB, linear weights "
+              + (", ".join(f"{k} {v:.1%}" for k, v in sorted(rep.coverage.items(), key=lambda kv: -kv[1]))
+                 or f"fp8 {rep.fp8_coverage:.1%}"))
     con.print("  bytes by dtype: " + ", ".join(f"{k} {v / 2**30:.2f} GiB" for k, v in
                                                sorted(rep.bytes_by_dtype.items())))
     if show_layers and rep.layers:
