@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -85,3 +86,15 @@ def get_json(url: str, timeout: float = 5) -> Any:
 def read_state(bundle: Path) -> dict[str, Any]:
     p = bundle / "logs" / "serve.state.json"
     return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group a test started (``start_new_session=True``), SIGKILL it after 20 s."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)

@@ -23,6 +23,8 @@ from typing import Iterator
 import pytest
 import yaml
 
+from launch_helpers import stop_group
+
 pytestmark = pytest.mark.e2e
 
 PORT = 18410
@@ -41,12 +43,7 @@ def server(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     try:
         yield f"http://127.0.0.1:{PORT}"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_group(proc)
         if proc.returncode not in (0, -signal.SIGTERM):
             print(log.read_text()[-3000:])
 

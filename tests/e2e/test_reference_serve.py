@@ -21,6 +21,7 @@ from k2trt.chat.tokenizer import K2Tokenizer
 from k2trt.reference.generate import SamplingParams, generate
 from k2trt.reference.model import load_model
 from k2trt.reference.parallel import mpirun_command
+from launch_helpers import stop_group
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("single_thread")]
 PORT, MASTER_PORT = 18330, 18331
@@ -49,13 +50,7 @@ def server(tiny_ckpt, tmp_path_factory):
             time.sleep(1)
         yield proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_group(proc)
         logf.close()
 
 

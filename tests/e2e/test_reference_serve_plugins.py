@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ import pytest
 
 import k2trt
 from k2trt.reference.parallel import mpirun_command
+
+from launch_helpers import stop_group
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("single_thread")]
 PORT, MASTER_PORT = 18340, 18341
@@ -45,16 +46,6 @@ def _wait(proc: subprocess.Popen, port: int, logf) -> None:
         time.sleep(1)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
 def _greedy(port: int, prompts: list[list[int]]) -> list[str]:
     """The first greedy token of each prompt (as text), then one 6-token decode through the kernel path."""
     out = []
@@ -80,7 +71,7 @@ def test_plugins_serve_sharded_and_agree_with_the_plain_engine(tiny_ckpt, tmp_pa
             _wait(proc, PORT + 2 * i, log)
             results[plugins] = _greedy(PORT + 2 * i, prompts)
         finally:
-            _stop(proc)
+            stop_group(proc)
             log.close()
     text = (tmp_path / "triton.log").read_text()
     assert "plugins (triton)" in text and "'moe_fp8': None" in text  # the kernels ran, not a fallback
