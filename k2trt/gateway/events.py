@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
+from k2trt.chat import toolcalls as tc
+
 FinishReason = Literal["stop", "length", "tool_calls"]
 
 
@@ -46,23 +48,12 @@ class Started:
     prompt_tokens: int | None
 
 
-@dataclass(frozen=True)
-class Text:
-    text: str
-
-
-@dataclass(frozen=True)
-class ToolStart:
-    index: int
-    """Dense 0-based position of the call in this response (never the model's ``:N``)."""
-    id: str
-    name: str
-
-
-@dataclass(frozen=True)
-class ToolArgs:
-    index: int
-    fragment: str
+# Output text and tool-call events are the parser's own (k2trt.chat.toolcalls); the gateway passes on the calls the
+# request's tool_choice keeps, re-indexed densely (``index`` is never the model's ``:N``), with IDs mapped back to
+# the client's spelling (backend.Shaper).
+Text = tc.ContentDelta
+ToolStart = tc.ToolCallStart
+ToolArgs = tc.ToolCallArgs
 
 
 @dataclass(frozen=True)
