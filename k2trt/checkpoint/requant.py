@@ -232,44 +232,16 @@ def read_quantized(slice_fn: SliceFn, name: str, stored_shape: tuple[int, ...], 
 def weight_fn(model_dir: str | Path, dtype: "torch.dtype | None" = None) -> Callable[..., "torch.Tensor"]:
     """``get(role, layer, expert)`` for ``reference.model.Transformer`` over any k2trt checkpoint format.
 
-    Block FP8 goes through ``fp8.dequantize``, NVFP4/W4A8 through ``read_quantized``, the rest is cast.
+    Block FP8, NVFP4/W4A8 and BF16 alike, through the one reader (``checkpoint.reader.CheckpointReader``).
     Example: ``Transformer(spec, weight_fn("/tmp/k2-nvfp4"))``.
     """
     import torch
-    from safetensors import safe_open
 
-    from k2trt.checkpoint import files
-    from k2trt.checkpoint.fp8 import dequantize
+    from k2trt.checkpoint.reader import CheckpointReader
 
-    d = Path(model_dir)
-    loc = files.tensor_locations(d)
-    handles: dict[str, Any] = {}
+    rd = CheckpointReader(Path(model_dir))
     out_dtype = dtype or torch.float32
-
-    def sl(name: str, rows: Span | None, cols: Span | None) -> "torch.Tensor":
-        e = loc[name]
-        if e.file not in handles:
-            handles[e.file] = safe_open(str(d / e.file), framework="pt")
-        t = handles[e.file].get_slice(name)
-        if len(e.shape) == 0:
-            return handles[e.file].get_tensor(name)
-        r = slice(*(rows or (0, e.shape[0])))
-        return t[r] if len(e.shape) == 1 else t[r, slice(*(cols or (0, e.shape[1])))]
-
-    def get(role: str, layer: int | None, expert: int | None) -> "torch.Tensor":
-        name = names.name_of(role, layer, expert)
-        if name not in loc:
-            raise CheckpointError(f"{d}: tensor {name!r} is missing", "re-run the conversion")
-        e = loc[name]
-        if e.dtype in ("U8", "I8"):
-            w = read_quantized(sl, name, e.shape, e.dtype, loc.__contains__)
-        elif e.dtype == "F8_E4M3":
-            w = dequantize(sl(name, None, None), sl(names.scale_name(name), None, None), torch.float32)
-        else:
-            w = sl(name, None, None).to(torch.float32)
-        return w.to(out_dtype)
-
-    return get
+    return lambda role, layer, expert: rd.get(role, layer, expert, dtype=out_dtype)
 
 
 # ---- activation scales -----------------------------------------------------------------------------------------

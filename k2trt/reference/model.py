@@ -401,7 +401,7 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, attn_i
     Example:
         ``model = load_model("/tmp/tiny-k2", attn_impl="naive")``
     """
-    from k2trt.reference.weights import CheckpointReader
+    from k2trt.checkpoint.reader import CheckpointReader
 
     spec = spec or ModelSpec.from_config(model_dir)
     with CheckpointReader(Path(model_dir)) as reader:

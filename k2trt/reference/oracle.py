@@ -26,7 +26,7 @@ def write_float_copy(src: str | Path, out: str | Path, dtype: torch.dtype = torc
     ``deepseek_v3`` config.json, for transformers to load. Returns ``out``."""
     from safetensors.torch import save_file
 
-    from k2trt.reference.weights import CheckpointReader
+    from k2trt.checkpoint.reader import CheckpointReader
 
     src, out = Path(src), Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ import torch.distributed as dist
 from k2trt.errors import ConfigError, LaunchError
 from k2trt.mapping import Mapping
 from k2trt.reference.model import AttnImpl, KVCache, Placement, Transformer, WeightFn
-from k2trt.reference.weights import CheckpointReader
+from k2trt.checkpoint.reader import CheckpointReader
 from k2trt.spec import ModelSpec
 
 DEFAULT_TIMEOUT_S = 120.0

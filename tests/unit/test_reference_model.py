@@ -16,7 +16,7 @@ from k2trt.checkpoint.synth import synthesize
 from k2trt.reference.generate import SamplingParams, generate, sample_row
 from k2trt.reference.model import Transformer, load_model, rope_inv_freq
 from k2trt.reference.oracle import load_transformers
-from k2trt.reference.weights import CheckpointReader
+from k2trt.checkpoint.reader import CheckpointReader
 from k2trt.spec import preset
 
 REL_TOL = 1e-4

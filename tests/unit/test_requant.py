@@ -352,7 +352,7 @@ def test_reader_hook_reads_any_slice(ckpts: dict[str, Path]) -> None:
         part = R.read_quantized(sl, n, loc[n].shape, loc[n].dtype, loc.__contains__, rows=(8, 40), cols=(40, 200))
         assert full.shape == (256, 256) and torch.equal(part, full[8:40, 40:200])
         assert torch.equal(full, R.weight_fn(d)("expert_down", 1, 4))
-        from k2trt.reference.weights import CheckpointReader  # a sharded rank's read, widened to whole groups
+        from k2trt.checkpoint.reader import CheckpointReader  # a sharded rank's read, widened to whole groups
 
         with CheckpointReader(d) as rd:
             assert torch.equal(rd.get("expert_down", 1, 4, rows=(8, 40), cols=(40, 200)), full[8:40, 40:200])
