@@ -74,14 +74,16 @@ def _requant(src: Path, dst: Path, target: str, kv_cache_dtype: str, force: bool
              verify: bool, dry_run: bool, as_json: bool) -> None:
     from k2trt.checkpoint import requant_run as rr
 
-    opts = rr.RequantOptions(target, kv_cache_dtype=kv_cache_dtype, force=force)
     if dry_run:
+        opts = rr.RequantOptions(target, kv_cache_dtype=kv_cache_dtype, force=force)
         _emit(rr.plan_requant(src, dst, opts).to_dict() | {"dry_run": True}, as_json, _render_plan)
         return
+    amax: tuple[tuple[str, float], ...] = ()
     if calib_data is not None:
         from k2trt.checkpoint.requant import calibrate
 
-        opts = rr.RequantOptions(target, tuple(sorted(calibrate(src, calib_data).items())), kv_cache_dtype, force)
+        amax = tuple(sorted(calibrate(src, calib_data).items()))
+    opts = rr.RequantOptions(target, amax, kv_cache_dtype, force)
     res = rr.requantize(src, dst, opts, progress=sys.stderr.isatty() and not as_json)
     if verify:
         res.verified = rr.verify_output(res.plan)

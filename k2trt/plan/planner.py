@@ -263,11 +263,8 @@ def resolve_spec(checkpoint: str | None = None, preset_name: str | None = None,
         name = preset_name or "k2-instruct"
         spec = preset(name)
     if weights:
-        if weights in ("nvfp4", "w4a8"):
-            quant: Quantization | None | str = Quantization.requant(weights)
-        else:
-            quant = {"fp8": Quantization(), "bf16": None}.get(weights, "bad")
-        if quant == "bad":
+        if weights not in ("fp8", "bf16", "nvfp4", "w4a8"):
             raise PlanError(f"weight format {weights!r} is not fp8, bf16, nvfp4 or w4a8")
-        spec = spec.with_quantization(quant)  # type: ignore[arg-type]
+        spec = spec.with_quantization(None if weights == "bf16" else
+                                      Quantization() if weights == "fp8" else Quantization.requant(weights))
     return spec, name
