@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from k2trt.reference.model import MoE, load_model
-from k2trt.reference.plugins import use_plugins
+from k2trt.reference.plugins import KernelMoE, use_plugins
 
 
 def _logits(model, tokens):
@@ -59,6 +59,28 @@ def test_triton_kernels_match_their_torch_twins_inside_the_model(models) -> None
     for k, t in pairs:
         got, want = k.routed(x), t.routed(x)
         assert _rel(want, got) < 1e-3
+
+
+def test_experts_held_by_other_ranks_add_nothing(models) -> None:
+    """Under EP a rank holds some experts; tokens routed to the others must get weight 0 in the kernel path (their
+    outputs arrive through the all-reduce), not land on a local expert."""
+    import k2trt_plugins
+
+    plain, _, _ = models
+    moe = next(m for m in plain.modules() if isinstance(m, MoE))
+    k = KernelMoE(moe, k2trt_plugins.implementations("triton", "cpu"))
+    mine = [e for e in moe.expert_ids if e % 2 == 0]  # as if this rank held the even experts only
+    k.local = torch.where(torch.arange(len(k.local)) % 2 == 0, k.local, torch.full_like(k.local, -1))
+    x = torch.randn(24, plain.spec.hidden_size, generator=torch.Generator().manual_seed(
+        int.from_bytes(os.urandom(4), "little")))
+    with torch.no_grad():
+        weights, idx = moe.gate(x)
+        want = torch.zeros_like(x)
+        for e in mine:
+            rows, slot = (idx == e).nonzero(as_tuple=True)
+            want.index_add_(0, rows, moe.experts[moe.expert_ids.index(e)](x[rows]) * weights[rows, slot, None])
+        got = k(x)
+    assert _rel(want, got) < 0.1  # FP8 activations: ≈ 0.04
 
 
 @pytest.mark.parametrize("seed", [0, 3, 9])  # 3 and 9: the largest differences of 12 measured seeds (rel ≈ 0.09)
