@@ -1,7 +1,8 @@
 """The reference server with ``--plugins triton`` under real ``mpirun -np 2`` (tp2, ep2: each rank holds half the
-experts and runs its share through the kernels), over real HTTP. That other ranks' slots are zeroed is proved
-precisely by tests/unit/test_reference_plugins.py; this test proves the sharded server runs and agrees. The Triton kernels run in Triton's interpreter on CPU. Greedy tokens are compared with the plain engine's on
-fixed prompts: FP8 activations may flip a near-tie, so most — not all — must agree."""
+experts and runs its share through the kernels), over real HTTP; the Triton kernels run in Triton's interpreter on
+CPU. That other ranks' slots are zeroed is proved precisely by tests/unit/test_reference_plugins.py; this test
+proves the sharded server runs and agrees: greedy tokens are compared with the plain engine's on fixed prompts, and
+since FP8 activations may flip a near-tie, most — not all — must agree."""
 
 from __future__ import annotations
 
