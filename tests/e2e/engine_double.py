@@ -27,7 +27,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -63,6 +63,8 @@ class Reply:
     finish_reason: str = "stop"
     stop_reason: Any = None
     message: dict[str, Any] | None = None
+    status: int = 200
+    """An HTTP error status to answer with instead (503: the engine is not ready)."""
 
 
 @dataclass
@@ -99,6 +101,9 @@ class EngineDouble:
     tokenizer: Any = None
     """A ``K2Tokenizer``: ``usage.completion_tokens`` is then the reply's exact token count (markers as control
     tokens), as an engine reports it; without one it is the number of deltas."""
+    responder: Callable[[dict[str, Any]], Reply] | None = None
+    """Chooses the reply from the request body (for concurrent clients, whose order is not fixed); the queued
+    replies are used first."""
 
     def __post_init__(self) -> None:
         self.app = Starlette(routes=[
@@ -120,8 +125,10 @@ class EngineDouble:
         self.replies = list(replies)
         self.records.clear()
 
-    def _next(self) -> Reply:
-        return self.replies.pop(0) if self.replies else self.default
+    def _next(self, body: dict[str, Any]) -> Reply:
+        if self.replies:
+            return self.replies.pop(0)
+        return self.responder(body) if self.responder is not None else self.default
 
     def start(self) -> "EngineDouble":
         import uvicorn
@@ -175,7 +182,9 @@ class EngineDouble:
             return self._error(400, "Stream options can only be defined when stream is true.")
         rec = Record("/v1/completions", body)
         self.records.append(rec)
-        reply = self._next()
+        reply = self._next(body)
+        if reply.status != 200:
+            return self._error(reply.status, f"the double answers {reply.status}")
         pieces = deltas(reply.text)
         n_out = len(self.tokenizer.encode_with_specials(reply.text)) if self.tokenizer is not None else len(pieces)
         usage = {"prompt_tokens": len(prompt), "completion_tokens": n_out, "total_tokens": len(prompt) + n_out}
@@ -231,7 +240,7 @@ class EngineDouble:
         body = await request.json()
         rec = Record("/v1/chat/completions", body)
         self.records.append(rec)
-        reply = self._next()
+        reply = self._next(body)
         msg = reply.message or {"role": "assistant", "content": reply.text}
         finish = "tool_calls" if msg.get("tool_calls") else reply.finish_reason
         usage = {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
