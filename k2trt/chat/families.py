@@ -13,10 +13,11 @@ Sources: K2-Thinking's official ``chat_template.jinja`` (verbatim copy in ggml-o
 "fix-default-system-prompt (#12)" differs only in compact tools JSON). K2.5/K2.6/K2.7-Code's templates were not
 obtainable verbatim; their rules follow what the published material shows of them: the generation-prompt and
 suffix branches quoted from K2.6's template (``thinking is defined and thinking is false`` → ``<think></think>``,
-``preserve_thinking`` setting ``last_non_tool_call_assistant_msg=-1``), the K2.5 rewrite rules in
-OpenPipe/ART ``chat_template.py``, tinker-cookbook's K2.5/K2.6/K2.7 renderers (``<think>`` prefill, thinking
-preserved and no default system message for K2.7-Code, ``tools_ts_str`` or compact JSON in ``tool_declare``), and
-k2_family.md §1–§2.
+``preserve_thinking`` setting ``last_non_tool_call_assistant_msg=-1``), the K2.5 rewrite rules in OpenPipe/ART
+``src/art/utils/chat_template.py`` @53d212d, thinking-machines-lab/tinker-cookbook
+``tinker_cookbook/renderers/kimi_k25.py`` @0703356 and ``kimi_k26.py`` @54364d7 (``<think>`` / ``<think></think>``
+prefill, ``preserve_thinking`` keeping every turn), a K2.7-Code renderer's notes (thinking preserved, no default
+system message, ``tools_ts_str`` or compact JSON in ``tool_declare``), and k2_family.md §1–§2.
 
 Sampling defaults (overridable per request and per gateway): K2-Instruct temperature 0.6 (Moonshot's README);
 thinking mode temperature 1.0, top_p 0.95 and instant mode temperature 0.6, top_p 0.95 (Moonshot's K2.5/K2.6
