@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "gateway": "k2trt.commands.gateway:gateway",
     "chat": "k2trt.commands.chat:chat",
     "bench": "k2trt.commands.bench:bench",
+    "toolcheck": "k2trt.commands.toolcheck:toolcheck",
     "demo": "k2trt.commands.demo:demo",
 }
 

@@ -215,9 +215,23 @@ def render_ids(tokenizer: Any, messages: Sequence[Message], tools: Sequence[Any]
     Returns:
         Token ids; ``tokenizer.decode(ids) == render(...)``.
     """
+    return ids_from_segments(tokenizer, _segments(messages, tools, add_generation_prompt))
+
+
+def ids_from_segments(tokenizer: Any, segments: Sequence[tuple[str, bool]]) -> list[int]:
+    """Token ids of a render given as ``(text, is_control_marker)`` pieces: each marker is its control token, and
+    adjacent plain pieces are encoded together as plain text (as the rendered string would be).
+
+    Args:
+        tokenizer: a ``K2Tokenizer``.
+        segments: the pieces in order (``_segments`` here, ``k2trt.chat.thinking`` for the thinking families).
+
+    Returns:
+        Token ids; ``tokenizer.decode(ids) == "".join(text for text, _ in segments)``.
+    """
     ids: list[int] = []
     text: list[str] = []
-    for piece, control in _segments(messages, tools, add_generation_prompt):
+    for piece, control in segments:
         if control:
             if text:  # adjacent plain pieces are encoded together, as the rendered string would be
                 ids += tokenizer.encode("".join(text))

@@ -64,11 +64,13 @@ _ID_RE = re.compile(r"(?:functions\.)?(?P<name>.+?):(?P<idx>\d+)", re.S)
 _CONTENT, _SECTION, _ID, _ARGS = range(4)
 
 
-def _marker_at(buf: str, i: int) -> tuple[str | None, bool]:
-    """(the full marker at ``buf[i]`` or None, whether ``buf[i:]`` is a proper prefix of some marker)."""
+def _marker_at(buf: str, i: int, markers: Iterable[str] = _MARKERS) -> tuple[str | None, bool]:
+    """(the full marker at ``buf[i]`` or None, whether ``buf[i:]`` is a proper prefix of some marker).
+
+    Shared with the reasoning parser (``k2trt.chat.reasoning``), which watches its own marker set."""
     rest = len(buf) - i
     partial = False
-    for m in _MARKERS:
+    for m in markers:
         if buf.startswith(m, i):
             return m, False
         if rest < len(m) and m.startswith(buf[i:]):

@@ -6,13 +6,25 @@ Mapping (kimi_formats.md §7):
 - ``system`` (string or text blocks, joined without separator; Claude Code's billing-header block dropped) → one
   system message. ``tool_use`` blocks → assistant ``tool_calls`` (``input`` as JSON); ``tool_result`` blocks → tool
   messages (text parts joined with ``\\n``) carrying ``name`` = the matching ``tool_use`` name, so K2 sees
-  ``<|im_system|>{function}<|im_middle|>``; ``thinking`` blocks are skipped (K2-Instruct has no thinking channel).
+  ``<|im_system|>{function}<|im_middle|>``; ``thinking`` blocks become the assistant message's
+  ``reasoning_content`` (joined without separator; their ``signature`` is not checked), which the thinking
+  families' templates replay; ``redacted_thinking`` blocks are skipped.
+- ``thinking``: ``{"type": "enabled", "budget_tokens": N}`` (N ≥ 1024 and below ``max_tokens``, Anthropic's rules)
+  switches thinking on, ``{"type": "disabled"}`` off; absent, the model family's default applies (K2's thinking
+  models think). The budget is validated but not enforced: the engine has no thinking budget, so ``max_tokens``
+  alone bounds the output. A switch the model does not have is a 400.
 - ``toolu_…`` IDs are rewritten to ``functions.{name}:{k}`` before rendering (by the backend) and mapped back in the
   answer; a call the model makes anew gets a fresh ``toolu_`` ID (K2's ``functions.x:0`` is not a valid Anthropic
   ID), which the next request maps to K2's form again.
 - ``tools[].input_schema`` → ``function.parameters``; ``tool_choice`` ``auto``/``any``/``tool``/``none`` → ``auto``/
   ``required``/named/``none``; ``disable_parallel_tool_use`` keeps the first call only.
-- ``temperature`` × 0.6 (Moonshot's mapping: Claude's default 1.0 becomes K2's recommended 0.6).
+- ``temperature`` × 0.6 (Moonshot's mapping: Claude's default 1.0 becomes K2's recommended 0.6); a request without
+  one gets the family's recommendation for the mode (0.6 instant, 1.0 thinking).
+- Output: a ``thinking`` block (with a ``signature``: a SHA-256 digest of its text, so clients that require one
+  have it — not a secret) before the text and ``tool_use`` blocks; streamed as ``content_block_start`` (thinking),
+  ``thinking_delta`` events, a ``signature_delta``, ``content_block_stop``, as the SDK expects.
+- Validation: unknown top-level fields, ``temperature``/``top_p`` outside [0, 1], a negative ``top_k``, a bad
+  ``thinking`` object → 400 in Anthropic's shape (``{"type": "error", "error": {"type": "invalid_request_error"}}``).
 - Stop reasons: ``tool_calls`` → ``tool_use``, ``length`` → ``max_tokens``, a matched ``stop_sequences`` entry →
   ``stop_sequence``, else ``end_turn``. ``tool_use.input`` is the parsed arguments; arguments that are not a JSON
   object (the model's mistake, passed through by the parser) give ``{}`` in the non-streaming answer, while a stream
@@ -21,6 +33,8 @@ Mapping (kimi_formats.md §7):
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 import re
@@ -29,7 +43,9 @@ from typing import Any, AsyncIterator
 
 from k2trt.gateway.backend import dumps
 from k2trt.gateway.errors import ApiError, bad_request
-from k2trt.gateway.events import Event, Finish, Job, Started, Text, ToolArgs, ToolChoice, ToolStart, collect
+from k2trt.gateway.events import (Event, Finish, Job, Reasoning, Started, Text, ToolArgs, ToolChoice, ToolStart,
+                                  collect)
+from k2trt.gateway.usage import anthropic_usage
 
 log = logging.getLogger("k2trt.gateway")
 _VALID_ID = re.compile(r"[A-Za-z0-9_-]+")
@@ -79,13 +95,16 @@ def to_messages(system: Any, raw: Any) -> list[dict[str, Any]]:
         if not isinstance(content, list):
             raise bad_request(f"{where}.content must be a string or a list of content blocks")
         texts: list[str] = []
+        thoughts: list[str] = []
         calls: list[dict[str, Any]] = []
         for j, b in enumerate(content):
             kind = b.get("type") if isinstance(b, dict) else None
             bw = f"{where}.content[{j}]"
             if kind == "text":
                 texts.append(str(b.get("text") or ""))
-            elif kind in ("thinking", "redacted_thinking"):
+            elif kind == "thinking" and role == "assistant":
+                thoughts.append(str(b.get("thinking") or ""))
+            elif kind == "redacted_thinking":
                 continue
             elif kind == "tool_use" and role == "assistant":
                 if not b.get("id") or not b.get("name"):
@@ -109,6 +128,8 @@ def to_messages(system: Any, raw: Any) -> list[dict[str, Any]]:
                 raise bad_request(f"{bw} has unsupported block type {kind!r} for a {role} message")
         if role == "assistant":
             msg = {"role": "assistant", "content": "".join(texts)}
+            if "".join(thoughts):
+                msg["reasoning_content"] = "".join(thoughts)
             if calls:
                 msg["tool_calls"] = calls
             out.append(msg)
@@ -157,17 +178,40 @@ def _tool_choice(raw: Any, tools: list[dict[str, Any]] | None) -> tuple[ToolChoi
     return ToolChoice({"auto": "auto", "any": "required", "none": "none"}[kind]), parallel
 
 
+_FIELDS = frozenset({"model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream",
+                     "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking", "service_tier"})
+"""Top-level fields of a Messages request this gateway reads; anything else is a 400, as Anthropic answers."""
+MIN_THINKING_BUDGET = 1024  # Anthropic's minimum budget_tokens
+
+
+def _thinking(raw: Any, max_tokens: int) -> bool | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or raw.get("type") not in ("enabled", "disabled"):
+        raise bad_request('thinking must be {"type": "enabled", "budget_tokens": N} or {"type": "disabled"}')
+    if raw["type"] == "disabled":
+        return False
+    b = raw.get("budget_tokens")
+    if isinstance(b, bool) or not isinstance(b, int) or not MIN_THINKING_BUDGET <= b < max_tokens:
+        raise bad_request(f"thinking.budget_tokens must be an integer ≥ {MIN_THINKING_BUDGET} and below max_tokens "
+                          f"({max_tokens}), got {b!r}")
+    return True
+
+
 def parse_request(body: dict[str, Any], temperature_scale: float) -> Job:
-    """Validate a /v1/messages body into a ``Job``.
+    """Validate a /v1/messages body into a ``Job`` (mapping and rules in the module docstring).
 
     Raises:
         ApiError: 400 naming the bad field.
     """
+    unknown = sorted(set(body) - _FIELDS)
+    if unknown:
+        raise bad_request(f"{unknown[0]}: Extra inputs are not permitted")
     max_tokens = body.get("max_tokens")
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise bad_request(f"max_tokens is required and must be a positive integer, got {max_tokens!r}")
-    t = body.get("temperature", 1.0)
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1:
+    t = body.get("temperature")
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1):
         raise bad_request(f"temperature must be a number in [0, 1], got {t!r}")
     top_p, top_k = body.get("top_p"), body.get("top_k")
     if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 <= top_p <= 1):
@@ -183,8 +227,9 @@ def parse_request(body: dict[str, Any], temperature_scale: float) -> Job:
     tools = _tools(body.get("tools"))
     choice, parallel = _tool_choice(body.get("tool_choice"), tools)
     return Job(messages=to_messages(body.get("system"), body.get("messages")), tools=tools, tool_choice=choice,
-               temperature=float(t) * temperature_scale, top_p=top_p, top_k=top_k or None, max_tokens=max_tokens,
-               stop=[s for s in stop if s], stream=stream, parallel_tool_calls=parallel)
+               temperature=None if t is None else float(t) * temperature_scale, top_p=top_p, top_k=top_k or None,
+               max_tokens=max_tokens, stop=[s for s in stop if s], stream=stream, parallel_tool_calls=parallel,
+               thinking=_thinking(body.get("thinking"), max_tokens))
 
 
 def _stop_reason(f: Finish) -> str:
@@ -225,25 +270,64 @@ def response(events: list[Event], model: str) -> dict[str, Any]:
     c = collect(events)
     ids = _Ids()
     content: list[dict[str, Any]] = []
-    if c.content or not c.calls:
+    if c.reasoning:
+        content.append({"type": "thinking", "thinking": c.reasoning, "signature": signature(c.reasoning)})
+    if c.content or not (c.calls or c.reasoning):
         content.append({"type": "text", "text": c.content})
     for cid, name, args in c.calls:
         content.append({"type": "tool_use", "id": ids(cid), "name": name, "input": _input(args, name)})
     f = c.finish
     return {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": model,
             "content": content, "stop_reason": _stop_reason(f), "stop_sequence": f.stop_sequence,
-            "usage": {"input_tokens": f.prompt_tokens, "output_tokens": f.completion_tokens}}
+            "usage": anthropic_usage(f)}
+
+
+def signature(thinking: str) -> str:
+    """A thinking block's ``signature``: a digest of its text (integrity only; nothing secret)."""
+    return base64.b64encode(hashlib.sha256(thinking.encode()).digest()).decode()
 
 
 def _sse(event: str, data: dict[str, Any]) -> str:
     return f"event: {event}\ndata: {dumps(data)}\n\n"
 
 
+class _Blocks:
+    """The content blocks of a streamed message: opens and closes them (a thinking block ends with its
+    ``signature_delta``) and numbers them."""
+
+    def __init__(self) -> None:
+        self.index = -1
+        self.kind: str | None = None
+        self._thought: list[str] = []
+
+    def close(self) -> list[str]:
+        out = []
+        if self.kind == "thinking":
+            out.append(_sse("content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": {
+                "type": "signature_delta", "signature": signature("".join(self._thought))}}))
+        if self.kind:
+            out.append(_sse("content_block_stop", {"type": "content_block_stop", "index": self.index}))
+        self.kind, self._thought = None, []
+        return out
+
+    def open(self, kind: str, block: dict[str, Any]) -> list[str]:
+        out = self.close()
+        self.index, self.kind = self.index + 1, kind
+        return out + [_sse("content_block_start", {"type": "content_block_start", "index": self.index,
+                                                   "content_block": block})]
+
+    def delta(self, delta: dict[str, Any]) -> str:
+        if delta["type"] == "thinking_delta":
+            self._thought.append(delta["thinking"])
+        return _sse("content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta})
+
+
 async def stream(events: AsyncIterator[Event], model: str) -> AsyncIterator[str]:
-    """The Messages event stream: message_start, ping, content_block_start/delta/stop per block, message_delta
-    (stop reason, usage), message_stop. An ``ApiError`` after the start becomes an ``error`` event."""
+    """The Messages event stream: message_start, ping, content_block_start/delta/stop per block (thinking, text,
+    tool_use), message_delta (stop reason, usage), message_stop. An ``ApiError`` after the start becomes an
+    ``error`` event."""
     ids = _Ids()
-    block, open_kind = -1, None
+    blocks = _Blocks()
     started = False
 
     def start(prompt_tokens: int | None) -> list[str]:
@@ -254,40 +338,31 @@ async def stream(events: AsyncIterator[Event], model: str) -> AsyncIterator[str]
 
     try:
         async for ev in events:
+            out: list[str] = []
             if not started:
                 started = True
-                for line in start(ev.prompt_tokens if isinstance(ev, Started) else None):
-                    yield line
-            if isinstance(ev, Text):
-                if open_kind != "text":
-                    if open_kind:
-                        yield _sse("content_block_stop", {"type": "content_block_stop", "index": block})
-                    block, open_kind = block + 1, "text"
-                    yield _sse("content_block_start", {"type": "content_block_start", "index": block,
-                                                       "content_block": {"type": "text", "text": ""}})
-                yield _sse("content_block_delta", {"type": "content_block_delta", "index": block,
-                                                   "delta": {"type": "text_delta", "text": ev.text}})
+                out += start(ev.prompt_tokens if isinstance(ev, Started) else None)
+            if isinstance(ev, Reasoning):
+                if blocks.kind != "thinking":
+                    out += blocks.open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+                out.append(blocks.delta({"type": "thinking_delta", "thinking": ev.text}))
+            elif isinstance(ev, Text):
+                if blocks.kind != "text":
+                    out += blocks.open("text", {"type": "text", "text": ""})
+                out.append(blocks.delta({"type": "text_delta", "text": ev.text}))
             elif isinstance(ev, ToolStart):
-                if open_kind:
-                    yield _sse("content_block_stop", {"type": "content_block_stop", "index": block})
-                block, open_kind = block + 1, "tool"
-                yield _sse("content_block_start", {"type": "content_block_start", "index": block,
-                                                   "content_block": {"type": "tool_use", "id": ids(ev.id),
-                                                                     "name": ev.name, "input": {}}})
+                out += blocks.open("tool", {"type": "tool_use", "id": ids(ev.id), "name": ev.name, "input": {}})
             elif isinstance(ev, ToolArgs):
-                yield _sse("content_block_delta", {"type": "content_block_delta", "index": block,
-                                                   "delta": {"type": "input_json_delta",
-                                                             "partial_json": ev.fragment}})
+                out.append(blocks.delta({"type": "input_json_delta", "partial_json": ev.fragment}))
             elif isinstance(ev, Finish):
-                if open_kind:
-                    yield _sse("content_block_stop", {"type": "content_block_stop", "index": block})
-                    open_kind = None
-                yield _sse("message_delta", {"type": "message_delta",
-                                             "delta": {"stop_reason": _stop_reason(ev),
-                                                       "stop_sequence": ev.stop_sequence},
-                                             "usage": {"input_tokens": ev.prompt_tokens,
-                                                       "output_tokens": ev.completion_tokens}})
-                yield _sse("message_stop", {"type": "message_stop"})
+                out += blocks.close()
+                out.append(_sse("message_delta", {"type": "message_delta",
+                                                  "delta": {"stop_reason": _stop_reason(ev),
+                                                            "stop_sequence": ev.stop_sequence},
+                                                  "usage": anthropic_usage(ev)}))
+                out.append(_sse("message_stop", {"type": "message_stop"}))
+            for line in out:
+                yield line
     except ApiError as e:
         if not started:
             for line in start(None):

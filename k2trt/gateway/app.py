@@ -31,13 +31,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from k2trt.errors import ConfigError
+from k2trt.chat import families as fam
+from k2trt.errors import ConfigError, K2trtError
 from k2trt.gateway import anthropic_api, openai_api
-from k2trt.gateway.backend import ChatBackend, RenderBackend
+from k2trt.gateway.backend import ChatBackend, RenderBackend, sampling
 from k2trt.gateway.config import GatewayConfig
 from k2trt.gateway.engine import EngineClient
 from k2trt.gateway.errors import Api, ApiError, bad_request
-from k2trt.gateway.events import Event
+from k2trt.gateway.events import Event, Job
 
 log = logging.getLogger("k2trt.gateway")
 T = TypeVar("T")
@@ -73,9 +74,10 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
 
 
 class _State:
-    def __init__(self, config: GatewayConfig, tokenizer: Any) -> None:
+    def __init__(self, config: GatewayConfig, tokenizer: Any, family: fam.Family) -> None:
         self.config = config
         self.tokenizer = tokenizer
+        self.family = family
         self.engine: EngineClient | None = None
         self.render: RenderBackend | None = None
         self.chat: ChatBackend | None = None
@@ -165,20 +167,24 @@ async def chat_completions(request: Request, st: _State) -> Response:
     cfg = st.config
     if cfg.mode == "passthrough":
         return await _passthrough(request, st, body)
-    job, include_usage = openai_api.parse_request(body, cfg.default_temperature)
+    job, include_usage = openai_api.parse_request(body)
     backend = st.backend()
     if job.stream:
         return await _stream(request, backend.stream(job),
                              lambda evs: openai_api.stream(evs, cfg.model_name, include_usage))
     events = await until_disconnect(request, backend.complete(job))
-    return JSONResponse(openai_api.response(events, cfg.model_name))
+    return JSONResponse(openai_api.response(events, cfg.model_name, thinks=st.family.thinks))
 
 
 async def _passthrough(request: Request, st: _State, body: dict[str, Any]) -> Response:
-    """Forward /v1/chat/completions to an engine that renders and parses K2 itself (only the temperature default
-    is filled in, so both modes sample alike)."""
+    """Forward /v1/chat/completions to an engine that renders and parses K2 itself (only the sampling defaults
+    are filled in, so both modes sample alike)."""
     assert st.engine is not None
-    body.setdefault("temperature", st.config.default_temperature)
+    kw = body.get("chat_template_kwargs")
+    said = kw.get("thinking", kw.get("enable_thinking")) if isinstance(kw, dict) else None
+    thinking = said if isinstance(said, bool) else st.family.thinks
+    for key, val in sampling(st.config, st.family, Job(messages=[]), thinking).items():
+        body.setdefault(key, val)
     if not body.get("stream"):
         return JSONResponse(await until_disconnect(request, st.engine.post_json("/v1/chat/completions", body)))
     cm = st.engine.stream("/v1/chat/completions", body)
@@ -215,8 +221,7 @@ async def count_tokens(request: Request, st: _State) -> Response:
         raise ApiError(404, "token counting needs the K2 tokenizer: start the gateway with --model-dir",
                        "not_found")
     body.setdefault("max_tokens", 1)
-    ids, _, _ = st.render.prompt_ids(anthropic_api.parse_request(body, 1.0))
-    return JSONResponse({"input_tokens": len(ids)})
+    return JSONResponse({"input_tokens": len(st.render.prompt(anthropic_api.parse_request(body, 1.0)).ids)})
 
 
 @_route("openai")
@@ -229,7 +234,8 @@ async def health(request: Request) -> Response:
     """200 when the engine's /health answers 200, else 503 with the reason (no auth: for load balancers)."""
     st: _State = request.app.state.k2
     assert st.engine is not None
-    info = {"mode": st.config.mode, "model": st.config.model_name, "engine_url": st.engine.base_url}
+    info = {"mode": st.config.mode, "model": st.config.model_name, "chat_family": st.family.name,
+            "engine_url": st.engine.base_url}
     try:
         r = await st.engine.get("/health")
     except ApiError as e:
@@ -247,6 +253,19 @@ async def not_found(request: Request, exc: Exception) -> Response:
         return ApiError(405, f"{request.method} is not allowed on {request.url.path}").response(api)
     return ApiError(404, f"no route {request.method} {request.url.path}; this gateway serves /v1/chat/completions, "
                     "/v1/messages, /v1/models and /health", "not_found").response(api)
+
+
+def _family(config: GatewayConfig) -> fam.Family:
+    """The chat family: ``--chat-family``, else detected from the model directory, else K2-Instruct."""
+    if config.chat_family:
+        return fam.family(config.chat_family)
+    if config.model_dir:
+        try:
+            return fam.from_model_dir(config.model_dir)
+        except K2trtError as e:
+            raise ConfigError(f"cannot tell the chat family of {config.model_dir}: {e}",
+                              "pass --chat-family") from None
+    return fam.FAMILIES["k2-instruct"]
 
 
 def create_app(config: GatewayConfig, *, tokenizer: Any = None) -> Starlette:
@@ -273,16 +292,17 @@ def create_app(config: GatewayConfig, *, tokenizer: Any = None) -> Starlette:
             tokenizer = K2Tokenizer.from_dir(config.model_dir)
         except Exception as e:  # CheckpointError or a tiktoken failure: one line for the CLI
             raise ConfigError(f"cannot load the K2 tokenizer from {config.model_dir}: {e}") from None
-    st = _State(config, tokenizer)
+    st = _State(config, tokenizer, _family(config))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         st.engine = EngineClient(config.engine_url, connect_timeout_s=config.connect_timeout_s,
                                  read_timeout_s=config.read_timeout_s)
         if tokenizer is not None:
-            st.render = RenderBackend(config, st.engine, tokenizer)
-        st.chat = ChatBackend(config, st.engine)
-        log.info("gateway (%s mode) in front of %s, model %s", config.mode, config.engine_url, config.model_name)
+            st.render = RenderBackend(config, st.engine, tokenizer, st.family)
+        st.chat = ChatBackend(config, st.engine, st.family)
+        log.info("gateway (%s mode) in front of %s, model %s (%s)", config.mode, config.engine_url,
+                 config.model_name, st.family.name)
         try:
             yield
         finally:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
+from k2trt.chat.families import FAMILY_NAMES
 from k2trt.errors import ConfigError
 
 Mode = Literal["render", "passthrough"]
@@ -46,10 +47,17 @@ class GatewayConfig:
     read_timeout_s: float = 600.0
     """Seconds to wait for the engine's next byte before answering 504. A non-streaming request receives nothing
     until its generation ends, so this also bounds one whole non-streaming generation."""
-    default_temperature: float = 0.6
-    """OpenAI requests without ``temperature`` get Moonshot's recommended 0.6 (kimi_formats.md §7)."""
+    chat_family: str | None = None
+    """K2 chat family (``k2-instruct``, ``k2-thinking``, ``k2.5``, ``k2.6``, ``k2.7-code``): its template, thinking
+    switches and sampling defaults [default: detected from --model-dir's chat template, else k2-instruct]."""
+    default_temperature: float | None = None
+    """Temperature for requests without one [default: the family's recommendation for the thinking mode — 0.6 for
+    K2-Instruct and instant mode (kimi_formats.md §7), 1.0 when thinking]."""
+    default_top_p: float | None = None
+    """top_p for requests without one [default: the family's recommendation, 0.95 for K2.5+; none for K2]."""
     anthropic_temperature_scale: float = 0.6
-    """Anthropic ``temperature`` is multiplied by this (Moonshot's mapping: Claude's default 1.0 becomes 0.6)."""
+    """An Anthropic request's own ``temperature`` is multiplied by this (Moonshot's mapping: Claude's default 1.0
+    becomes 0.6); without one, the defaults above apply."""
     unknown_tools: UnknownTools = "drop"
     """Calls to tools the request did not declare: ``drop`` them (as TensorRT-LLM's parser does) or ``keep``."""
     log_prompts: bool = False
@@ -90,6 +98,12 @@ class GatewayConfig:
             raise ConfigError("engine timeouts must be positive seconds")
         if self.unknown_tools not in ("drop", "keep"):
             raise ConfigError(f"unknown_tools {self.unknown_tools!r} must be drop or keep")
+        if self.chat_family is not None and self.chat_family not in FAMILY_NAMES:
+            raise ConfigError(f"--chat-family {self.chat_family!r} is not one of {', '.join(FAMILY_NAMES)}")
+        for name, v, hi in (("--default-temperature", self.default_temperature, 2.0),
+                            ("--default-top-p", self.default_top_p, 1.0)):
+            if v is not None and not 0 <= v <= hi:
+                raise ConfigError(f"{name} {v} is outside [0, {hi:g}]")
         if any(not k for k in self.api_keys):
             raise ConfigError("an empty --api-key would accept every request", "remove it or give a value")
         return self

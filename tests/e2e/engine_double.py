@@ -1,8 +1,10 @@
 """A stand-in for the TensorRT-LLM engine's HTTP server, used where the real engine cannot help.
 
-It stands in only for the model's *output*: the tiny random K2 that runs here can never produce a tool call, so
-this server replays recorded K2 completions (text with ``<|tool_calls_section_begin|>`` … markers) instead of
-generating. Everything else in the tests that use it is real: it is a real Starlette app on a real uvicorn socket
+It stands in only for the model's *output*: the tiny random K2 that runs here can never produce a tool call or a
+thought, so this server replays recorded K2 completions (text with ``<|tool_calls_section_begin|>`` … markers, and
+for the thinking models ``<think>`` … ``</think>`` reasoning, written in the format K2-Thinking and K2.5+ emit —
+k2_family.md §2) instead of generating. Everything else in the tests that use it is real: it is a real Starlette app
+on a real uvicorn socket
 on 127.0.0.1, the gateway talks to it over real HTTP with httpx, and the clients are the real openai and anthropic
 SDKs. It follows the engine's contract (reference/trtllm.md §1.3; TensorRT-LLM's ``CompletionRequest``): the
 request fields TensorRT-LLM's pydantic model accepts and nothing else (it forbids extras), ``prompt`` as token ids,
@@ -25,7 +27,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -53,13 +55,16 @@ class Reply:
         text: what the model wrote after ``<|im_middle|>`` (tool-call markers included).
         finish_reason: ``stop`` or ``length``.
         stop_reason: the stop string or token id that ended it, as TensorRT-LLM reports.
-        message: for /v1/chat/completions (an engine that parses tool calls itself): the OpenAI message.
+        message: for /v1/chat/completions (an engine that parses tool calls itself): the OpenAI message
+        (``reasoning_content`` included, streamed as reasoning deltas before the content).
     """
 
     text: str = "Hello!"
     finish_reason: str = "stop"
     stop_reason: Any = None
     message: dict[str, Any] | None = None
+    status: int = 200
+    """An HTTP error status to answer with instead (503: the engine is not ready)."""
 
 
 @dataclass
@@ -93,6 +98,12 @@ class EngineDouble:
     """Pause before each delta (and per delta of a non-streamed reply), to make a request last."""
     health_status: int = 200
     records: list[Record] = field(default_factory=list)
+    tokenizer: Any = None
+    """A ``K2Tokenizer``: ``usage.completion_tokens`` is then the reply's exact token count (markers as control
+    tokens), as an engine reports it; without one it is the number of deltas."""
+    responder: Callable[[dict[str, Any]], Reply] | None = None
+    """Chooses the reply from the request body (for concurrent clients, whose order is not fixed); the queued
+    replies are used first."""
 
     def __post_init__(self) -> None:
         self.app = Starlette(routes=[
@@ -114,8 +125,10 @@ class EngineDouble:
         self.replies = list(replies)
         self.records.clear()
 
-    def _next(self) -> Reply:
-        return self.replies.pop(0) if self.replies else self.default
+    def _next(self, body: dict[str, Any]) -> Reply:
+        if self.replies:
+            return self.replies.pop(0)
+        return self.responder(body) if self.responder is not None else self.default
 
     def start(self) -> "EngineDouble":
         import uvicorn
@@ -169,10 +182,12 @@ class EngineDouble:
             return self._error(400, "Stream options can only be defined when stream is true.")
         rec = Record("/v1/completions", body)
         self.records.append(rec)
-        reply = self._next()
+        reply = self._next(body)
+        if reply.status != 200:
+            return self._error(reply.status, f"the double answers {reply.status}")
         pieces = deltas(reply.text)
-        usage = {"prompt_tokens": len(prompt), "completion_tokens": len(pieces),
-                 "total_tokens": len(prompt) + len(pieces)}
+        n_out = len(self.tokenizer.encode_with_specials(reply.text)) if self.tokenizer is not None else len(pieces)
+        usage = {"prompt_tokens": len(prompt), "completion_tokens": n_out, "total_tokens": len(prompt) + n_out}
         if not body.get("stream"):
             for _ in pieces:  # "generate", noticing a client that went away
                 if self.delay_s:
@@ -225,7 +240,7 @@ class EngineDouble:
         body = await request.json()
         rec = Record("/v1/chat/completions", body)
         self.records.append(rec)
-        reply = self._next()
+        reply = self._next(body)
         msg = reply.message or {"role": "assistant", "content": reply.text}
         finish = "tool_calls" if msg.get("tool_calls") else reply.finish_reason
         usage = {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
@@ -241,6 +256,8 @@ class EngineDouble:
                 obj = {"id": "c", "object": "chat.completion.chunk", "choices": ch, "usage": u}
                 return f"data: {json.dumps(obj)}\n\n".encode()
             yield ev({"role": "assistant", "content": ""})
+            for piece in deltas(msg.get("reasoning_content") or ""):
+                yield ev({"reasoning_content": piece})
             for piece in deltas(msg.get("content") or ""):
                 yield ev({"content": piece})
             for i, call in enumerate(msg.get("tool_calls") or []):
