@@ -37,6 +37,8 @@ class Rename:
     """Where the change is documented."""
     note: str = ""
     """What a user must do besides renaming (an inverted boolean, a block instead of a flag …)."""
+    cli: bool = False
+    """The old spelling is a trtllm-serve option name put in the YAML, not a former LLM-API field."""
 
 
 RENAMES: tuple[Rename, ...] = (
@@ -75,23 +77,23 @@ RENAMES: tuple[Rename, ...] = (
     Rename("torch_compile_config.capture_num_tokens", "prefill_capture_num_tokens", "main",
            "TensorRT-LLM docs 1.4.0rc1, Torch Compile & Prefill CUDA Graph"),
     # trtllm-serve option names put in the YAML: the YAML key is the LLM-API field, not the flag.
-    Rename("tp_size", "tensor_parallel_size", "1.0", "trtllm-serve --tp_size → TorchLlmArgs.tensor_parallel_size"),
-    Rename("pp_size", "pipeline_parallel_size", "1.0", "trtllm-serve --pp_size → TorchLlmArgs.pipeline_parallel_size"),
+    Rename("tp_size", "tensor_parallel_size", "1.0", "trtllm-serve --tp_size → TorchLlmArgs.tensor_parallel_size", cli=True),
+    Rename("pp_size", "pipeline_parallel_size", "1.0", "trtllm-serve --pp_size → TorchLlmArgs.pipeline_parallel_size", cli=True),
     Rename("ep_size", "moe_expert_parallel_size", "1.0",
-           "trtllm-serve --ep_size → TorchLlmArgs.moe_expert_parallel_size"),
+           "trtllm-serve --ep_size → TorchLlmArgs.moe_expert_parallel_size", cli=True),
     Rename("cluster_size", "moe_cluster_parallel_size", "1.0",
-           "trtllm-serve --cluster_size → TorchLlmArgs.moe_cluster_parallel_size"),
+           "trtllm-serve --cluster_size → TorchLlmArgs.moe_cluster_parallel_size", cli=True),
     Rename("kv_cache_free_gpu_memory_fraction", "kv_cache_config.free_gpu_memory_fraction", "1.0",
-           "trtllm-serve --kv_cache_free_gpu_memory_fraction → KvCacheConfig(free_gpu_memory_fraction=…)"),
+           "trtllm-serve --kv_cache_free_gpu_memory_fraction → KvCacheConfig(free_gpu_memory_fraction=…)", cli=True),
     Rename("free_gpu_memory_fraction", "kv_cache_config.free_gpu_memory_fraction", "1.0",
-           "trtllm-serve --free_gpu_memory_fraction → KvCacheConfig(free_gpu_memory_fraction=…)"),
+           "trtllm-serve --free_gpu_memory_fraction → KvCacheConfig(free_gpu_memory_fraction=…)", cli=True),
     Rename("extra_llm_api_options", None, "1.0", "trtllm-serve option, not an LLM-API field",
-           "pass the file with --config/--extra_llm_api_options instead of naming it inside the YAML"),
+           "pass the file with --config/--extra_llm_api_options instead of naming it inside the YAML", cli=True),
     Rename("tool_parser", None, "1.2", "trtllm-serve --tool_parser (a CLI option, not an LLM-API field)",
-           "pass --tool_parser on the trtllm-serve command line"),
+           "pass --tool_parser on the trtllm-serve command line", cli=True),
     Rename("log_level", None, "1.0", "trtllm-serve --log_level (a CLI option, not an LLM-API field)",
-           "pass --log_level on the trtllm-serve command line"),
-    Rename("hf_revision", "revision", "1.0", "trtllm-serve --hf_revision → TorchLlmArgs.revision"),
+           "pass --log_level on the trtllm-serve command line", cli=True),
+    Rename("hf_revision", "revision", "1.0", "trtllm-serve --hf_revision → TorchLlmArgs.revision", cli=True),
     # Read in 1.3.0rc24's llm_args.py (the validators that handle old names):
     Rename("kv_cache_config.block_reuse_config.block_reuse_policy", "kv_cache_config.block_reuse_config.policy",
            "1.3", "1.3.0rc24 llm_args.py, BlockReuseConfig before-validator (raises on the old key)"),
@@ -102,7 +104,7 @@ RENAMES: tuple[Rename, ...] = (
            "it belongs inside speculative_config with decoding_type: MTP"),
     Rename("enable_block_reuse", "kv_cache_config.enable_block_reuse", "1.0",
            "trtllm-serve maps its --enable_block_reuse flag to kv_cache_config (1.3.0rc24 "
-           "update_llm_args_with_extra_dict)"),
+           "update_llm_args_with_extra_dict)", cli=True),
 )
 
 
@@ -123,6 +125,15 @@ VALUE_RENAMES: tuple[ValueRename, ...] = (
                 "trtllm.md §2.2 (removed on main; 1.3.0rc24 still lists it)"),
     ValueRename("sampler_type", "TRTLLMSampler", "auto or TorchSampler",
                 "1.3.0rc24 llm_args.py: sampler_type is deprecated, TRTLLMSampler to be removed in 1.4"),
+    # The from_dict dispatch keys of 1.2.1 became the Literal values of 1.3 (each release's own llm_args.py).
+    ValueRename("speculative_config.decoding_type", "DraftTarget", "Draft_Target",
+                "1.2.1 DecodingBaseConfig.from_dict key 'DraftTarget'; 1.3.0rc24 Literal 'Draft_Target'"),
+    ValueRename("speculative_config.decoding_type", "Draft_Target", "DraftTarget",
+                "1.3.0rc24 Literal 'Draft_Target'; 1.2.1 DecodingBaseConfig.from_dict key 'DraftTarget'"),
+    ValueRename("speculative_config.decoding_type", "UserProvided", "User_Provided",
+                "1.2.1 DecodingBaseConfig.from_dict key 'UserProvided'; 1.3.0rc24 Literal 'User_Provided'"),
+    ValueRename("speculative_config.decoding_type", "User_Provided", "UserProvided",
+                "1.3.0rc24 Literal 'User_Provided'; 1.2.1 DecodingBaseConfig.from_dict key 'UserProvided'"),
     ValueRename("speculative_config.decoding_type", "Eagle", "Eagle3",
                 "1.3.0rc24 llm_args.py, TorchLlmArgs.validate_speculative_config: 'Eagle' is treated as 'Eagle3' "
                 "on the PyTorch backend, with a warning", warned_in=("1.3.0rc24",)),
@@ -130,10 +141,15 @@ VALUE_RENAMES: tuple[ValueRename, ...] = (
 
 
 CHECKS: dict[str, dict[str, Any]] = {
-    # BaseCudaGraphConfig.validate_* in each release's llm_args.py: what happens when both batch_sizes and
-    # max_batch_size are given. "max": max_batch_size must equal max(batch_sizes); "generated": batch_sizes must
-    # equal the list generated from max_batch_size (trtllm.md §2.3 for 1.0).
-    "cuda_graph_both_sizes": {"1.0.0": "generated", "*": "max"},
+    # What happens when both cuda_graph_config.batch_sizes and max_batch_size are given, read in each release's
+    # llm_args.py. "max": max_batch_size must equal max(batch_sizes) (1.3.0rc24 BaseCudaGraphConfig validator);
+    # "generated_pow2": batch_sizes must equal the list 1.2.1's _generate_cuda_graph_batch_sizes makes
+    # (TorchLlmArgs.validate_cuda_graph_config); "generated": the same rule with trtllm.md §2.3's generator (1.0).
+    # A release without a row is not checked.
+    "cuda_graph_both_sizes": {"1.0.0": "generated", "1.2.1": "generated_pow2", "1.3.0rc24": "max"},
+    # 1.2.1 MTPDecodingConfig.from_dict and TorchLlmArgs.validate_speculative_config set
+    # max_draft_len = num_nextn_predict_layers (default 1): a YAML max_draft_len alone is silently replaced.
+    "mtp_draft_len_from_nextn": {"1.2.1": True},
 }
 
 
@@ -181,6 +197,5 @@ def release_fact(profile: str | None, key: str) -> Any:
 
 
 def check(profile: str, key: str) -> Any:
-    """The ``CHECKS`` value for a profile (its own row, else the ``*`` row)."""
-    rows = CHECKS[key]
-    return rows.get(profile, rows.get("*"))
+    """The ``CHECKS`` value for a profile (None when that release has no row: nothing is borrowed)."""
+    return CHECKS[key].get(profile)

@@ -14,6 +14,7 @@ block that replaces the CLI's memory fraction where the release merges shallowly
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -154,8 +155,9 @@ class _Linter:
                 continue
             if rename:
                 fix = f"use {rename.new}" if rename.new else "remove it"
-                self.err(path, f"stale key: {rel} rejects it ({'renamed' if rename.new else 'removed'} in "
-                         f"{rename.since})", fix + (f"; {rename.note}" if rename.note else ""))
+                why = "a trtllm-serve option name, not an LLM-API field" if rename.cli else \
+                    f"{'renamed' if rename.new else 'removed'} in {rename.since}"
+                self.err(path, f"stale key: {rel} rejects it ({why})", fix + (f"; {rename.note}" if rename.note else ""))
             elif handled:
                 self.err(path, f"{rel} rejects this key in a validator")
             elif m["extra"] == "forbid":
@@ -240,7 +242,10 @@ class _Linter:
         if isinstance(chosen, Issue):
             return [chosen], []
         if chosen is not None:
-            return self.value(path, chosen, v)
+            member, disc = chosen
+            if disc not in self.p.models[member["name"]]["fields"]:  # a from_dict dispatch key is consumed there
+                v = {k: x for k, x in v.items() if k != disc}
+            return self.value(path, member, v)
         real = [o for o in opts if o.get("k") != "none"]
         if len(real) == 1 and v is not None:  # Optional[X]: X's own message (a bound, a key) is the useful one
             return self.value(path, real[0], v)
@@ -258,8 +263,8 @@ class _Linter:
             return [Issue("error", path, f"expected {describe(t)}, got {type(v).__name__} {v!r}")], []
         return best
 
-    def _discriminated(self, path: str, t: dict[str, Any], v: Any) -> dict[str, Any] | Issue | None:
-        """The union member a discriminator (``disc`` or a model's ``from_dict`` dispatch) selects, if any."""
+    def _discriminated(self, path: str, t: dict[str, Any], v: Any) -> tuple[dict[str, Any], str] | Issue | None:
+        """(the union member, the key) a discriminator (``disc`` or a model's ``from_dict`` dispatch) selects."""
         if not isinstance(v, dict):
             return None
         members = [o for o in t["of"] if o.get("k") == "model"]
@@ -275,9 +280,11 @@ class _Linter:
             table.update(self.p.models[o["name"]].get("dispatch", {}).get("map", {}))
         table = {k: n for k, n in table.items() if any(o["name"] == n for o in members)}
         if disc not in v or str(v[disc]) not in table:
+            vr = _VALUE_RENAMES.get((_unindexed(f"{path}.{disc}"), v.get(disc)))
             return Issue("error", f"{path}.{disc}", f"{v.get(disc)!r} is not one of {', '.join(sorted(table))} on "
-                         f"TensorRT-LLM {self.p.name}", _suggest(str(v.get(disc)), sorted(table)))
-        return {"k": "model", "name": table[str(v[disc])]}
+                         f"TensorRT-LLM {self.p.name}", f"use {vr.new}" if vr and vr.new in table
+                         else _suggest(str(v.get(disc)), sorted(table)))
+        return {"k": "model", "name": table[str(v[disc])]}, disc
 
     def cross(self, doc: dict[str, Any]) -> None:
         kv = doc.get("kv_cache_config")
@@ -294,6 +301,12 @@ class _Linter:
         if "enable_lm_head_tp_in_adp" in self.p.fields and doc.get("enable_lm_head_tp_in_adp") \
                 and not doc.get("enable_attention_dp"):
             self.warn("enable_lm_head_tp_in_adp", "only has an effect with enable_attention_dp: true")
+        spec = doc.get("speculative_config")
+        if known.check(self.p.name, "mtp_draft_len_from_nextn") and isinstance(spec, dict) \
+                and spec.get("decoding_type") == "MTP" and "max_draft_len" in spec \
+                and "num_nextn_predict_layers" not in spec:
+            self.warn("speculative_config.max_draft_len", f"TensorRT-LLM {self.p.name} replaces max_draft_len with "
+                      "num_nextn_predict_layers (default 1) for MTP", "set num_nextn_predict_layers instead")
         cg = doc.get("cuda_graph_config")
         if isinstance(cg, dict) and isinstance(cg.get("batch_sizes"), list) and cg["batch_sizes"] \
                 and all(_is_num(x) for x in cg["batch_sizes"]) and _is_num(cg.get("max_batch_size")) \
@@ -303,7 +316,8 @@ class _Linter:
             if rule == "max" and mx != bs[-1]:
                 self.err("cuda_graph_config.max_batch_size", f"{mx} != max(batch_sizes) {bs[-1]}",
                          "set only one of batch_sizes and max_batch_size")
-            elif rule == "generated" and bs != generated_batch_sizes(mx, bool(cg.get("enable_padding"))):
+            elif rule in ("generated", "generated_pow2") and bs != generated_batch_sizes(
+                    mx, bool(cg.get("enable_padding")), pow2=rule == "generated_pow2"):
                 self.err("cuda_graph_config", f"TensorRT-LLM {self.p.name} rejects batch_sizes together with a "
                          "max_batch_size unless the list equals the one it would generate",
                          "set only one of batch_sizes and max_batch_size")
@@ -322,8 +336,17 @@ def _without_missing_disc(t: dict[str, Any], v: dict[str, Any]) -> dict[str, Any
     return t_union(of, disc if disc in v else None)
 
 
-def generated_batch_sizes(max_batch_size: int, padding: bool) -> list[int]:
-    """The CUDA-graph batch sizes TensorRT-LLM generates from max_batch_size (CudaGraphConfig, trtllm.md §2.3)."""
+def generated_batch_sizes(max_batch_size: int, padding: bool, pow2: bool = False) -> list[int]:
+    """The CUDA-graph batch sizes TensorRT-LLM generates from max_batch_size.
+
+    ``pow2``: 1.2.1's ``CudaGraphConfig._generate_cuda_graph_batch_sizes`` (both branches add the powers of two from
+    256 below max_batch_size); otherwise the generator trtllm.md §2.3 describes (padding steps of 64 past 128).
+    """
+    if pow2:
+        sizes = [1, 2, 4] + [8 * i for i in range(1, 17)] if padding else list(range(1, 32)) + [32, 64, 128]
+        sizes += [2**i for i in range(8, math.ceil(math.log(max_batch_size, 2)))] if max_batch_size > 1 else []
+        sizes = sorted(s for s in sizes if s <= max_batch_size)
+        return sizes + [max_batch_size] if not sizes or sizes[-1] != max_batch_size else sizes
     if padding:
         sizes = [1, 2, 4] + [8 * i for i in range(1, 17)]
         while sizes[-1] + 64 <= max_batch_size:

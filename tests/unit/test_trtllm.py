@@ -45,8 +45,13 @@ def test_profiles_resolve_versions() -> None:
     assert "WIDEEP" in p.models["MoeConfig"]["fields"]["backend"]["type"]["vals"]  # still there at rc24
     with pytest.raises(ConfigError, match="not a TensorRT-LLM version"):
         profile_for("banana")
+    one_two = profile_for("1.2")
+    assert one_two.name == "1.2.1" and one_two.serve["config_flag"] == "--config"
+    assert one_two.serve["yaml_merge"] == "deep" and one_two.has_tool_parser("kimi_k2")
+    assert "WIDEEP" in one_two.models["MoeConfig"]["fields"]["backend"]["type"]["vals"]
+    assert "num_nextn_predict_layers" in one_two.models["MTPDecodingConfig"]["fields"]
     # a release without its own profile is refused, never judged by another release's schema
-    for other in ("0.20.0", "1.3.0rc7", "1.2", "main"):
+    for other in ("0.20.0", "1.3.0rc7", "1.2.0", "1.0", "main"):
         with pytest.raises(ConfigError, match="no schema profile"):
             profile_for(other)
 
@@ -124,6 +129,14 @@ def test_cuda_graph_size_rules_follow_the_release() -> None:
     assert lint(gen).ok
     assert generated_batch_sizes(128, True)[:5] == [1, 2, 4, 8, 16] and generated_batch_sizes(128, True)[-1] == 128
     assert generated_batch_sizes(300, False)[-3:] == [128, 256, 300]
+    # 1.2.1 requires batch_sizes to equal its own generated list when both are set
+    pow2 = generated_batch_sizes(1024, True, pow2=True)
+    assert pow2[-3:] == [256, 512, 1024] and 136 not in pow2
+    assert lint({"cuda_graph_config": {"batch_sizes": pow2, "max_batch_size": 1024, "enable_padding": True}},
+                "1.2").ok
+    off = {"cuda_graph_config": {"batch_sizes": [1, 2, 4, 8], "max_batch_size": 8}}
+    assert "generate" in _issue(lint(off, "1.2"), "cuda_graph_config").message and lint(
+        {"cuda_graph_config": {"batch_sizes": [1, 2, 4, 8], "max_batch_size": 8}}).ok  # rc24: max == max(list)
     # the mode discriminator rc24 fills in itself may be left out; a wrong one is rejected
     assert lint({"cuda_graph_config": {"enable_padding": True}}).ok
     assert not lint({"cuda_graph_config": {"mode": "prefill", "enable_padding": True}}).ok
@@ -138,6 +151,9 @@ def test_k2trt_warnings() -> None:
     dep = _issue(lint({"speculative_config": {"decoding_type": "MTP", "num_nextn_predict_layers": 1}}),
                  "speculative_config.num_nextn_predict_layers")
     assert dep.severity == "warning" and "max_draft_len" in dep.fix
+    mtp = {"speculative_config": {"decoding_type": "MTP", "max_draft_len": 3}}
+    assert "num_nextn_predict_layers" in _issue(lint(mtp, "1.2"), "speculative_config.max_draft_len").fix
+    assert lint(mtp).issues == []  # rc24 reads max_draft_len itself
     rev = _issue(lint({"hf_revision": "main"}), "hf_revision")  # trtllm-serve's merge renames it
     assert rev.severity == "warning" and "revision" in rev.fix
     assert lint({"torch_compile_config": {"enable_piecewise_cuda_graph": True}}).issues == []  # a field at rc24
@@ -180,8 +196,10 @@ def test_serve_argv_per_release() -> None:
     for flag in main:  # every option the argv uses is one rc24's trtllm-serve has (as a name or an alias)
         if flag.startswith("--"):
             assert prof.option(flag) == flag, flag
+    v12 = serve_argv("/m", version="1.2", **base)  # type: ignore[arg-type]
+    assert "--config" in v12 and v12[-2:] == ["--tool_parser", "kimi_k2"]  # 1.2.1's choices include kimi_k2
     with pytest.raises(ConfigError, match="no schema profile"):
-        serve_argv("/m", version="1.2.0", **base)  # type: ignore[arg-type]
+        serve_argv("/m", version="1.0", **base)  # type: ignore[arg-type]
 
 
 def test_disaggregated_router_config() -> None:
@@ -220,7 +238,7 @@ def test_config_check_command(tmp_path: Path) -> None:
     d = json.loads(r.output)
     assert r.exit_code == 1 and d["profile"] == "1.3.0rc24" and d["issues"][0]["path"] == \
         "cuda_graph_config.padding_enabled"
-    r = CliRunner().invoke(cli, ["config", "check", str(f), "--trtllm", "1.2"])
+    r = CliRunner().invoke(cli, ["config", "check", str(f), "--trtllm", "1.0"])
     assert r.exit_code != 0 and "no schema profile" in str(r.exception)
     f.write_text("cuda_graph_config:\n  enable_padding: true\n")
     r = CliRunner().invoke(cli, ["config", "check", str(f)])
@@ -234,4 +252,5 @@ def test_config_profiles_command() -> None:
     assert r.exit_code == 0 and "1.3.0rc24" in r.output and "(pinned)" in r.output
     assert "NVIDIA/TensorRT-LLM:1.3.0rc24/_modules/tensorrt_llm/llmapi/llm_args.html@32b086cd086c" in r.output
     d = json.loads(CliRunner().invoke(cli, ["config", "profiles", "--json"]).output)
-    assert d["pinned"] == PINNED_RELEASE and d["profiles"][0]["counts"]["models"] == 48
+    counts = {p["name"]: p["counts"]["models"] for p in d["profiles"]}
+    assert d["pinned"] == PINNED_RELEASE and counts == {"1.2.1": 25, "1.3.0rc24": 48}

@@ -62,7 +62,7 @@ def merge_rule(text: str) -> dict[str, Any]:
     """How ``update_llm_args_with_extra_dict`` merges the YAML into the CLI-built arguments.
 
     ``deep``: the ``*_config`` blocks it merges key by key instead of replacing (a block it tests with
-    ``"x_config" in llm_args``, or lists in a string tuple); ``renames``: top-level keys it moves to another key
+    ``"x_config" in llm_args and "x_config" in llm_args_dict``); ``renames``: top-level keys it moves to another key
     (``d.setdefault("new", d.pop("old"))``). Both empty when the function is absent (older releases replace blocks).
     """
     for node in ast.walk(ast.parse(text)):
@@ -70,10 +70,7 @@ def merge_rule(text: str) -> dict[str, Any]:
             deep: set[str] = set()
             renames: dict[str, str] = {}
             for n in ast.walk(node):
-                if isinstance(n, (ast.Tuple, ast.List, ast.Set)) and n.elts and all(
-                        isinstance(e, ast.Constant) and isinstance(e.value, str) for e in n.elts):
-                    deep |= {e.value for e in n.elts if e.value.endswith("_config")}  # type: ignore[attr-defined]
-                elif isinstance(n, ast.BoolOp) and isinstance(n.op, ast.And):
+                if isinstance(n, ast.BoolOp) and isinstance(n.op, ast.And):
                     tested = [c.left.value for c in n.values if isinstance(c, ast.Compare)
                               and isinstance(c.left, ast.Constant) and isinstance(c.left.value, str)
                               and isinstance(c.ops[0], ast.In) and isinstance(c.comparators[0], ast.Name)
