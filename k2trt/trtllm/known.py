@@ -143,13 +143,14 @@ VALUE_RENAMES: tuple[ValueRename, ...] = (
 CHECKS: dict[str, dict[str, Any]] = {
     # What happens when both cuda_graph_config.batch_sizes and max_batch_size are given, read in each release's
     # llm_args.py. "max": max_batch_size must equal max(batch_sizes) (1.3.0rc24 BaseCudaGraphConfig validator);
-    # "generated_pow2": batch_sizes must equal the list 1.2.1's _generate_cuda_graph_batch_sizes makes
-    # (TorchLlmArgs.validate_cuda_graph_config); "generated": the same rule with trtllm.md §2.3's generator (1.0).
-    # A release without a row is not checked.
-    "cuda_graph_both_sizes": {"1.0.0": "generated", "1.2.1": "generated_pow2", "1.3.0rc24": "max"},
-    # 1.2.1 MTPDecodingConfig.from_dict and TorchLlmArgs.validate_speculative_config set
-    # max_draft_len = num_nextn_predict_layers (default 1): a YAML max_draft_len alone is silently replaced.
-    "mtp_draft_len_from_nextn": {"1.2.1": True},
+    # "generated_ceil" / "generated_floor": batch_sizes must equal the list the release's
+    # CudaGraphConfig._generate_cuda_graph_batch_sizes makes (its powers of two stop below 2**ceil(log2 max) in
+    # 1.2.1 and 2**floor(log2 max) in 1.0.0; TorchLlmArgs.validate_cuda_graph_config). No row: not checked.
+    "cuda_graph_both_sizes": {"1.0.0": "generated_floor", "1.2.1": "generated_ceil", "1.3.0rc24": "max"},
+    # 1.2.1 MTPDecodingConfig.from_dict and TorchLlmArgs.validate_speculative_config (1.0.0:
+    # BaseLlmArgs.validate_speculative_config) set max_draft_len = num_nextn_predict_layers (default 1): a YAML
+    # max_draft_len alone is silently replaced.
+    "mtp_draft_len_from_nextn": {"1.0.0": True, "1.2.1": True},
 }
 
 

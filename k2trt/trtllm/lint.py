@@ -153,8 +153,11 @@ class _Linter:
                     self.warn(path, f"deprecated spelling: {rel} accepts it with a warning",
                               f"use {prefix + '.' if prefix and to else ''}{to}" if to else "remove it")
                 continue
-            if rename:
-                fix = f"use {rename.new}" if rename.new else "remove it"
+            if rename and rename.new and not (to := self.replacement(rename)):
+                self.err(path, f"unknown key: {rel} has neither it nor its later spelling {rename.new} "
+                               f"({rename.source})", f"remove it; {rel} has no equivalent")
+            elif rename:
+                fix = f"use {to}" if rename.new else "remove it"
                 why = "a trtllm-serve option name, not an LLM-API field" if rename.cli else \
                     f"{'renamed' if rename.new else 'removed'} in {rename.since}"
                 self.err(path, f"stale key: {rel} rejects it ({why})", fix + (f"; {rename.note}" if rename.note else ""))
@@ -166,6 +169,18 @@ class _Linter:
                          _suggest(key, sorted(fields)) or f"valid keys: {', '.join(sorted(fields))}")
             elif m["extra"] == "ignore":
                 self.warn(path, f"unknown key: {rel} ignores it", _suggest(key, sorted(fields)))
+
+    def replacement(self, rename: known.Rename) -> str | None:
+        """The spelling of ``rename.new``'s setting that this release takes as a current field: an older spelling of
+        the same setting when it is still a plain field here (1.2.1's speculative_config.num_nextn_predict_layers,
+        not max_draft_len, which that release overwrites), else ``rename.new`` itself even if deprecated here; None
+        when the release has neither."""
+        spellings = [r.old for r in known.RENAMES if r.new == rename.new and r.old != rename.old] + [rename.new]
+        specs = {p: self.p.field_at(p) for p in spellings if p}
+        plain = [p for p, s in specs.items() if s and "handled" not in s and s.get("status") != "deprecated"]
+        if plain:
+            return plain[0]
+        return rename.new if specs.get(rename.new) else None
 
     def field(self, path: str, spec: dict[str, Any], v: Any) -> None:
         if spec.get("status") == "deprecated":
@@ -289,8 +304,10 @@ class _Linter:
     def cross(self, doc: dict[str, Any]) -> None:
         kv = doc.get("kv_cache_config")
         if isinstance(kv, dict) and self.p.serve.get("yaml_merge") == "shallow" and "free_gpu_memory_fraction" not in kv:
+            default = (self.p.field_at("kv_cache_config.free_gpu_memory_fraction") or {}).get("default")
             self.warn("kv_cache_config", f"on TensorRT-LLM {self.p.name} this block replaces the CLI-built one: "
-                      "--kv_cache_free_gpu_memory_fraction is silently lost and the fraction falls back to 0.9",
+                      "--kv_cache_free_gpu_memory_fraction is silently lost and the fraction falls back to "
+                      + (str(default) if default is not None else "the executor's default"),
                       "set kv_cache_config.free_gpu_memory_fraction in the YAML")
         for a in known.ADVISORIES:
             head, _, tail = a.path.partition(".")
@@ -316,8 +333,8 @@ class _Linter:
             if rule == "max" and mx != bs[-1]:
                 self.err("cuda_graph_config.max_batch_size", f"{mx} != max(batch_sizes) {bs[-1]}",
                          "set only one of batch_sizes and max_batch_size")
-            elif rule in ("generated", "generated_pow2") and bs != generated_batch_sizes(
-                    mx, bool(cg.get("enable_padding")), pow2=rule == "generated_pow2"):
+            elif rule in ("generated_ceil", "generated_floor") and bs != generated_batch_sizes(
+                    mx, bool(cg.get("enable_padding")), rule.removeprefix("generated_")):
                 self.err("cuda_graph_config", f"TensorRT-LLM {self.p.name} rejects batch_sizes together with a "
                          "max_batch_size unless the list equals the one it would generate",
                          "set only one of batch_sizes and max_batch_size")
@@ -336,31 +353,21 @@ def _without_missing_disc(t: dict[str, Any], v: dict[str, Any]) -> dict[str, Any
     return t_union(of, disc if disc in v else None)
 
 
-def generated_batch_sizes(max_batch_size: int, padding: bool, pow2: bool = False) -> list[int]:
-    """The CUDA-graph batch sizes TensorRT-LLM generates from max_batch_size.
+def generated_batch_sizes(max_batch_size: int, padding: bool, rounding: str = "ceil") -> list[int]:
+    """The CUDA-graph batch sizes ``CudaGraphConfig._generate_cuda_graph_batch_sizes`` makes from max_batch_size.
 
-    ``pow2``: 1.2.1's ``CudaGraphConfig._generate_cuda_graph_batch_sizes`` (both branches add the powers of two from
-    256 below max_batch_size); otherwise the generator trtllm.md §2.3 describes (padding steps of 64 past 128).
+    padding: 1, 2, 4 and 8…128 in steps of 8; otherwise 1…31, 32, 64, 128. Then the powers of two from 256 up to
+    ``2**(rounding(log2(max_batch_size)) - 1)`` (``ceil`` in 1.2.1, ``floor`` in 1.0.0), those above the maximum
+    dropped, and the maximum itself appended.
+
+    Example: ``generated_batch_sizes(1000, True)[-3:]`` → ``[256, 512, 1000]`` (``floor`` gives ``[128, 256, 1000]``).
     """
-    if pow2:
-        sizes = [1, 2, 4] + [8 * i for i in range(1, 17)] if padding else list(range(1, 32)) + [32, 64, 128]
-        sizes += [2**i for i in range(8, math.ceil(math.log(max_batch_size, 2)))] if max_batch_size > 1 else []
-        sizes = sorted(s for s in sizes if s <= max_batch_size)
-        return sizes + [max_batch_size] if not sizes or sizes[-1] != max_batch_size else sizes
-    if padding:
-        sizes = [1, 2, 4] + [8 * i for i in range(1, 17)]
-        while sizes[-1] + 64 <= max_batch_size:
-            sizes.append(sizes[-1] + 64)
-    else:
-        sizes = list(range(1, 32)) + [32, 64, 128]
-        p = 256
-        while p < max_batch_size:
-            sizes.append(p)
-            p *= 2
+    sizes = [1, 2, 4] + [8 * i for i in range(1, 17)] if padding else list(range(1, 32)) + [32, 64, 128]
+    if max_batch_size > 1:
+        top = math.log(max_batch_size, 2)
+        sizes += [2**i for i in range(8, math.ceil(top) if rounding == "ceil" else math.floor(top))]
     sizes = sorted(s for s in sizes if s <= max_batch_size)
-    if not sizes or sizes[-1] != max_batch_size:
-        sizes.append(max_batch_size)
-    return sizes
+    return sizes + [max_batch_size] if not sizes or sizes[-1] != max_batch_size else sizes
 
 
 def lint_with(doc: Any, prof: Profile) -> LintResult:

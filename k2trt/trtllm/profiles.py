@@ -64,6 +64,24 @@ class Profile:
         """The root model's fields (the top-level YAML keys)."""
         return dict(self.models[self.root]["fields"])
 
+    def field_at(self, path: str) -> dict[str, Any] | None:
+        """The field facts at a dotted YAML path, through nested models and unions of models; None if absent.
+
+        A key a before-validator of the release handles carries it as ``"handled"``.
+
+        Example: ``profile_for("1.2.1").field_at("speculative_config.num_nextn_predict_layers")["default"]`` → 1.
+        """
+        names, spec = [self.root], None
+        for part in path.split("."):
+            owner = next((self.models[n] for n in names if part in self.models[n]["fields"]), None)
+            if owner is None:
+                return None
+            spec = dict(owner["fields"][part])
+            if part in owner.get("handled", {}):
+                spec["handled"] = owner["handled"][part]
+            names = _model_names(spec["type"])
+        return spec
+
     def has_tool_parser(self, name: str) -> bool:
         """Whether ``trtllm-serve --tool_parser`` accepts ``name`` in this release."""
         return name in self.serve.get("tool_parsers", [])
@@ -79,6 +97,12 @@ class Profile:
             if name == k or name in v.get("aliases", []):
                 return dict(v)
         return None
+
+
+def _model_names(t: dict[str, Any]) -> list[str]:
+    if t.get("k") == "model":
+        return [t["name"]]
+    return [n for member in t.get("of", []) for n in _model_names(member)] if t.get("k") == "union" else []
 
 
 def _serve_view(p: Profile) -> dict[str, Any]:

@@ -51,7 +51,11 @@ def test_profiles_resolve_versions() -> None:
     assert "WIDEEP" in one_two.models["MoeConfig"]["fields"]["backend"]["type"]["vals"]
     assert "num_nextn_predict_layers" in one_two.models["MTPDecodingConfig"]["fields"]
     # a release without its own profile is refused, never judged by another release's schema
-    for other in ("0.20.0", "1.3.0rc7", "1.2.0", "1.0", "main"):
+    one_oh = profile_for("1.0")
+    assert one_oh.name == "1.0.0" and one_oh.serve["config_flag"] == "--extra_llm_api_options"
+    assert one_oh.serve["yaml_merge"] == "shallow" and not one_oh.has_tool_parser("kimi_k2")
+    assert "enable_trtllm_sampler" in one_oh.fields and "sampler_type" not in one_oh.fields
+    for other in ("0.20.0", "1.3.0rc7", "1.2.0", "0.21", "main"):
         with pytest.raises(ConfigError, match="no schema profile"):
             profile_for(other)
 
@@ -130,8 +134,10 @@ def test_cuda_graph_size_rules_follow_the_release() -> None:
     assert generated_batch_sizes(128, True)[:5] == [1, 2, 4, 8, 16] and generated_batch_sizes(128, True)[-1] == 128
     assert generated_batch_sizes(300, False)[-3:] == [128, 256, 300]
     # 1.2.1 requires batch_sizes to equal its own generated list when both are set
-    pow2 = generated_batch_sizes(1024, True, pow2=True)
+    pow2 = generated_batch_sizes(1024, True)
     assert pow2[-3:] == [256, 512, 1024] and 136 not in pow2
+    assert generated_batch_sizes(1000, True)[-3:] == [256, 512, 1000]
+    assert generated_batch_sizes(1000, True, "floor")[-3:] == [128, 256, 1000]
     assert lint({"cuda_graph_config": {"batch_sizes": pow2, "max_batch_size": 1024, "enable_padding": True}},
                 "1.2").ok
     off = {"cuda_graph_config": {"batch_sizes": [1, 2, 4, 8], "max_batch_size": 8}}
@@ -198,8 +204,11 @@ def test_serve_argv_per_release() -> None:
             assert prof.option(flag) == flag, flag
     v12 = serve_argv("/m", version="1.2", **base)  # type: ignore[arg-type]
     assert "--config" in v12 and v12[-2:] == ["--tool_parser", "kimi_k2"]  # 1.2.1's choices include kimi_k2
+    v10 = serve_argv("/m", version="1.0", **base)  # type: ignore[arg-type]
+    assert "--extra_llm_api_options" in v10 and "--tool_parser" not in v10  # 1.0.0 has no --tool_parser
+    assert all(profile_for("1.0").option(f) == f for f in v10 if f.startswith("--"))
     with pytest.raises(ConfigError, match="no schema profile"):
-        serve_argv("/m", version="1.0", **base)  # type: ignore[arg-type]
+        serve_argv("/m", version="0.21", **base)  # type: ignore[arg-type]
 
 
 def test_disaggregated_router_config() -> None:
@@ -238,7 +247,7 @@ def test_config_check_command(tmp_path: Path) -> None:
     d = json.loads(r.output)
     assert r.exit_code == 1 and d["profile"] == "1.3.0rc24" and d["issues"][0]["path"] == \
         "cuda_graph_config.padding_enabled"
-    r = CliRunner().invoke(cli, ["config", "check", str(f), "--trtllm", "1.0"])
+    r = CliRunner().invoke(cli, ["config", "check", str(f), "--trtllm", "0.21"])
     assert r.exit_code != 0 and "no schema profile" in str(r.exception)
     f.write_text("cuda_graph_config:\n  enable_padding: true\n")
     r = CliRunner().invoke(cli, ["config", "check", str(f)])
@@ -253,4 +262,4 @@ def test_config_profiles_command() -> None:
     assert "NVIDIA/TensorRT-LLM:1.3.0rc24/_modules/tensorrt_llm/llmapi/llm_args.html@32b086cd086c" in r.output
     d = json.loads(CliRunner().invoke(cli, ["config", "profiles", "--json"]).output)
     counts = {p["name"]: p["counts"]["models"] for p in d["profiles"]}
-    assert d["pinned"] == PINNED_RELEASE and counts == {"1.2.1": 25, "1.3.0rc24": 48}
+    assert d["pinned"] == PINNED_RELEASE and counts == {"1.0.0": 18, "1.2.1": 25, "1.3.0rc24": 48}
