@@ -243,7 +243,7 @@ def test_every_packaged_profile_has_facts_and_provenance() -> None:
             assert s["repo"] == "NVIDIA/TensorRT-LLM" and re.fullmatch(r"[0-9a-f]{40}", s["commit"])
             assert s["path"].startswith(f"{name}/")
         facts = json.loads((FACTS_DIR / f"{name}.json").read_text())
-        assert doc["counts"]["models"] == len(doc["models"]) > 20 and doc["counts"]["serve_options"] > 30
+        assert doc["counts"]["models"] == len(doc["models"]) > 15 and doc["counts"]["serve_options"] > 20
         assert flatten("TorchLlmArgs", facts)["fields"] == doc["models"]["TorchLlmArgs"]["fields"]
 
 
@@ -303,7 +303,11 @@ _121 = {
     "kv_cache_config.block_reuse_config.block_reuse_policy": "error@kv_cache_config.block_reuse_config",
     "mtp_eagle_one_model": "error", "num_nextn_predict_layers": "error", "enable_block_reuse": "error",
 }
-EXPECTED: dict[str, dict[str, str]] = {"1.2.1": _121, "1.3.0rc24": {
+# 1.0.0 still has the 1.0 sampler booleans and no capture_num_tokens / mtp_eagle_one_model at all ("absent": an
+# error that says the release has neither spelling, never "stale").
+_100 = {**_121, "enable_trtllm_sampler": "ok", "enable_mixed_sampler": "ok",
+        "torch_compile_config.capture_num_tokens": "absent", "mtp_eagle_one_model": "absent"}
+EXPECTED: dict[str, dict[str, str]] = {"1.0.0": _100, "1.2.1": _121, "1.3.0rc24": {
     "use_cuda_graph": "error", "cuda_graph_batch_sizes": "error", "cuda_graph_max_batch_size": "error",
     "cuda_graph_padding_enabled": "error", "cuda_graph_config.padding_enabled": "error",
     "pytorch_backend_config": "error", "pytorch_backend_config.enable_overlap_scheduler": "error@pytorch_backend_config",
@@ -348,12 +352,29 @@ def test_each_renamed_key_under_each_profile(release: str, row: known.Rename) ->
     if want == "ok":
         assert res.ok and not hits, [str(i) for i in res.issues]  # a field of this release is never called stale
         return
+    if want == "absent":
+        assert hits and hits[0].severity == "error" and "stale" not in hits[0].message
+        assert "has neither" in hits[0].message and hits[0].fix.startswith("remove it")
+        return
     assert hits and hits[0].severity == want, (row.old, [str(i) for i in res.issues])
     if want == "error" and not at:
         assert "stale key" in hits[0].message
         assert ("trtllm-serve option" if row.cli else row.since) in hits[0].message
-        assert (row.new in hits[0].fix) if row.new else ("remove" in hits[0].fix or row.note in hits[0].fix)
+        same_setting = {row.new} | {r.old for r in known.RENAMES if r.new == row.new} if row.new else set()
+        assert any(s in hits[0].fix for s in same_setting) if row.new else \
+            ("remove" in hits[0].fix or row.note in hits[0].fix)
         if "inverted" in row.note:
             assert "inverted" in hits[0].fix
     if want == "warning":
         assert row.new is not None and row.new.split(".")[-1] in hits[0].fix
+
+
+@pytest.mark.parametrize("release,fix", [("1.0.0", "use speculative_config.num_nextn_predict_layers;"),
+                                         ("1.2.1", "use speculative_config.num_nextn_predict_layers;"),
+                                         ("1.3.0rc24", "use speculative_config.max_draft_len;")])
+def test_a_renamed_key_is_pointed_at_the_spelling_its_release_takes(release: str, fix: str) -> None:
+    """1.0.0 and 1.2.1 overwrite max_draft_len with num_nextn_predict_layers (their validate_speculative_config), so a
+    stray top-level num_nextn_predict_layers must be sent to their MTP count field, not to 1.3's max_draft_len."""
+    res = lint({"num_nextn_predict_layers": 3}, release)
+    assert [i.path for i in res.errors] == ["num_nextn_predict_layers"]
+    assert res.errors[0].fix.startswith(fix)
