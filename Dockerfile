@@ -1,7 +1,7 @@
 # k2trt on TensorRT-LLM: the production image.
 # The base is the pinned TensorRT-LLM release; the tag is named here once, and
 # tests/unit/test_packaging.py checks it equals k2trt.trtllm.PINNED_RELEASE.
-ARG TRTLLM_RELEASE=1.3.0rc7
+ARG TRTLLM_RELEASE=1.3.0rc24
 FROM nvcr.io/nvidia/tensorrt-llm/release:${TRTLLM_RELEASE}
 
 # K2's tokenizer loads tiktoken.model through tiktoken.load, which needs blobfile.

@@ -11,7 +11,12 @@ import click
 from k2trt.cli_options import dry_run_option, echo_json, json_option
 
 _TRTLLM = click.option("--trtllm", "version", default=None,
-                       help="TensorRT-LLM version or profile (1.0, 1.2, main) [default: the pinned release].")
+                       help="TensorRT-LLM release with a packaged profile (k2trt config profiles lists them), "
+                            "or 'installed' for the tensorrt_llm installed here [default: the pinned release].")
+
+
+DRIFT_SHOWN = 40
+"""Schema drift lines printed by doctor / check --trtllm installed (--json has all)."""
 
 
 @click.group()
@@ -45,6 +50,9 @@ def check(file: Path, version: str | None, as_json: bool) -> None:
         text = file.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{file} does not exist") from None
+    if (version or "").lower() == "installed":
+        _check_installed(file, as_json)
+        return
     res = lint_text(text, version, str(file))
     if as_json:
         echo_json({"file": str(file), **res.to_dict()})
@@ -55,6 +63,59 @@ def check(file: Path, version: str | None, as_json: bool) -> None:
         click.echo(f"{file}: {'clean' if not res.issues else f'{n_err} error(s), {n_warn} warning(s)'} "
                    f"(TensorRT-LLM {res.version}, profile {res.profile})")
     sys.exit(0 if res.ok else 1)
+
+
+def _check_installed(file: Path, as_json: bool) -> None:
+    """``config check --trtllm installed``: the installed release's own schema and TorchLlmArgs judge the file."""
+    from k2trt.errors import ConfigError
+    from k2trt.trtllm.doctor import doctor as run
+
+    rep = run(_read_yaml(file))
+    if not rep.installed:
+        raise ConfigError(f"--trtllm installed: {rep.message}", "run this where tensorrt_llm imports, or name a "
+                          "release with --trtllm")
+    if as_json:
+        echo_json({"file": str(file), **rep.to_dict()})
+    else:
+        _echo_report(rep, prefix=f"{file}: ")
+    sys.exit(0 if rep.ok else 1)
+
+
+def _echo_report(rep: Any, prefix: str = "  ") -> None:
+    click.echo(rep.message)
+    for n in rep.notes:
+        click.echo(f"{prefix}note: {n}")
+    for d in rep.drift[:DRIFT_SHOWN]:
+        click.echo(f"{prefix}drift: {d}")
+    if len(rep.drift) > DRIFT_SHOWN:
+        click.echo(f"{prefix}drift: … and {len(rep.drift) - DRIFT_SHOWN} more (--json lists every one)")
+    if rep.lint is not None:
+        for i in rep.lint.issues:
+            click.echo(f"{prefix}{i}")
+        click.echo(f"{prefix}k2trt lint ({rep.lint.profile}): {'clean' if rep.lint.ok else 'errors'}")
+    if rep.native_ok is not None:
+        click.echo(f"{prefix}TorchLlmArgs: {'accepted' if rep.native_ok else 'rejected: ' + str(rep.native_error)}")
+
+
+@config.command("profiles")
+@json_option
+def profiles(as_json: bool) -> None:
+    """List the packaged TensorRT-LLM schema profiles with their provenance and counts."""
+    from k2trt.trtllm import PINNED_RELEASE
+    from k2trt.trtllm.profiles import available, profile_for
+
+    rows = [profile_for(n) for n in available()]
+    if as_json:
+        echo_json({"pinned": PINNED_RELEASE, "profiles": [{"name": p.name, "counts": p.counts,
+                                                           "provenance": p.provenance} for p in rows]})
+        return
+    for p in rows:
+        src = "; ".join(f"{s.get('repo')}:{s.get('path')}@{str(s.get('commit'))[:12]}"
+                        for s in p.provenance.get("sources", []))
+        c = p.counts
+        click.echo(f"{p.name:12} {c.get('models')} models, {c.get('fields')} fields, {c.get('enum_values')} enum "
+                   f"values, {c.get('serve_options')} serve options{' (pinned)' if p.name == PINNED_RELEASE else ''}")
+        click.echo(f"{'':12} from {src}")
 
 
 @config.command("render")
@@ -124,20 +185,13 @@ def recipes(as_json: bool) -> None:
 @_TRTLLM
 @json_option
 def doctor(file: Path | None, model: str | None, version: str | None, as_json: bool) -> None:
-    """Report the installed TensorRT-LLM and validate a config with its TorchLlmArgs (else k2trt's linter)."""
+    """Report the installed TensorRT-LLM (its schema's drift from k2trt's profile) and validate a config with the
+    installed schema and its TorchLlmArgs (elsewhere: with k2trt's packaged profile)."""
     from k2trt.trtllm.doctor import doctor as run
 
     rep = run(_read_yaml(file) if file else None, model, version)
     if as_json:
         echo_json(rep.to_dict())
     else:
-        click.echo(rep.message)
-        for n in rep.notes:
-            click.echo(f"  note: {n}")
-        if rep.lint is not None:
-            for i in rep.lint.issues:
-                click.echo(f"  {i}")
-            click.echo(f"  k2trt lint ({rep.lint.profile}): {'clean' if rep.lint.ok else 'errors'}")
-        if rep.native_ok is not None:
-            click.echo(f"  TorchLlmArgs: {'accepted' if rep.native_ok else 'rejected: ' + str(rep.native_error)}")
+        _echo_report(rep)
     sys.exit(0 if rep.ok else 1)

@@ -27,7 +27,7 @@ from k2trt.launch import procs
 from k2trt.launch.mpi import MpiFlavor, detect_mpi, job_hosts, launch_environ, mpirun_argv, resolve_mpirun
 from k2trt.launch.hosts import parse_hosts, read_hostfile
 from k2trt.launch.process import JobCommand, Outcome, Supervisor
-from k2trt.launch.slurm import SBATCH_FILE, sbatch_script, submit
+from k2trt.launch.slurm import SBATCH_FILE, default_mounts, sbatch_script, submit
 from k2trt.launch.spec import LAUNCH_FILE, HostSlots, LauncherKind, LaunchSpec, probe_address
 from k2trt.launch.state import STATE_FILE, StateFile, check_not_running, read_state
 
@@ -130,8 +130,9 @@ def plan_launch(spec: LaunchSpec, bundle_dir: Path, *, launcher: LauncherKind | 
     writes = [str(log_dir) + "/", str(log_dir / STATE_FILE)]
     if launcher == "slurm":
         path = bundle_dir / SBATCH_FILE
+        mounts = [f"container mount (default, {why}): {m}" for m, why in default_mounts(spec, bundle_dir)]
         return LaunchPlan("slurm", [], {str(path): sbatch_script(spec, bundle_dir)}, writes, spec.base_url(),
-                          notes=["submit with --submit (runs sbatch); logs go to the log directory"])
+                          notes=["submit with --submit (runs sbatch); logs go to the log directory", *mounts])
     flavor = flavor or detect_mpi(spec.mpirun)
     # an absolute mpirun also tells Open MPI where its daemons live on the other nodes (same path everywhere)
     spec = dataclasses.replace(spec, mpirun=resolve_mpirun(spec.mpirun) or spec.mpirun)

@@ -24,6 +24,6 @@ def test_dockerfile_pins_the_release_k2trt_targets() -> None:
 def test_recipes_and_profiles_are_package_data() -> None:
     pkg = Path(k2trt.__file__).parent
     assert (pkg / "recipes" / "tiny-cpu.yaml").is_file()
-    assert list((pkg / "trtllm" / "profiles").glob("*.yaml"))
+    assert list((pkg / "trtllm" / "profiles").glob("*.json"))
     pyproject = (REPO / "pyproject.toml").read_text()
-    assert '"recipes/*.yaml"' in pyproject and '"trtllm/profiles/*.yaml"' in pyproject
+    assert '"recipes/*.yaml"' in pyproject and '"trtllm/profiles/*.json"' in pyproject

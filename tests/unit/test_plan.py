@@ -20,6 +20,7 @@ from k2trt.plan.memory import extreme_ranks, inventory, kv_bytes_per_token, memo
 from k2trt.plan.planner import Cluster, PlanRequest, plan, plan_layout, resolve_spec, to_markdown
 from k2trt.plan.roofline import active_params, expected_max_experts, roofline
 from k2trt.spec import preset
+from k2trt.trtllm import known
 
 K2 = preset("k2-instruct")
 TINY = preset("tiny")
@@ -111,12 +112,32 @@ def test_16x_h100_is_marginal_and_16x_h200_is_not() -> None:
     assert not rules & {"few-heads-per-rank", "moe-tp-spans-nodes"}
 
 
-def test_release_and_feature_rules() -> None:
-    req = PlanRequest(K2, Cluster(gpu("h200"), 2, 8), 32768, release="main", eplb_online=True, tool_parser=True)
+def test_release_and_feature_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    req = PlanRequest(K2, Cluster(gpu("h200"), 2, 8), 32768, release="1.3.0rc24", eplb_online=True,
+                      tool_parser=True)
     _, rules = _findings(req, "tp16ep16")
-    assert {"routing-unfused", "eplb-needs-shm", "tool-parser-multinode"} <= rules
-    _, rules = _findings(PlanRequest(K2, Cluster(gpu("h200"), 2, 8), 32768, release="1.2"), "tp16ep16")
-    assert "routing-unfused" not in rules
+    assert {"eplb-needs-shm", "tool-parser-multinode"} <= rules
+    # nobody has read 1.3.0rc24's routing code: the routing rules say nothing rather than borrow another release's
+    assert not rules & {"routing-unfused", "routing-over-fused-limit"}
+    # a release-facts row (what a reading of that release's routing.py would add) drives them
+    monkeypatch.setitem(known.RELEASE_FACTS, "9.9.9", {"routing_unfused_k2": True, "fused_routing_limit": (256, 8)})
+    lp, rules = _findings(PlanRequest(K2, Cluster(gpu("h200"), 2, 8), 32768, release="9.9.9"), "tp16ep16")
+    assert {"routing-unfused", "routing-over-fused-limit"} <= rules
+    assert any("≤256" in f.message for f in lp.findings)  # type: ignore[attr-defined]
+
+
+def test_w4a8_is_refused_where_loading_it_is_not_established(monkeypatch: pytest.MonkeyPatch) -> None:
+    w4a8, _ = resolve_spec(None, "k2-instruct", "w4a8")
+    lp, rules = _findings(PlanRequest(w4a8, Cluster(gpu("h200"), 1, 8), 32768, release="1.3.0rc24"), "tp8ep8adp")
+    msg = next(f.message for f in lp.findings if f.rule == "w4a8-not-loadable")  # type: ignore[attr-defined]
+    assert not lp.ok and "MIXED_PRECISION is ambiguous" in msg and "modeling_deepseekv3.py@" in msg  # type: ignore[attr-defined]
+    _, rules = _findings(PlanRequest(w4a8, Cluster(gpu("h200"), 1, 8), 32768), "tp8ep8adp")
+    assert "w4a8-not-loadable" not in rules  # no release named: not release-specific
+    monkeypatch.setitem(known.RELEASE_FACTS, "9.9.9", {"w4a8_mixed_precision": True})
+    _, rules = _findings(PlanRequest(w4a8, Cluster(gpu("h200"), 1, 8), 32768, release="9.9.9"), "tp8ep8adp")
+    assert "w4a8-not-loadable" not in rules
+    _, rules = _findings(PlanRequest(K2, Cluster(gpu("h200"), 2, 8), 32768, release="1.3.0rc24"), "tp16ep16")
+    assert "w4a8-not-loadable" not in rules
 
 
 def test_no_fp8_on_a100_and_no_fp4_on_hopper() -> None:
