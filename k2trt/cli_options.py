@@ -32,6 +32,23 @@ class ByteSizeType(click.ParamType):
             self.fail(f"{value!r} is not a size like 80GiB or 512MB", param, ctx)
 
 
+class LayoutType(click.ParamType):
+    """``tp16ep8``, ``tp16ep16adp``, ``tp8pp2``, ``tp4,ep2,adp`` → a :class:`k2trt.layout.Layout`."""
+
+    name = "layout"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from k2trt.errors import PlanError
+        from k2trt.layout import Layout
+
+        if isinstance(value, Layout):
+            return value
+        try:
+            return Layout.parse(str(value))
+        except PlanError as e:
+            self.fail(str(e), param, ctx)
+
+
 def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(f)
 

@@ -30,7 +30,7 @@ from k2trt import __version__
 from k2trt.bundle.recipe import Recipe, recipe_to_dict
 from k2trt.errors import CheckpointError, ConfigError, PlanError
 from k2trt.plan.gpus import gpu as gpu_kind
-from k2trt.plan.layout import Layout, parse_layout
+from k2trt.layout import Layout
 from k2trt.plan.memory import weight_format
 from k2trt.plan.planner import Cluster, LayoutPlan, Plan, PlanRequest, plan_layout, to_markdown
 from k2trt.spec import ModelSpec
@@ -109,7 +109,7 @@ def plan_recipe(r: Recipe, spec: ModelSpec) -> list[tuple[str, LayoutPlan, Plan]
                                                              ("gen", r.disagg.gen.layout)]
     out = []
     for role, text in roles:
-        lay = parse_layout(text)
+        lay = Layout.parse(text)
         req = _request(r, spec, lay, r.cluster.gpus_per_node)
         lp = plan_layout(req, lay)
         if not lp.ok:
@@ -212,7 +212,7 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: tuple[str, ..
                            container_image=f"nvcr.io/nvidia/tensorrt-llm/release:{version}" if version else None),
     )
     if r.disagg is None:
-        lay = parse_layout(r.layout)
+        lay = Layout.parse(r.layout)
         files[CONFIG_FILE] = render(None, lay)
         files[HOSTFILE] = "".join(f"{h} slots={gpn}\n" for h in names)
         launch = LaunchSpec(argv=argv_for(lay, CONFIG_FILE, r.serve.port, None), world_size=lay.world_size,
@@ -224,7 +224,7 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: tuple[str, ..
         host_iter = iter(names)
         servers: dict[str, RoleServers] = {}
         for key, sec in (("ctx", d.ctx), ("gen", d.gen)):
-            lay = parse_layout(sec.layout)
+            lay = Layout.parse(sec.layout)
             files[f"{key}.yml"] = render("context" if key == "ctx" else "generation", lay)
             nodes = max(1, lay.world_size // gpn)
             urls = []

@@ -133,14 +133,14 @@ class Recipe:
 
     def validate(self) -> None:
         """Cross-field checks; ConfigError names the field."""
-        from k2trt.plan.layout import parse_layout
+        from k2trt.layout import Layout
 
         layouts = [("layout", self.layout)]
         if self.disagg:
             layouts += [("disagg.ctx.layout", self.disagg.ctx.layout), ("disagg.gen.layout", self.disagg.gen.layout)]
         for where, text in layouts:
             try:
-                parse_layout(text)
+                Layout.parse(text)
             except K2trtError as e:
                 raise ConfigError(f"recipe {self.name}: {where}: {e}") from None
         if self.context < 1:
@@ -151,19 +151,19 @@ class Recipe:
             raise ConfigError(f"recipe {self.name}: {len(self.cluster.hosts)} hosts for {self.cluster.nodes} nodes")
         total = self.cluster.nodes * self.cluster.gpus_per_node
         if not self.disagg:
-            w = parse_layout(self.layout).world_size
+            w = Layout.parse(self.layout).world_size
             if w != total:
                 raise ConfigError(f"recipe {self.name}: layout {self.layout} uses {w} GPUs but the cluster has "
                                   f"{self.cluster.nodes}×{self.cluster.gpus_per_node}")
         else:
             d = self.disagg
-            used = sum(r.instances * parse_layout(r.layout).world_size for r in (d.ctx, d.gen))
+            used = sum(r.instances * Layout.parse(r.layout).world_size for r in (d.ctx, d.gen))
             if used != total:
                 raise ConfigError(f"recipe {self.name}: disagg uses {used} GPUs ({d.ctx.instances}× {d.ctx.layout} + "
                                   f"{d.gen.instances}× {d.gen.layout}) but the cluster has {total}")
             for role in (d.ctx, d.gen):
-                if parse_layout(role.layout).world_size % self.cluster.gpus_per_node and \
-                        parse_layout(role.layout).world_size > self.cluster.gpus_per_node:
+                if Layout.parse(role.layout).world_size % self.cluster.gpus_per_node and \
+                        Layout.parse(role.layout).world_size > self.cluster.gpus_per_node:
                     raise ConfigError(f"recipe {self.name}: {role.layout} does not fill whole nodes")
         if self.serve.plugins != "off" and self.serve.engine != "reference":
             raise ConfigError(f"recipe {self.name}: serve.plugins applies to the reference engine only",

@@ -8,29 +8,12 @@ from typing import Any
 
 import click
 
-from k2trt.cli_options import echo_json, json_option
-from k2trt.errors import PlanError
+from k2trt.cli_options import LayoutType, echo_json, json_option
 
 
 def _default(cls: Any, name: str) -> Any:
     """A dataclass field's default: defaults live in the schema, not in the options (STYLE P2)."""
     return {f.name: f.default for f in dataclasses.fields(cls)}[name]
-
-
-class LayoutType(click.ParamType):
-    """``tp16ep8``, ``tp16ep16adp``, ``tp8pp2``, ``tp4,ep2,adp`` → a plan Layout."""
-
-    name = "layout"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from k2trt.plan.layout import Layout, parse_layout
-
-        if isinstance(value, Layout):
-            return value
-        try:
-            return parse_layout(str(value))
-        except PlanError as e:
-            self.fail(str(e), param, ctx)
 
 
 def _req_defaults() -> dict[str, Any]:

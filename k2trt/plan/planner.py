@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from k2trt.errors import PlanError
+from k2trt.layout import Layout
 from k2trt.plan.gpus import GiB, Gpu
-from k2trt.plan.layout import Layout, candidate_layouts
 from k2trt.plan.memory import KV_FRACTION, MemoryPlan, inventory, memory_plan, weight_format
 from k2trt.plan.roofline import Roofline, roofline
 from k2trt.plan.rules import Finding, RuleContext, evaluate
@@ -143,6 +143,25 @@ class Plan:
             "context": r.context, "kv_dtype": r.kv_dtype, "kv_fraction": r.kv_fraction, "reserve_gib": r.reserve,
             "release": r.release, "layouts": [lp.to_dict() for lp in self.layouts],
         }
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def candidate_layouts(world_size: int, spec: ModelSpec) -> list[Layout]:
+    """Every tp × pp = world_size, ep | tp, with and without attention-DP (valid or not; the planner judges)."""
+    out: list[Layout] = []
+    for pp in _divisors(world_size):
+        if pp > spec.num_hidden_layers:
+            continue
+        tp = world_size // pp
+        for ep in _divisors(tp):
+            for adp in (False, True):
+                if adp and tp == 1:
+                    continue
+                out.append(Layout(tp, ep, None, pp, adp))
+    return out
 
 
 def plan_layout(req: PlanRequest, layout: Layout) -> LayoutPlan:

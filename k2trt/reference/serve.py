@@ -37,7 +37,8 @@ from typing import Any, AsyncIterator, Sequence
 import torch
 
 from k2trt.reference.generate import Completion, SamplingParams, generate
-from k2trt.reference.parallel import (DEFAULT_TIMEOUT_S, DistCollectives, Layout, build_rank_model, env_rank,
+from k2trt.layout import Layout
+from k2trt.reference.parallel import (DEFAULT_TIMEOUT_S, DistCollectives, build_rank_model, env_rank,
                                       init_distributed)
 
 log = logging.getLogger("k2trt.reference.serve")
@@ -407,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return rec
 
     logging.setLogRecordFactory(factory)
-    layout = Layout(a.tp, a.ep, a.adp)
+    layout = Layout(a.tp, a.ep, adp=a.adp)
     if world != layout.tp:
         log.error("layout %s needs %d ranks but the job has %d (launch with mpirun -np %d)", layout, layout.tp,
                   world, layout.tp)

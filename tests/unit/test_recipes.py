@@ -17,7 +17,7 @@ from k2trt.bundle.build import engine_argv, plan_recipe
 from k2trt.bundle.recipe import (ClusterSection, DisaggSection, ModelSection, Recipe, RoleSection, ServeSection,
                                  find_recipe, list_recipes, load_recipe, recipe_dir)
 from k2trt.errors import ConfigError, PlanError
-from k2trt.plan.layout import parse_layout
+from k2trt.layout import Layout
 from k2trt.plan.planner import resolve_spec
 from k2trt.trtllm.lint import lint, lint_text
 from k2trt.trtllm.render import EngineOptions, dump_yaml, llm_options
@@ -69,7 +69,7 @@ def test_recipe_plans_lints_and_matches_golden(name: str) -> None:
         assert all(lp.ok for _, lp, _ in planned)
     argvs = {}
     for role, trt_role, text in _roles(r):
-        lay = parse_layout(text)
+        lay = Layout.parse(text)
         doc = llm_options(r.serve.options, adp=lay.adp, kv_dtype=r.kv_dtype, max_seq_len=r.context, role=trt_role,
                           version=r.serve.trtllm)
         res = lint(doc, r.serve.trtllm)
