@@ -31,7 +31,7 @@ from k2trt.bundle.recipe import Recipe, recipe_to_dict
 from k2trt.errors import CheckpointError, ConfigError, PlanError
 from k2trt.plan.gpus import gpu as gpu_kind
 from k2trt.layout import Layout
-from k2trt.plan.memory import weight_format
+from k2trt.plan.memory import convert_target, weight_format
 from k2trt.plan.planner import Cluster, LayoutPlan, Plan, PlanRequest, plan_layout, to_markdown
 from k2trt.spec import ModelSpec
 from k2trt.trtllm import PINNED_RELEASE
@@ -108,8 +108,7 @@ def plan_recipe(r: Recipe, spec: ModelSpec) -> list[tuple[str, LayoutPlan, Plan]
     roles = [("server", r.layout)] if r.disagg is None else [("ctx", r.disagg.ctx.layout),
                                                              ("gen", r.disagg.gen.layout)]
     out = []
-    for role, text in roles:
-        lay = Layout.parse(text)
+    for role, lay in roles:
         req = _request(r, spec, lay, r.cluster.gpus_per_node)
         lp = plan_layout(req, lay)
         if not lp.ok:
@@ -174,10 +173,9 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: tuple[str, ..
         raise CheckpointError(f"{checkpoint} is not a directory", "pass the checkpoint directory with --checkpoint")
     spec = _inspect(checkpoint, notes)
     fmt = weight_format(spec)
-    want = {"fp8": "fp8_block", "bf16": "bf16", "nvfp4": "nvfp4", "w4a8": "w4a8"}.get(r.model.weights or "", None)
-    if want and fmt != want:
+    if r.model.weights and fmt != r.model.weights:
         raise CheckpointError(f"recipe {r.name} needs {r.model.weights} weights but {checkpoint} is {fmt}",
-                              f"convert it first: k2trt convert {checkpoint} DST --to {r.model.weights}")
+                              f"convert it first: k2trt convert {checkpoint} DST --to {convert_target(r.model.weights)}")
     planned = plan_recipe(r, spec)
     names = _hosts(r, hosts, notes)
     gpn = r.cluster.gpus_per_node
@@ -212,7 +210,7 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: tuple[str, ..
                            container_image=f"nvcr.io/nvidia/tensorrt-llm/release:{version}" if version else None),
     )
     if r.disagg is None:
-        lay = Layout.parse(r.layout)
+        lay = r.layout
         files[CONFIG_FILE] = render(None, lay)
         files[HOSTFILE] = "".join(f"{h} slots={gpn}\n" for h in names)
         launch = LaunchSpec(argv=argv_for(lay, CONFIG_FILE, r.serve.port, None), world_size=lay.world_size,
@@ -224,7 +222,7 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: tuple[str, ..
         host_iter = iter(names)
         servers: dict[str, RoleServers] = {}
         for key, sec in (("ctx", d.ctx), ("gen", d.gen)):
-            lay = Layout.parse(sec.layout)
+            lay = sec.layout
             files[f"{key}.yml"] = render("context" if key == "ctx" else "generation", lay)
             nodes = max(1, lay.world_size // gpn)
             urls = []

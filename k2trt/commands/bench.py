@@ -87,7 +87,8 @@ def bench(recipe: str | None, spec_file: Path | None, endpoint: str | None, mode
 
 
 def _load_spec(recipe: str | None, spec_file: Path | None) -> "tuple[BenchSpec, str | None]":
-    from k2trt.bench.spec import load_bench_section, spec_from_recipe
+    from k2trt.bench.spec import load_bench_section
+    from k2trt.bundle.recipe import spec_from_recipe
 
     if recipe is not None and spec_file is None:
         return spec_from_recipe(recipe)

@@ -129,7 +129,6 @@ def render(recipe_name: str, sets: tuple[str, ...], role: str, out: Path | None,
     """Render a recipe's extra-llm-api YAML; it is linted before anything is written."""
     from k2trt.bundle.recipe import load_recipe
     from k2trt.errors import ConfigError
-    from k2trt.layout import Layout
     from k2trt.trtllm.lint import lint
     from k2trt.trtllm.render import dump_yaml, llm_options, write_config
 
@@ -137,8 +136,7 @@ def render(recipe_name: str, sets: tuple[str, ...], role: str, out: Path | None,
     if (role != "server") != (r.disagg is not None):
         raise ConfigError(f"recipe {r.name} is {'' if r.disagg else 'not '}disaggregated",
                           "use --role ctx/gen for disaggregated recipes, server otherwise")
-    text_layout = r.layout if r.disagg is None else (r.disagg.ctx if role == "ctx" else r.disagg.gen).layout
-    lay = Layout.parse(text_layout)
+    lay = r.layout if r.disagg is None else (r.disagg.ctx if role == "ctx" else r.disagg.gen).layout
     doc = llm_options(r.serve.options, adp=lay.adp, kv_dtype=r.kv_dtype, max_seq_len=r.context,
                       role={"server": None, "ctx": "context", "gen": "generation"}[role],
                       transceiver=r.disagg.transceiver if r.disagg else "UCX", version=r.serve.trtllm)

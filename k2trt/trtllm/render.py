@@ -23,13 +23,15 @@ from k2trt.trtllm.profiles import profile_for
 
 SERVE_EXE = "trtllm-serve"
 TOOL_PARSER = "kimi_k2"
+KV_FRACTION = 0.9
+"""KvCacheConfig.free_gpu_memory_fraction default (trtllm.md §2.3): the planner's and the recipes' default too."""
 
 
 @dataclass(frozen=True)
 class EngineOptions:
     """Engine knobs of a deployment, in k2trt's words (rendered to TensorRT-LLM keys per release)."""
 
-    kv_fraction: float = 0.9
+    kv_fraction: float = KV_FRACTION
     """Share of free GPU memory (after weights and activations) for the KV cache (TensorRT-LLM default 0.9)."""
     block_reuse: bool = True
     """Prefix (KV block) reuse; supported for MLA on SM90/100/120."""
