@@ -20,7 +20,6 @@ import json
 import os
 import shlex
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,20 +32,21 @@ from k2trt.plan.gpus import gpu as gpu_kind
 from k2trt.layout import Layout
 from k2trt.plan.memory import convert_target, weight_format
 from k2trt.plan.planner import Cluster, LayoutPlan, Plan, PlanRequest, plan_layout, to_markdown
+from k2trt.reference.serve import serve_argv as reference_argv
 from k2trt.spec import ModelSpec
 from k2trt.trtllm import PINNED_RELEASE
+from k2trt.trtllm.deploy import VERSION_PROBE, container_image, rank_argv
 from k2trt.trtllm.disagg import RoleServers, disagg_config, router_argv
 from k2trt.trtllm.lint import lint
 from k2trt.trtllm.profiles import profile_for
-from k2trt.trtllm.render import dump_yaml, llm_options, serve_argv, tool_parser_available
+from k2trt.trtllm.render import (DEFAULT_TRANSCEIVER, SERVER_ROLES, dump_yaml, llm_options,
+                                 tool_parser_available)
 
 CONFIG_FILE = "config.yml"
 HOSTFILE = "hostfile"
 MANIFEST = "manifest.json"
 PLAN_FILE = "PLAN.md"
 LAUNCH_SH = "launch.sh"
-LLMAPI_LAUNCH = "trtllm-llmapi-launch"  # wraps every rank of a multi-node trtllm-serve (trtllm.md §3.1)
-TRTLLM_VERSION_PROBE = ("python3", "-c", "import tensorrt_llm; print(tensorrt_llm.__version__)")
 FORMAT = "k2trt-bundle/1"
 
 
@@ -138,22 +138,14 @@ def _gpu_substring(key: str) -> str | None:
 
 def engine_argv(r: Recipe, lay: Layout, model_dir: str, config_path: str, port: int,
                 role: str | None = None) -> tuple[str, ...]:
-    """The per-rank command of one instance: ``trtllm-llmapi-launch trtllm-serve serve …`` for TensorRT-LLM, or
-    ``python -m k2trt.reference.serve MODEL --tp … --ep … [--adp] --host … --port …`` for the reference engine."""
-    m = lay.mapping(r.cluster.gpus_per_node)
+    """The per-rank command of one instance, spelled by the engine's own module: TensorRT-LLM's
+    (``k2trt.trtllm.deploy.rank_argv``) or the reference server's (``k2trt.reference.serve.serve_argv``)."""
     if r.serve.engine == "reference":
-        # the interpreter that built the bundle: it has k2trt and torch (a bare "python" may be another one)
-        a = [sys.executable, "-m", "k2trt.reference.serve", model_dir, "--tp", str(lay.tp), "--ep", str(m.ep)]
-        a += ["--adp"] if lay.adp else []
-        a += ["--plugins", r.serve.plugins] if r.serve.plugins != "off" else []
-        a += ["--host", r.serve.host, "--port", str(port)]
-        if r.model.served_name:
-            a += ["--served-model-name", r.model.served_name]
-        return tuple(a)
-    inner = serve_argv(model_dir, config_path=config_path, tp=lay.tp, ep=m.ep, pp=lay.pp,
-                       gpus_per_node=r.cluster.gpus_per_node, host=r.serve.host, port=port,
-                       tool_parser=_use_tool_parser(r), server_role=role, version=r.serve.trtllm)
-    return (LLMAPI_LAUNCH, *inner)
+        return reference_argv(model_dir, lay, host=r.serve.host, port=port, plugins=r.serve.plugins,
+                              served_model_name=r.model.served_name)
+    return rank_argv(model_dir, lay, config_path=config_path, gpus_per_node=r.cluster.gpus_per_node,
+                     host=r.serve.host, port=port, tool_parser=_use_tool_parser(r), version=r.serve.trtllm,
+                     server_role=role)
 
 
 def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: tuple[str, ...] | None = None,
@@ -174,8 +166,9 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: tuple[str, ..
     spec = _inspect(checkpoint, notes)
     fmt = weight_format(spec)
     if r.model.weights and fmt != r.model.weights:
+        to = convert_target(r.model.weights)
         raise CheckpointError(f"recipe {r.name} needs {r.model.weights} weights but {checkpoint} is {fmt}",
-                              f"convert it first: k2trt convert {checkpoint} DST --to {convert_target(r.model.weights)}")
+                              f"convert it first: k2trt convert {checkpoint} DST --to {to}")
     planned = plan_recipe(r, spec)
     names = _hosts(r, hosts, notes)
     gpn = r.cluster.gpus_per_node
@@ -188,7 +181,8 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: tuple[str, ..
 
     def render(role: str | None, lay: Layout) -> str:
         doc = llm_options(r.serve.options, adp=lay.adp, kv_dtype=r.kv_dtype, max_seq_len=r.context, role=role,
-                          transceiver=r.disagg.transceiver if r.disagg else "UCX", version=r.serve.trtllm)
+                          transceiver=r.disagg.transceiver if r.disagg else DEFAULT_TRANSCEIVER,
+                          version=r.serve.trtllm)
         res = lint(doc, version)
         if not res.ok:
             raise ConfigError(f"recipe {r.name}: rendered config fails the lint: {res.errors[0]}",
@@ -202,12 +196,12 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: tuple[str, ..
     common: dict[str, Any] = dict(
         engine=r.serve.engine, ssh_port=r.cluster.ssh_port, http_host=r.serve.host, model_dir=model_dir,
         model_manifest_sha256=manifest_hash(model_dir), engine_version=version or None,
-        engine_version_probe=TRTLLM_VERSION_PROBE if version else (), gpus_per_node=gpn if version else None,
+        engine_version_probe=VERSION_PROBE if version else (), gpus_per_node=gpn if version else None,
         gpu_kind=_gpu_substring(r.cluster.gpu), eplb=_eplb_online(r),
         gateway=(GatewayOptions(r.serve.gateway_port, r.serve.host, r.serve.gateway_mode)
                  if r.serve.gateway_port is not None else None),
         slurm=SlurmOptions(gpus_per_node=gpn if version else None,
-                           container_image=f"nvcr.io/nvidia/tensorrt-llm/release:{version}" if version else None),
+                           container_image=container_image(version) if version else None),
     )
     if r.disagg is None:
         lay = r.layout
@@ -223,7 +217,7 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: tuple[str, ..
         servers: dict[str, RoleServers] = {}
         for key, sec in (("ctx", d.ctx), ("gen", d.gen)):
             lay = sec.layout
-            files[f"{key}.yml"] = render("context" if key == "ctx" else "generation", lay)
+            files[f"{key}.yml"] = render(SERVER_ROLES[key], lay)
             nodes = max(1, lay.world_size // gpn)
             urls = []
             for i in range(sec.instances):

@@ -27,7 +27,7 @@ from k2trt.mapping import GPUS_PER_NODE
 from k2trt.plan.gpus import DEFAULT_GPU
 from k2trt.plan.memory import DEFAULT_KV_DTYPE, KvDtype, WeightFormat, parse_weight_format
 from k2trt.plan.planner import DEFAULT_CONTEXT, DEFAULT_PRESET
-from k2trt.trtllm.render import EngineOptions
+from k2trt.trtllm.render import DEFAULT_TRANSCEIVER, EngineOptions
 
 Engine = Literal["trtllm", "reference"]
 Plugins = Literal["off", "auto", "triton"]
@@ -108,7 +108,7 @@ class DisaggSection:
     """Context (prefill) servers."""
     gen: RoleSection = field(default_factory=lambda: RoleSection(port=8002))
     """Generation (decode) servers."""
-    transceiver: str = "UCX"
+    transceiver: str = DEFAULT_TRANSCEIVER
     """KV transfer backend (cache_transceiver_config.backend)."""
 
 

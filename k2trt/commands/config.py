@@ -130,7 +130,7 @@ def render(recipe_name: str, sets: tuple[str, ...], role: str, out: Path | None,
     from k2trt.bundle.recipe import load_recipe
     from k2trt.errors import ConfigError
     from k2trt.trtllm.lint import lint
-    from k2trt.trtllm.render import dump_yaml, llm_options, write_config
+    from k2trt.trtllm.render import DEFAULT_TRANSCEIVER, SERVER_ROLES, dump_yaml, llm_options, write_config
 
     r = load_recipe(recipe_name, sets)
     if (role != "server") != (r.disagg is not None):
@@ -138,8 +138,8 @@ def render(recipe_name: str, sets: tuple[str, ...], role: str, out: Path | None,
                           "use --role ctx/gen for disaggregated recipes, server otherwise")
     lay = r.layout if r.disagg is None else (r.disagg.ctx if role == "ctx" else r.disagg.gen).layout
     doc = llm_options(r.serve.options, adp=lay.adp, kv_dtype=r.kv_dtype, max_seq_len=r.context,
-                      role={"server": None, "ctx": "context", "gen": "generation"}[role],
-                      transceiver=r.disagg.transceiver if r.disagg else "UCX", version=r.serve.trtllm)
+                      role=SERVER_ROLES.get(role), version=r.serve.trtllm,
+                      transceiver=r.disagg.transceiver if r.disagg else DEFAULT_TRANSCEIVER)
     header = f"recipe {r.name} ({role}); TensorRT-LLM {r.serve.trtllm or 'pinned'}"
     if out is None or dry_run:
         res = lint(doc, r.serve.trtllm)

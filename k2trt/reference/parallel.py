@@ -38,10 +38,10 @@ from k2trt.checkpoint.reader import CheckpointReader
 from k2trt.errors import ConfigError, K2trtError, LaunchError
 from k2trt.layout import Layout
 from k2trt.mapping import Mapping
+from k2trt.reference import DEFAULT_TIMEOUT_S
 from k2trt.reference.model import AttnImpl, KVCache, Placement, Transformer, WeightFn
 from k2trt.spec import ModelSpec
 
-DEFAULT_TIMEOUT_S = 120.0
 
 
 def reference_mapping(layout: Layout, spec: ModelSpec) -> Mapping:

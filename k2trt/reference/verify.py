@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from k2trt.errors import ConfigError, LaunchError
 from k2trt.layout import Layout
+from k2trt.reference import DEFAULT_TIMEOUT_S
 from k2trt.reference.model import AttnImpl, Transformer, load_model
 from k2trt.spec import ModelSpec
 
@@ -167,7 +168,7 @@ def against_transformers(ckpt: str | Path, *, prompts: int = 4, length: int = 16
 
 
 def layout_argv(ckpt: str | Path, layout: Layout, out: str | Path, *, np: int | None = None, master_port: int = 0,
-                seed: int = 0, attn_impl: AttnImpl = "absorb", timeout_s: float = 120.0
+                seed: int = 0, attn_impl: AttnImpl = "absorb", timeout_s: float = DEFAULT_TIMEOUT_S
                 ) -> tuple[list[str], dict[str, str]]:
     """(mpirun argv, environment) of a sharded check (``np`` defaults to the layout's tp; it must equal it)."""
     from k2trt.reference.parallel import check_argv, free_port, mpirun_command

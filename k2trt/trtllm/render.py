@@ -25,6 +25,10 @@ SERVE_EXE = "trtllm-serve"
 TOOL_PARSER = "kimi_k2"
 KV_FRACTION = 0.9
 """KvCacheConfig.free_gpu_memory_fraction default (trtllm.md §2.3): the planner's and the recipes' default too."""
+SERVER_ROLES = {"ctx": "context", "gen": "generation"}
+"""k2trt's disaggregated role keys → TensorRT-LLM's server roles (``--server_role``, per-role YAML)."""
+DEFAULT_TRANSCEIVER = "UCX"
+"""``cache_transceiver_config.backend`` unless a recipe names another KV transfer backend."""
 
 
 @dataclass(frozen=True)
@@ -68,9 +72,9 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def llm_options(opts: EngineOptions, *, adp: bool, kv_dtype: str, max_seq_len: int,
-                role: str | None = None, transceiver: str = "UCX", version: str | None = None) -> dict[str, Any]:
-    """The extra-llm-api dict for one instance (``role``: None, ``context`` or ``generation`` for disaggregation).
+def llm_options(opts: EngineOptions, *, adp: bool, kv_dtype: str, max_seq_len: int, role: str | None = None,
+                transceiver: str = DEFAULT_TRANSCEIVER, version: str | None = None) -> dict[str, Any]:
+    """The extra-llm-api dict for one instance (``role``: None, or a ``SERVER_ROLES`` value for disaggregation).
 
     Example: ``llm_options(EngineOptions(), adp=False, kv_dtype="fp8", max_seq_len=131072)["kv_cache_config"]``
     → ``{"free_gpu_memory_fraction": 0.9, "enable_block_reuse": True, "dtype": "fp8"}``.

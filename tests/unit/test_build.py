@@ -139,3 +139,21 @@ def test_reference_plugins_reach_the_engine_argv(tiny_ckpt: Path, tmp_path: Path
         load_recipe("k2-h200-2x8-tp16ep8", ["serve.plugins=auto"])
     with pytest.raises(ConfigError):
         load_recipe("tiny-cpu", ["serve.plugins=cuda"])
+
+
+def test_engine_argv_is_spelled_by_the_engine_entry_point(tiny_ckpt: Path, tmp_path: Path) -> None:
+    """The reference rank command comes from ``k2trt.reference.serve`` and parses back with that module's own
+    parser (so a renamed flag cannot drift); the reference engine refuses pipeline stages it cannot run."""
+    from k2trt.layout import Layout
+    from k2trt.reference.serve import parser
+
+    r = load_recipe("tiny-cpu", ["serve.plugins=auto", "model.served_name=tiny", "layout=tp2ep2adp"])
+    argv = build_bundle(r, tiny_ckpt, tmp_path / "b", dry_run=True).files["launch.json"]
+    argv = json.loads(argv)["argv"]
+    assert argv[:3] == [sys.executable, "-m", "k2trt.reference.serve"]
+    a = parser().parse_args(argv[3:])
+    assert (a.model_dir, a.tp, a.ep, a.adp, a.plugins, a.served_model_name, a.host, a.port) == (
+        str(tiny_ckpt.resolve()), 2, 2, True, "auto", "tiny", "127.0.0.1", 18000)
+    with pytest.raises(ConfigError, match="does not run pipeline stages"):
+        build_bundle(load_recipe("tiny-cpu", ["layout=tp1pp2"]), tiny_ckpt, tmp_path / "pp", dry_run=True)
+    assert Layout.parse("tp1pp2").world_size == 2
