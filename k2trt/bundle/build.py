@@ -23,15 +23,16 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from k2trt import __version__
 from k2trt.bundle.recipe import Recipe, recipe_to_dict
 from k2trt.errors import CheckpointError, ConfigError, PlanError
-from k2trt.plan.gpus import gpu as gpu_kind
+from k2trt.launch.hosts import HostList
 from k2trt.layout import Layout
+from k2trt.plan.gpus import gpu as gpu_kind
 from k2trt.plan.memory import convert_target, weight_format
-from k2trt.plan.planner import Cluster, LayoutPlan, Plan, PlanRequest, plan_layout, to_markdown
+from k2trt.plan.planner import Cluster, LayoutPlan, Plan, PlanRequest, plan_layout, resolve_spec, to_markdown
 from k2trt.reference.serve import serve_argv as reference_argv
 from k2trt.spec import ModelSpec
 from k2trt.trtllm import PINNED_RELEASE
@@ -103,23 +104,74 @@ def _use_tool_parser(r: Recipe) -> bool:
     return r.serve.engine == "trtllm" and r.serve.tool_parser and tool_parser_available(r.serve.trtllm)
 
 
-def plan_recipe(r: Recipe, spec: ModelSpec) -> list[tuple[str, LayoutPlan, Plan]]:
-    """Judge the recipe's layout(s) on its cluster; raises PlanError listing every reason when one does not fit."""
+def recipe_spec(r: Recipe, checkpoint: Path | None = None, notes: list[str] | None = None) -> ModelSpec:
+    """The model recipe ``r`` deploys: ``checkpoint``'s, or without one the recipe's preset in its weight format.
+
+    Args:
+        r: the recipe.
+        checkpoint: the checkpoint directory (inspected: its errors refuse, its warnings go to ``notes``).
+        notes: where inspection warnings are appended.
+    Returns:
+        The ModelSpec that ``k2trt build`` and ``k2trt plan --recipe`` plan.
+    Raises:
+        CheckpointError: a broken checkpoint, or one stored in another format than ``model.weights`` says.
+        ConfigError / PlanError: no checkpoint and no (known) ``model.preset``.
+    Example:
+        >>> weight_format(recipe_spec(load_recipe("k2-b200-1x8-nvfp4")))  # what convert --to nvfp4 would write
+        'nvfp4'
+    """
+    if checkpoint is None:
+        if r.model.preset is None:
+            raise ConfigError(f"recipe {r.name} names no model.preset", "give the checkpoint to plan")
+        return resolve_spec(None, r.model.preset, r.model.weights)[0]
+    if not checkpoint.is_dir():
+        raise CheckpointError(f"{checkpoint} is not a directory", "pass the checkpoint directory with --checkpoint")
+    spec = _inspect(checkpoint, [] if notes is None else notes)
+    fmt = weight_format(spec)
+    if r.model.weights and fmt != r.model.weights:
+        to = convert_target(r.model.weights)
+        raise CheckpointError(f"recipe {r.name} needs {r.model.weights} weights but {checkpoint} is {fmt}",
+                              f"convert it first: k2trt convert {checkpoint} DST --to {to}")
+    return spec
+
+
+def recipe_plans(r: Recipe, spec: ModelSpec) -> list[tuple[str, LayoutPlan, Plan]]:
+    """Judge the recipe's layout(s) on its cluster: (role, verdict, plan) for ``server`` or ``ctx`` and ``gen``.
+
+    The one place a recipe becomes plan requests, so ``k2trt plan --recipe`` shows exactly what ``k2trt build``
+    checks.
+    """
     roles = [("server", r.layout)] if r.disagg is None else [("ctx", r.disagg.ctx.layout),
                                                              ("gen", r.disagg.gen.layout)]
     out = []
     for role, lay in roles:
         req = _request(r, spec, lay, r.cluster.gpus_per_node)
         lp = plan_layout(req, lay)
-        if not lp.ok:
-            reasons = [lp.invalid] if lp.invalid else [f.message for f in lp.errors]
-            raise PlanError(f"recipe {r.name}: {role} layout {lay} does not fit: " + "; ".join(reasons),
-                            "k2trt plan --help shows how to compare layouts")
         out.append((role, lp, Plan(req, [lp])))
     return out
 
 
-def _hosts(r: Recipe, hosts: tuple[str, ...] | None, notes: list[str]) -> list[str]:
+def plan_recipe(r: Recipe, spec: ModelSpec) -> list[tuple[str, LayoutPlan, Plan]]:
+    """``recipe_plans``, refusing with PlanError (every reason listed) when a layout does not fit."""
+    out = recipe_plans(r, spec)
+    for role, lp, _ in out:
+        if not lp.ok:
+            reasons = [lp.invalid] if lp.invalid else [f.message for f in lp.errors]
+            raise PlanError(f"recipe {r.name}: {role} layout {lp.layout} does not fit: " + "; ".join(reasons),
+                            "k2trt plan --recipe shows the whole plan; k2trt plan --help how to compare layouts")
+    return out
+
+
+def _hosts(r: Recipe, hosts: HostList | Sequence[str] | None, notes: list[str]) -> list[str]:
+    """One host name per node, rank 0's first: ``--hosts`` (whose ``:N``, if given, must be the recipe's GPUs per
+    node), else the recipe's, else ``localhost`` for a one-node reference recipe, else placeholders."""
+    gpn = r.cluster.gpus_per_node
+    if isinstance(hosts, HostList):
+        for name, slots in hosts.entries:
+            if slots is not None and slots != gpn:
+                raise ConfigError(f"host {name}:{slots} gives {slots} slots but recipe {r.name} places {gpn} "
+                                  "ranks per node", f"drop :{slots}, or --set cluster.gpus_per_node={slots}")
+        hosts = hosts.names
     names = list(hosts or r.cluster.hosts)
     if not names:
         if r.cluster.nodes == 1 and r.serve.engine == "reference":
@@ -148,7 +200,7 @@ def engine_argv(r: Recipe, lay: Layout, model_dir: str, config_path: str, port: 
                      server_role=role)
 
 
-def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: tuple[str, ...] | None = None,
+def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: HostList | Sequence[str] | None = None,
                  dry_run: bool = False, force: bool = False) -> BuildResult:
     """Inspect → plan → render → write the bundle for recipe ``r`` (see module docstring).
 
@@ -161,14 +213,8 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: tuple[str, ..
     notes: list[str] = []
     checkpoint = checkpoint.resolve()
     out = out.resolve()
-    if not checkpoint.is_dir():
-        raise CheckpointError(f"{checkpoint} is not a directory", "pass the checkpoint directory with --checkpoint")
-    spec = _inspect(checkpoint, notes)
+    spec = recipe_spec(r, checkpoint, notes)
     fmt = weight_format(spec)
-    if r.model.weights and fmt != r.model.weights:
-        to = convert_target(r.model.weights)
-        raise CheckpointError(f"recipe {r.name} needs {r.model.weights} weights but {checkpoint} is {fmt}",
-                              f"convert it first: k2trt convert {checkpoint} DST --to {to}")
     planned = plan_recipe(r, spec)
     names = _hosts(r, hosts, notes)
     gpn = r.cluster.gpus_per_node
