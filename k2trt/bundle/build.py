@@ -17,10 +17,7 @@ The bundle is staged in a sibling temporary directory and renamed into place, so
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,6 +25,7 @@ from typing import Any, Sequence
 from k2trt import __version__
 from k2trt.bundle.recipe import Recipe, recipe_to_dict
 from k2trt.errors import CheckpointError, ConfigError, PlanError
+from k2trt.fsio import atomic_dir, atomic_write
 from k2trt.launch.hosts import HostList
 from k2trt.layout import Layout
 from k2trt.plan.gpus import gpu as gpu_kind
@@ -323,21 +321,6 @@ def _write_atomically(out: Path, files: dict[str, str], force: bool) -> None:
                 raise ConfigError(f"{out} is not empty and is not a k2trt bundle", "choose another --out")
             if not force:
                 raise ConfigError(f"{out} already holds a bundle", "pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out, perm=0o755) as stage:
         for name, text in files.items():
-            (tmp / name).write_text(text)
-        os.chmod(tmp / LAUNCH_SH, 0o755)
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            atomic_write(stage / name, text, perm=0o755 if name == LAUNCH_SH else None)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from k2trt.errors import ConfigError, LaunchError
+from k2trt.fsio import atomic_write
 from k2trt.launch import preflight as pf
 from k2trt.launch import procs
 from k2trt.launch.mpi import MpiFlavor, detect_mpi, job_hosts, launch_environ, mpirun_argv, resolve_mpirun
@@ -242,9 +243,7 @@ def serve(target: Path, *, engine: str | None = None, launcher: LauncherKind | N
     state_path = log_dir / STATE_FILE
     if launcher == "slurm":
         script = next(iter(plan.files))
-        from k2trt.launch.spec import write_atomic
-
-        write_atomic(Path(script), plan.files[script], mode=0o755)
+        atomic_write(script, plan.files[script], perm=0o755)
         log_dir.mkdir(parents=True, exist_ok=True)
         if not do_submit:
             return {"status": "written", **result, "script": script}

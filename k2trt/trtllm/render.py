@@ -9,8 +9,6 @@ host/port and model, which the argv states explicitly. ``write_config`` lints be
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import yaml
 
 from k2trt.errors import ConfigError
+from k2trt.fsio import atomic_write
 from k2trt.trtllm.lint import LintResult, lint
 from k2trt.trtllm.profiles import profile_for
 
@@ -119,27 +118,13 @@ def dump_yaml(doc: dict[str, Any], header: str = "") -> str:
     return head + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
 
 
-def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_config(path: Path, doc: dict[str, Any], version: str | None = None, header: str = "") -> LintResult:
     """Lint ``doc`` for the release, then write it atomically. Raises ConfigError (nothing written) on lint errors."""
     res = lint(doc, version)
     if not res.ok:
         raise ConfigError(f"refusing to write {path}: {res.errors[0]}",
                           f"{len(res.errors)} lint error(s); run k2trt config check")
-    atomic_write(path, dump_yaml(doc, header))
+    atomic_write(path, dump_yaml(doc, header), perm=0o644)
     return res
 
 
