@@ -95,8 +95,8 @@ PAT_STR_PORTABLE = "|".join([
 
 DEFAULT_MODEL_MAX_LENGTH = int(1e30)  # what K2's tokenizer_config.json carries (effectively unbounded)
 
-# The chat_template.jinja k2trt writes (``template.render`` in jinja): every literal is inside {{- '…' -}} so that no template whitespace leaks under
-# Transformers' settings (trim_blocks, lstrip_blocks). It renders byte-for-byte what ``render`` does.
+# The chat_template.jinja k2trt writes: ``template.render`` in jinja, byte for byte. Every literal is inside
+# {{- '…' -}} so that no template whitespace leaks under Transformers' settings (trim_blocks, lstrip_blocks).
 CHAT_TEMPLATE = r"""{#- Kimi K2 chat template written by k2trt: the canonical structure of the official template. -#}
 {%- macro render_content(content) -%}
   {%- if content is string -%}

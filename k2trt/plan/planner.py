@@ -17,8 +17,8 @@ from k2trt.errors import K2trtError, PlanError
 from k2trt.layout import Layout
 from k2trt.mapping import GPUS_PER_NODE
 from k2trt.plan.gpus import GiB, Gpu
-from k2trt.plan.memory import (DEFAULT_KV_DTYPE, KV_BYTES, KvDtype, MemoryPlan, inventory, memory_plan, parse_weight_format,
-                               weight_format, with_weights)
+from k2trt.plan.memory import (DEFAULT_KV_DTYPE, KV_BYTES, KvDtype, MemoryPlan, inventory, memory_plan,
+                               parse_weight_format, weight_format, with_weights)
 from k2trt.plan.roofline import Roofline, roofline
 from k2trt.plan.rules import Finding, RuleContext, evaluate
 from k2trt.spec import ModelSpec, preset
