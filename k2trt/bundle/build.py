@@ -28,7 +28,7 @@ from k2trt.errors import CheckpointError, ConfigError, PlanError
 from k2trt.fsio import atomic_dir, atomic_write
 from k2trt.launch.hosts import HostList
 from k2trt.layout import Layout
-from k2trt.plan.gpus import gpu as gpu_kind
+from k2trt.plan.gpus import Gpu
 from k2trt.plan.memory import convert_target, weight_format
 from k2trt.plan.planner import Cluster, LayoutPlan, Plan, PlanRequest, plan_layout, resolve_spec, to_markdown
 from k2trt.reference.serve import serve_argv as reference_argv
@@ -86,10 +86,9 @@ def _inspect(checkpoint: Path, notes: list[str]) -> ModelSpec:
 
 def _request(r: Recipe, spec: ModelSpec, layout: Layout, gpus_per_node: int) -> PlanRequest:
     nodes = max(1, -(-layout.world_size // gpus_per_node))
-    g = gpu_kind(r.cluster.gpu)
     prof = profile_for(r.serve.trtllm) if r.serve.engine == "trtllm" else None
-    return PlanRequest(spec, Cluster(g, nodes, min(gpus_per_node, layout.world_size)), r.context, r.kv_dtype,
-                       r.serve.options.kv_fraction, None, prof.name if prof else None,
+    return PlanRequest(spec, Cluster(r.cluster.gpu, nodes, min(gpus_per_node, layout.world_size)), r.context,
+                       r.kv_dtype, r.serve.options.kv_fraction, None, prof.name if prof else None,
                        eplb_online=_eplb_online(r), tool_parser=_use_tool_parser(r), model_name=r.name)
 
 
@@ -181,8 +180,8 @@ def _hosts(r: Recipe, hosts: HostList | Sequence[str] | None, notes: list[str]) 
     return names
 
 
-def _gpu_substring(key: str) -> str | None:
-    g = gpu_kind(key)
+def _gpu_substring(g: Gpu) -> str | None:
+    """What nvidia-smi's GPU name must contain on every node (``H200``); None for the reference engine's CPU ranks."""
     return None if g.reference_only else g.name.split()[0]
 
 

@@ -24,7 +24,8 @@ from k2trt.errors import ConfigError, K2trtError
 from k2trt.fsio import read_mapping
 from k2trt.layout import Layout
 from k2trt.mapping import GPUS_PER_NODE
-from k2trt.plan.gpus import DEFAULT_GPU
+from k2trt.plan.gpus import DEFAULT_GPU, Gpu
+from k2trt.plan.gpus import gpu as gpu_kind
 from k2trt.plan.memory import DEFAULT_KV_DTYPE, KvDtype, WeightFormat, parse_weight_format
 from k2trt.plan.planner import DEFAULT_CONTEXT, DEFAULT_PRESET
 from k2trt.trtllm.render import DEFAULT_TRANSCEIVER, EngineOptions
@@ -50,7 +51,7 @@ class ModelSection:
 class ClusterSection:
     """Where the instance runs."""
 
-    gpu: str = DEFAULT_GPU
+    gpu: Gpu = gpu_kind(DEFAULT_GPU)
     """GPU kind from the plan catalog (``h200``, ``h100``, ``h20``, ``b200``, ``cpu`` for the reference engine)."""
     nodes: int = 1
     """Nodes."""
@@ -183,7 +184,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 # Values that have their own parser: parsed here, once, so the rest of k2trt sees typed values.
-_PARSERS: dict[Any, Any] = {Layout: Layout.parse, WeightFormat: parse_weight_format}
+_PARSERS: dict[Any, Any] = {Layout: Layout.parse, WeightFormat: parse_weight_format, Gpu: gpu_kind}
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
@@ -349,6 +350,8 @@ def recipe_to_dict(r: Recipe) -> dict[str, Any]:
     def conv(v: Any) -> Any:
         if isinstance(v, Layout):
             return str(v)
+        if isinstance(v, Gpu):
+            return v.key
         if isinstance(v, BenchSpec):
             return v.to_dict()
         if dataclasses.is_dataclass(v):

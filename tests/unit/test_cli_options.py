@@ -69,7 +69,7 @@ def test_plan_defaults_are_the_recipe_schema_defaults() -> None:
     d = {p.name: p.default for p in plan.params}
     r, c = Recipe(), ClusterSection()
     assert (d["gpu_key"], d["gpus_per_node"], d["context"], d["kv_dtype"], d["kv_fraction"]) == (
-        c.gpu, c.gpus_per_node, r.context, r.kv_dtype, EngineOptions().kv_fraction)
+        c.gpu.key, c.gpus_per_node, r.context, r.kv_dtype, EngineOptions().kv_fraction)
     assert r.model.preset and f"[default: {r.model.preset}]" in CliRunner().invoke(cli, ["plan", "--help"]).output
 
 

@@ -194,6 +194,9 @@ def test_fields_are_parsed_once_into_typed_values() -> None:
         assert load_recipe("tiny-cpu", [f"model.weights={spelling}"]).model.weights == "fp8_block"
     with pytest.raises(ConfigError, match=r"model.weights: 'int4' is not a weight format"):
         load_recipe("tiny-cpu", ["model.weights=int4"])
+    assert load_recipe("tiny-cpu", ["cluster.gpu=H20-96"]).cluster.gpu.key == "h20"
+    with pytest.raises(ConfigError, match=r"cluster.gpu: unknown GPU 'h300'"):
+        load_recipe("tiny-cpu", ["cluster.gpu=h300"])
     tiny = load_recipe("tiny-cpu")
     assert isinstance(tiny.bench, BenchSpec) and tiny.bench.gpus == 2
     assert load_recipe("k2-h200-2x8-tp16ep8", ["bench.gpus=4"]).bench.gpus == 4  # type: ignore[union-attr]
