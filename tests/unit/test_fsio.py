@@ -66,9 +66,13 @@ def test_atomic_dir_replaces_a_directory_whole_or_not_at_all(tmp_path):
     from k2trt.fsio import atomic_dir
 
     out = tmp_path / "bundle"
-    with atomic_dir(out, perm=0o755) as stage:
-        atomic_write(stage / "a", "1")
-        assert not out.exists()  # nothing under the final name until the directory is complete
+    old = os.umask(0o077)  # the explicit mode must win over a narrow umask
+    try:
+        with atomic_dir(out, perm=0o755) as stage:
+            atomic_write(stage / "a", "1")
+            assert not out.exists()  # nothing under the final name until the directory is complete
+    finally:
+        os.umask(old)
     assert sorted(os.listdir(out)) == ["a"] and stat.S_IMODE(out.stat().st_mode) == 0o755
     with pytest.raises(RuntimeError):
         with atomic_dir(out) as stage:
