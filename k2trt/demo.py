@@ -213,11 +213,10 @@ def _requests(gateway: str, res: DemoResult, echo: Callable[[str], None]) -> Non
 
 def _bench(gateway: str, served: Path, work: Path, res: DemoResult, echo: Callable[[str], None],
            baseline: str | Path | None, tolerance: float | None) -> None:
-    from k2trt.bench.spec import BenchSpec
     from k2trt.bench.sweep import run_bench
-    from k2trt.bundle.recipe import load_recipe
+    from k2trt.bundle.recipe import spec_from_recipe
 
-    spec = BenchSpec.from_dict(load_recipe(RECIPE).bench, where=f"recipe {RECIPE}: bench")
+    spec, _ = spec_from_recipe(RECIPE)
     out = work / "bench"
     kw: dict[str, Any] = {} if tolerance is None else {"tolerance": tolerance}
     with _step(res, "bench: aiperf sweep through the gateway", echo) as info:

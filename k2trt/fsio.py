@@ -4,6 +4,7 @@ The one place k2trt writes a file atomically: a unique temporary name in the tar
 never crosses filesystems), the data fsynced, ``os.replace`` over the target, the directory fsynced (so the rename
 itself survives a power cut), and the temporary file removed on any error, KeyboardInterrupt included. A reader
 never sees a half-written file, and a crash leaves at most a ``.NAME.*.partial`` file that the next run ignores.
+``atomic_dir`` does the same for a directory of files (a bundle) built under a temporary name.
 
 Depends only on the standard library, pyyaml and ``k2trt.errors``; every layer may import it.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -75,6 +77,51 @@ def atomic_open(path: str | Path, mode: str = "w", *, perm: int | None = None,
         os.replace(tmp, p)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(p.parent)
+
+
+@contextmanager
+def atomic_dir(path: str | Path, *, perm: int | None = None) -> Iterator[Path]:
+    """Build a directory under a temporary sibling name; on a clean exit it takes ``path``'s place as a whole.
+
+    Write its files with ``atomic_write`` (each fsynced) into the yielded staging directory. On a clean exit the
+    staging directory is fsynced and renamed to ``path`` — an existing ``path`` is first renamed aside and removed
+    afterwards, so a reader sees the old directory or the new one, never a mix (between the two renames ``path``
+    is briefly absent; a failed second rename puts the old one back) — and the parent is fsynced. On any error the
+    staging directory is removed and ``path`` is untouched.
+
+    Args:
+        path: the final directory; its parent is created.
+        perm: the directory's permissions; by default those ``mkdir`` gives under the process umask.
+    Returns:
+        A context manager yielding the staging directory.
+    Example:
+        >>> with atomic_dir(bundle, perm=0o755) as stage:
+        ...     atomic_write(stage / "config.yml", text)
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_name(p)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if perm is not None:
+            os.chmod(tmp, perm)
+        fsync_dir(tmp)
+        if p.exists():
+            old = partial_name(p)
+            os.replace(p, old)
+            try:
+                os.replace(tmp, p)
+            except BaseException:
+                os.replace(old, p)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, p)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_dir(p.parent)
 

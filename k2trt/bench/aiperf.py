@@ -30,6 +30,7 @@ from typing import Any
 
 from k2trt.bench.spec import BenchSpec, Point
 from k2trt.errors import ConfigError
+from k2trt.fsio import atomic_dir, atomic_write_json
 
 EXPORT_JSON = "profile_export_aiperf.json"
 """aiperf's aggregate export: one object per metric with its unit, avg and percentiles."""
@@ -275,14 +276,11 @@ def prepare_tokenizer(model_dir: str | Path, dest: str | Path) -> Path:
         pass
     from k2trt.chat.vocab import write_hf_tokenizer_json
 
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write_hf_tokenizer_json(tmp, model_dir=src)
-    (tmp / "tokenizer_config.json").write_text(json.dumps(hf_tokenizer_config(src), indent=2) + "\n")
-    (tmp / TOKENIZER_STAMP).write_text(json.dumps({"source": str(tik.absolute()), "tiktoken_sha256": digest}) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_dir(out) as stage:
+        write_hf_tokenizer_json(stage, model_dir=src)
+        atomic_write_json(stage / "tokenizer_config.json", hf_tokenizer_config(src))
+        atomic_write_json(stage / TOKENIZER_STAMP, {"source": str(tik.absolute()), "tiktoken_sha256": digest},
+                          indent=None)
     return out
 
 

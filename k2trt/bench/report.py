@@ -8,7 +8,8 @@ from pathlib import Path
 import yaml
 
 from k2trt.bench.plots import PLOT_FILES
-from k2trt.bench.results import BenchResult, PointResult, write_text_atomic
+from k2trt.bench.results import BenchResult, PointResult
+from k2trt.fsio import atomic_write
 
 _COLUMNS: tuple[tuple[str, str, str], ...] = (
     # header, metric, format
@@ -105,5 +106,5 @@ def render_report(result: BenchResult, plots: dict[str, Path] | None = None) -> 
 def write_report(result: BenchResult, out_dir: str | Path, plots: dict[str, Path] | None = None) -> Path:
     """Write ``REPORT.md`` into ``out_dir`` atomically and return its path."""
     path = Path(out_dir) / "REPORT.md"
-    write_text_atomic(path, render_report(result, plots))
+    atomic_write(path, render_report(result, plots))
     return path

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from k2trt.bench.spec import BenchSpec, Point
 from k2trt.errors import ConfigError
+from k2trt.fsio import atomic_write
 
 SCHEMA = "k2trt.bench.results/1"
 """``schema`` of results.json; ``BenchResult.load`` refuses any other."""
@@ -197,10 +198,8 @@ class BenchResult:
                 "points": [p.to_dict() for p in self.points], "provenance": self.provenance, "gate": self.gate}
 
     def write(self, path: str | Path) -> Path:
-        """Write results.json atomically (temporary name, then rename)."""
-        path = Path(path)
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=2, default=str) + "\n")
-        return path
+        """Write results.json atomically (``k2trt.fsio``)."""
+        return atomic_write(path, json.dumps(self.to_dict(), indent=2, default=str) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "BenchResult":
@@ -218,17 +217,6 @@ class BenchResult:
         spec = BenchSpec.from_dict(d.get("spec") or {}, where=f"{path}: spec")
         points = [PointResult.from_dict(p) for p in d.get("points") or []]
         return cls(spec=spec, points=points, provenance=dict(d.get("provenance") or {}), gate=d.get("gate"))
-
-
-def write_text_atomic(path: Path, text: str | bytes) -> None:
-    """Write to a temporary name in the same directory, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as f:
-        f.write(text.encode() if isinstance(text, str) else text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # --- provenance ----------------------------------------------------------------------------------------------

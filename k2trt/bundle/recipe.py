@@ -19,12 +19,18 @@ from typing import Any, Literal
 
 import yaml
 
+from k2trt.bench.spec import BenchSpec
 from k2trt.errors import ConfigError, K2trtError
-from k2trt.trtllm.render import EngineOptions
+from k2trt.fsio import read_mapping
+from k2trt.layout import Layout
+from k2trt.mapping import GPUS_PER_NODE
+from k2trt.plan.gpus import DEFAULT_GPU, Gpu
+from k2trt.plan.gpus import gpu as gpu_kind
+from k2trt.plan.memory import DEFAULT_KV_DTYPE, KvDtype, WeightFormat, parse_weight_format
+from k2trt.plan.planner import DEFAULT_CONTEXT, DEFAULT_PRESET
+from k2trt.trtllm.render import DEFAULT_TRANSCEIVER, EngineOptions
 
 Engine = Literal["trtllm", "reference"]
-KvDtype = Literal["fp8", "bf16"]
-Weights = Literal["fp8", "bf16", "nvfp4", "w4a8"]
 Plugins = Literal["off", "auto", "triton"]
 
 
@@ -32,10 +38,11 @@ Plugins = Literal["off", "auto", "triton"]
 class ModelSection:
     """Which model the recipe serves."""
 
-    preset: str | None = "k2-instruct"
+    preset: str | None = DEFAULT_PRESET
     """Preset whose dimensions to plan with when no checkpoint is given (``k2-instruct``, ``tiny``, …)."""
-    weights: Weights | None = None
-    """Weight format the recipe needs (``nvfp4`` for Blackwell FP4 recipes); None: whatever the checkpoint is."""
+    weights: WeightFormat | None = None
+    """Weight format the recipe needs (``nvfp4`` for Blackwell FP4 recipes; ``fp8`` means ``fp8_block``); None:
+    whatever the checkpoint is."""
     served_name: str | None = None
     """Model name clients use; None: the checkpoint directory name."""
 
@@ -44,11 +51,11 @@ class ModelSection:
 class ClusterSection:
     """Where the instance runs."""
 
-    gpu: str = "h200"
+    gpu: Gpu = gpu_kind(DEFAULT_GPU)
     """GPU kind from the plan catalog (``h200``, ``h100``, ``h20``, ``b200``, ``cpu`` for the reference engine)."""
     nodes: int = 1
     """Nodes."""
-    gpus_per_node: int = 8
+    gpus_per_node: int = GPUS_PER_NODE
     """GPUs (ranks) per node."""
     hosts: tuple[str, ...] = ()
     """Host names, first is rank 0's (empty: fill in at build/serve time)."""
@@ -86,7 +93,7 @@ class ServeSection:
 class RoleSection:
     """One role of a disaggregated deployment."""
 
-    layout: str = "tp8ep8"
+    layout: Layout = Layout(8, 8)
     """Layout of each instance of this role."""
     instances: int = 1
     """Instances of this role."""
@@ -102,7 +109,7 @@ class DisaggSection:
     """Context (prefill) servers."""
     gen: RoleSection = field(default_factory=lambda: RoleSection(port=8002))
     """Generation (decode) servers."""
-    transceiver: str = "UCX"
+    transceiver: str = DEFAULT_TRANSCEIVER
     """KV transfer backend (cache_transceiver_config.backend)."""
 
 
@@ -118,31 +125,21 @@ class Recipe:
     """The model."""
     cluster: ClusterSection = field(default_factory=ClusterSection)
     """The cluster of one instance (aggregated) or of all instances (disaggregated)."""
-    layout: str = "tp16ep8"
+    layout: Layout = Layout(16, 8)
     """Parallel layout of the (aggregated) instance, e.g. ``tp16ep8`` or ``tp16ep16adp``."""
-    context: int = 131072
+    context: int = DEFAULT_CONTEXT
     """Tokens per sequence the deployment must hold (becomes max_seq_len)."""
-    kv_dtype: KvDtype = "fp8"
+    kv_dtype: KvDtype = DEFAULT_KV_DTYPE
     """KV cache dtype."""
     serve: ServeSection = field(default_factory=ServeSection)
     """Engine start-up."""
     disagg: DisaggSection | None = None
     """Disaggregated serving; None: one aggregated instance."""
-    bench: dict[str, Any] | None = None
-    """Benchmark sweep (validated by k2trt.bench.spec.BenchSpec)."""
+    bench: BenchSpec | None = None
+    """Benchmark sweep (``k2trt bench --recipe``); ``gpus`` defaults to the cluster's GPU count."""
 
     def validate(self) -> None:
         """Cross-field checks; ConfigError names the field."""
-        from k2trt.plan.layout import parse_layout
-
-        layouts = [("layout", self.layout)]
-        if self.disagg:
-            layouts += [("disagg.ctx.layout", self.disagg.ctx.layout), ("disagg.gen.layout", self.disagg.gen.layout)]
-        for where, text in layouts:
-            try:
-                parse_layout(text)
-            except K2trtError as e:
-                raise ConfigError(f"recipe {self.name}: {where}: {e}") from None
         if self.context < 1:
             raise ConfigError(f"recipe {self.name}: context must be ≥ 1")
         if self.cluster.nodes < 1 or self.cluster.gpus_per_node < 1:
@@ -151,35 +148,43 @@ class Recipe:
             raise ConfigError(f"recipe {self.name}: {len(self.cluster.hosts)} hosts for {self.cluster.nodes} nodes")
         total = self.cluster.nodes * self.cluster.gpus_per_node
         if not self.disagg:
-            w = parse_layout(self.layout).world_size
+            w = self.layout.world_size
             if w != total:
                 raise ConfigError(f"recipe {self.name}: layout {self.layout} uses {w} GPUs but the cluster has "
                                   f"{self.cluster.nodes}×{self.cluster.gpus_per_node}")
         else:
             d = self.disagg
-            used = sum(r.instances * parse_layout(r.layout).world_size for r in (d.ctx, d.gen))
+            used = sum(r.instances * r.layout.world_size for r in (d.ctx, d.gen))
             if used != total:
                 raise ConfigError(f"recipe {self.name}: disagg uses {used} GPUs ({d.ctx.instances}× {d.ctx.layout} + "
                                   f"{d.gen.instances}× {d.gen.layout}) but the cluster has {total}")
             for role in (d.ctx, d.gen):
-                if parse_layout(role.layout).world_size % self.cluster.gpus_per_node and \
-                        parse_layout(role.layout).world_size > self.cluster.gpus_per_node:
+                w = role.layout.world_size
+                if w % self.cluster.gpus_per_node and w > self.cluster.gpus_per_node:
                     raise ConfigError(f"recipe {self.name}: {role.layout} does not fill whole nodes")
         if self.serve.plugins != "off" and self.serve.engine != "reference":
             raise ConfigError(f"recipe {self.name}: serve.plugins applies to the reference engine only",
                               "remove serve.plugins (TensorRT-LLM: see plugins/README.md for --custom_module_dirs)")
         if self.serve.engine == "reference" and self.disagg:
             raise ConfigError(f"recipe {self.name}: the reference engine does not do disaggregated serving")
-        if self.bench is not None:
-            from k2trt.bench.spec import BenchSpec
 
-            BenchSpec.from_dict(self.bench, where=f"recipe {self.name}: bench")
+    def endpoint(self) -> str:
+        """The served root URL clients (and ``k2trt bench``) use: ``serve.host``:``serve.port``, a wildcard listen
+        address becoming the first host, else 127.0.0.1."""
+        host = self.serve.host
+        if host in ("0.0.0.0", "::", ""):
+            host = self.cluster.hosts[0] if self.cluster.hosts else "127.0.0.1"
+        return f"http://{host}:{self.serve.port}"
 
 # ---- loading -----------------------------------------------------------------------------------------------------
 
 
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+# Values that have their own parser: parsed here, once, so the rest of k2trt sees typed values.
+_PARSERS: dict[Any, Any] = {Layout: Layout.parse, WeightFormat: parse_weight_format, Gpu: gpu_kind}
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
@@ -190,6 +195,17 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _convert(inner[0], value, where)
+    if tp in _PARSERS:
+        if isinstance(tp, type) and isinstance(value, tp):
+            return value
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected text, got {value!r}")
+        try:
+            return _PARSERS[tp](value)
+        except K2trtError as e:
+            raise ConfigError(f"{where}: {e}") from None
+    if tp is BenchSpec:
+        return value if isinstance(value, BenchSpec) else BenchSpec.from_dict(value, where=where)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
@@ -293,13 +309,7 @@ def load_recipe(name_or_path: str | None = None, sets: tuple[str, ...] | list[st
     if name_or_path is not None:
         path = find_recipe(name_or_path)
         name = path.stem
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: a recipe is a mapping of sections")
-        doc = loaded
+        doc = read_mapping(path, what="recipe", fmt="yaml")
     if data:
         doc = {**doc, **data}
     for s in sets:
@@ -309,13 +319,41 @@ def load_recipe(name_or_path: str | None = None, sets: tuple[str, ...] | list[st
         _set(doc, key.strip(), val.strip())
     doc.setdefault("name", name)
     r: Recipe = _build(Recipe, doc, "")
+    if r.bench is not None and "gpus" not in (doc.get("bench") or {}):
+        r = dataclasses.replace(r, bench=dataclasses.replace(r.bench, gpus=r.cluster.nodes * r.cluster.gpus_per_node))
     r.validate()
     return r
+
+
+def spec_from_recipe(name_or_path: str | Path, sets: tuple[str, ...] = ()) -> tuple[BenchSpec, str]:
+    """The bench sweep of a recipe and the root URL of the recipe's server (``Recipe.endpoint``).
+
+    Args:
+        name_or_path: a packaged recipe name (``tiny-cpu``) or a YAML path.
+        sets: ``key.path=value`` overrides, as ``k2trt build --set`` takes them.
+    Returns:
+        (the sweep, with ``gpus`` defaulting to the cluster size; the server's root URL).
+    Raises:
+        ConfigError: the recipe is invalid or has no ``bench:`` section.
+    Example:
+        >>> spec_from_recipe("tiny-cpu")[1]
+        'http://127.0.0.1:18000'
+    """
+    r = load_recipe(str(name_or_path), list(sets))
+    if r.bench is None:
+        raise ConfigError(f"recipe {r.name} has no bench: section", "add one (see k2trt bench --help) or use --spec")
+    return r.bench, r.endpoint()
 
 
 def recipe_to_dict(r: Recipe) -> dict[str, Any]:
     """The resolved recipe as plain data (``k2trt config show``, the bundle's manifest)."""
     def conv(v: Any) -> Any:
+        if isinstance(v, Layout):
+            return str(v)
+        if isinstance(v, Gpu):
+            return v.key
+        if isinstance(v, BenchSpec):
+            return v.to_dict()
         if dataclasses.is_dataclass(v):
             return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
         if isinstance(v, tuple):

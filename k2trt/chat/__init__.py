@@ -4,8 +4,9 @@ and reasoning parsers.
 Owns every K2 control-token string. Imports no torch (it runs on login nodes and in the gateway); jinja2 is
 imported only to check a model's own template.
 
-- ``vocab``: special-token layout, ``PAT_STR``, the tiny tokenizer files (``write_tokenizer_files``,
-  ``write_hf_tokenizer_json``).
+- ``vocab``: special-token layout, ``PAT_STR``, the tokenizer files read (``load_ranks``, ``read_tokenizer_files``)
+  and written (``write_tokenizer_files`` with ``CHAT_TEMPLATE``, ``write_hf_tokenizer_json``); imports no other
+  chat module, the others import it.
 - ``tokenizer``: ``K2Tokenizer`` (plain-text ``encode``, ``encode_with_specials``, ``IncrementalDecoder``).
 - ``template``: ``render``, ``render_ids``, ``normalize_tool_call_ids``, ``render_with_jinja``.
 - ``toolcalls``: ``parse_tool_calls`` and the incremental ``ToolCallStream``.

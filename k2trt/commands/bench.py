@@ -11,7 +11,7 @@ import click
 
 from k2trt.bench.results import DEFAULT_TOLERANCE_PCT, GATE_METRICS, METRICS
 from k2trt.bench.sweep import DEFAULT_ENDPOINT
-from k2trt.cli_options import dry_run_option, echo_json, json_option
+from k2trt.cli_options import dry_run_option, echo_json, json_option, recipe_option
 
 if TYPE_CHECKING:
     from k2trt.bench.results import BenchResult
@@ -34,7 +34,7 @@ Exit status: 0 all points ran and no regression; 1 a point failed or the gate fo
 
 
 @click.command(epilog=_SPEC_HELP)
-@click.option("--recipe", help="Recipe name or YAML path; its bench: section is the sweep.")
+@recipe_option(required=False, help="Recipe name or YAML path; its bench: section is the sweep.")
 @click.option("--spec", "spec_file", type=click.Path(path_type=Path), help="YAML file with a bench: section.")
 @click.option("--endpoint", default=None,
               help=f"Server root URL (aiperf appends /v1/...) [default: the recipe's serve host:port, else "
@@ -42,7 +42,7 @@ Exit status: 0 all points ran and no regression; 1 a point failed or the gate fo
 @click.option("--model-dir", type=click.Path(path_type=Path), help="Checkpoint dir: its tokenizer counts tokens.")
 @click.option("--tokenizer-dir", type=click.Path(path_type=Path), help="Or a ready Hugging Face tokenizer dir.")
 @click.option("--model", default=None, help="Served model name [default: bench.model, else the first listed].")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
 @click.option("--baseline", type=click.Path(path_type=Path), help="A stored results.json to gate against.")
 @click.option("--tolerance", type=click.FloatRange(min=0), default=DEFAULT_TOLERANCE_PCT, show_default=True,
               help="Allowed slowdown in percent before the gate fails (50: fails beyond 1.5x worse).")
@@ -54,8 +54,8 @@ Exit status: 0 all points ran and no regression; 1 a point failed or the gate fo
 @click.option("--force", is_flag=True, help="Overwrite an --out that already holds results.json.")
 @dry_run_option
 @json_option
-def bench(recipe: str | None, spec_file: Path | None, endpoint: str | None, model_dir: Path | None,
-          tokenizer_dir: Path | None, model: str | None, out_dir: Path | None, baseline: Path | None,
+def bench(recipe_name: str | None, spec_file: Path | None, endpoint: str | None, model_dir: Path | None,
+          tokenizer_dir: Path | None, model: str | None, out: Path | None, baseline: Path | None,
           tolerance: float, gate_metrics: tuple[str, ...], results_file: Path | None, manifest: Path | None,
           force: bool, dry_run: bool, as_json: bool) -> None:
     """Benchmark an OpenAI-compatible endpoint with aiperf over a sweep of ISL/OSL × concurrency."""
@@ -70,24 +70,25 @@ def bench(recipe: str | None, spec_file: Path | None, endpoint: str | None, mode
         else:
             click.echo("\n".join(_gate_lines(gate)))
         sys.exit(0 if gate["passed"] else 1)
-    spec, recipe_endpoint = _load_spec(recipe, spec_file)
+    spec, recipe_endpoint = _load_spec(recipe_name, spec_file)
     endpoint = endpoint or recipe_endpoint or DEFAULT_ENDPOINT
-    if out_dir is None:
+    if out is None:
         raise click.UsageError("--out is required")
     if dry_run:
-        return _dry_run(spec, endpoint, out_dir, model_dir, tokenizer_dir, model, as_json)
-    res = run_bench(spec, endpoint, out_dir, model_dir=model_dir, tokenizer_dir=tokenizer_dir, model=model,
+        return _dry_run(spec, endpoint, out, model_dir, tokenizer_dir, model, as_json)
+    res = run_bench(spec, endpoint, out, model_dir=model_dir, tokenizer_dir=tokenizer_dir, model=model,
                     baseline=baseline, tolerance=tolerance, gate_metrics=tuple(gate_metrics), manifest=manifest,
                     force=force, progress=not as_json)
     if as_json:
         echo_json(res.to_dict())
     else:
-        _render(res, out_dir)
+        _render(res, out)
     sys.exit(0 if res.ok else 1)
 
 
 def _load_spec(recipe: str | None, spec_file: Path | None) -> "tuple[BenchSpec, str | None]":
-    from k2trt.bench.spec import load_bench_section, spec_from_recipe
+    from k2trt.bench.spec import load_bench_section
+    from k2trt.bundle.recipe import spec_from_recipe
 
     if recipe is not None and spec_file is None:
         return spec_from_recipe(recipe)

@@ -3,31 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
-from k2trt.cli_options import dry_run_option, echo_json, json_option
+from k2trt.cli_options import dry_run_option, echo_json, hosts_option, json_option, recipe_option, sets_option
 
 
 @click.command()
-@click.option("--recipe", "recipe_name", required=True, help="Packaged recipe name (k2trt config recipes) or a path.")
+@recipe_option()
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="Checkpoint directory.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override a recipe field, e.g. --set serve.port=9000 (repeatable).")
-@click.option("--hosts", help="Comma-separated host names, rank 0's first (default: the recipe's).")
+@sets_option
+@hosts_option(help="One host per node in rank order, rank 0's first [default: the recipe's cluster.hosts].")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
 @dry_run_option
 @json_option
-def build(recipe_name: str, checkpoint: Path, out: Path, sets: tuple[str, ...], hosts: str | None, force: bool,
+def build(recipe_name: str, checkpoint: Path, out: Path, sets: tuple[str, ...], hosts: Any, force: bool,
           dry_run: bool, as_json: bool) -> None:
     """Inspect the checkpoint, plan the recipe (refusing when it does not fit) and write a self-describing bundle."""
     from k2trt.bundle.build import build_bundle
     from k2trt.bundle.recipe import load_recipe
 
-    recipe = load_recipe(recipe_name, sets)
-    host_list = tuple(h.strip() for h in hosts.split(",") if h.strip()) if hosts else None
-    res = build_bundle(recipe, checkpoint, out, hosts=host_list, dry_run=dry_run, force=force)
+    res = build_bundle(load_recipe(recipe_name, sets), checkpoint, out, hosts=hosts, dry_run=dry_run, force=force)
     if as_json:
         echo_json(res.to_dict())
         return

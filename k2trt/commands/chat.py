@@ -19,12 +19,13 @@ def chat() -> None:
 @chat.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @json_option
-@click.option("--context", default=40, show_default=True, help="Characters of each differing region to show.")
+@click.option("--diff-context", "--context", "diff_context", default=40, show_default=True,
+              help="Characters shown around each differing region (--context, the old spelling, still works).")
 @click.option("--limit", default=8, show_default=True, help="Differing regions shown per conversation (--json has "
               "all).")
 @click.option("--family", type=click.Choice(FAMILY_NAMES), default=None,
               help="Render as this K2 family [default: detected from the template].")
-def check(model: Path, as_json: bool, context: int, limit: int, family: str | None) -> None:
+def check(model: Path, as_json: bool, diff_context: int, limit: int, family: str | None) -> None:
     """Render built-in conversations with k2trt's renderer and with MODEL's chat template (a model directory or a
     .jinja file), under each template switch of its family (K2-Instruct, K2-Thinking, K2.5, K2.6, K2.7-Code), and
     report every byte difference. Exit 0 when identical, 1 otherwise."""
@@ -46,8 +47,8 @@ def check(model: Path, as_json: bool, context: int, limit: int, family: str | No
                            f"theirs {r.theirs_bytes} bytes")
                 for d in r.differences[:limit]:
                     click.echo(f"    {d.kind} at ours {d.ours_start}..{d.ours_end}, theirs "
-                               f"{d.theirs_start}..{d.theirs_end}: ours {_clip(d.ours, context)} "
-                               f"theirs {_clip(d.theirs, context)}")
+                               f"{d.theirs_start}..{d.theirs_end}: ours {_clip(d.ours, diff_context)} "
+                               f"theirs {_clip(d.theirs, diff_context)}")
                 if len(r.differences) > limit:
                     click.echo(f"    … {len(r.differences) - limit} more (--limit, --json)")
         bad = sum(not r.equal for r in rep.results)

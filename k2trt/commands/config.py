@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
-from k2trt.cli_options import dry_run_option, echo_json, json_option
+from k2trt.cli_options import dry_run_option, echo_json, json_option, recipe_option, sets_option, trtllm_option
 
-_TRTLLM = click.option("--trtllm", "version", default=None,
-                       help="TensorRT-LLM release with a packaged profile (k2trt config profiles lists them), "
-                            "or 'installed' for the tensorrt_llm installed here [default: the pinned release].")
-
+_TRTLLM_HELP = ("TensorRT-LLM release with a packaged profile (k2trt config profiles lists them), or 'installed' "
+                "for the tensorrt_llm installed here")
 
 DRIFT_SHOWN = 40
 """Schema drift lines printed by doctor / check --trtllm installed (--json has all)."""
@@ -24,24 +21,11 @@ def config() -> None:
     """Lint, render and inspect TensorRT-LLM configs and k2trt recipes."""
 
 
-def _read_yaml(path: Path) -> Any:
-    import yaml
-
-    from k2trt.errors import ConfigError
-
-    try:
-        return yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-
-
 @config.command("check")
 @click.argument("file", type=click.Path(path_type=Path))
-@_TRTLLM
+@trtllm_option(help=_TRTLLM_HELP)
 @json_option
-def check(file: Path, version: str | None, as_json: bool) -> None:
+def check(file: Path, trtllm: str | None, as_json: bool) -> None:
     """Lint an extra-llm-api YAML the way TensorRT-LLM would reject it. Exit 1 on errors."""
     from k2trt.errors import ConfigError
     from k2trt.trtllm.lint import lint_text
@@ -50,10 +34,10 @@ def check(file: Path, version: str | None, as_json: bool) -> None:
         text = file.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{file} does not exist") from None
-    if (version or "").lower() == "installed":
+    if (trtllm or "").lower() == "installed":
         _check_installed(file, as_json)
         return
-    res = lint_text(text, version, str(file))
+    res = lint_text(text, trtllm, str(file))
     if as_json:
         echo_json({"file": str(file), **res.to_dict()})
     else:
@@ -68,9 +52,10 @@ def check(file: Path, version: str | None, as_json: bool) -> None:
 def _check_installed(file: Path, as_json: bool) -> None:
     """``config check --trtllm installed``: the installed release's own schema and TorchLlmArgs judge the file."""
     from k2trt.errors import ConfigError
+    from k2trt.fsio import read_mapping
     from k2trt.trtllm.doctor import doctor as run
 
-    rep = run(_read_yaml(file))
+    rep = run(read_mapping(file, what="config", fmt="yaml"))
     if not rep.installed:
         raise ConfigError(f"--trtllm installed: {rep.message}", "run this where tensorrt_llm imports, or name a "
                           "release with --trtllm")
@@ -119,8 +104,8 @@ def profiles(as_json: bool) -> None:
 
 
 @config.command("render")
-@click.option("--recipe", "recipe_name", required=True, help="Recipe name or path.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe field (repeatable).")
+@recipe_option()
+@sets_option
 @click.option("--role", type=click.Choice(["server", "ctx", "gen"]), default="server", show_default=True,
               help="Which instance's config (ctx/gen for disaggregated recipes).")
 @click.option("--out", type=click.Path(path_type=Path), help="Write here (linted, atomic); default: print.")
@@ -129,19 +114,17 @@ def render(recipe_name: str, sets: tuple[str, ...], role: str, out: Path | None,
     """Render a recipe's extra-llm-api YAML; it is linted before anything is written."""
     from k2trt.bundle.recipe import load_recipe
     from k2trt.errors import ConfigError
-    from k2trt.plan.layout import parse_layout
     from k2trt.trtllm.lint import lint
-    from k2trt.trtllm.render import dump_yaml, llm_options, write_config
+    from k2trt.trtllm.render import DEFAULT_TRANSCEIVER, SERVER_ROLES, dump_yaml, llm_options, write_config
 
     r = load_recipe(recipe_name, sets)
     if (role != "server") != (r.disagg is not None):
         raise ConfigError(f"recipe {r.name} is {'' if r.disagg else 'not '}disaggregated",
                           "use --role ctx/gen for disaggregated recipes, server otherwise")
-    text_layout = r.layout if r.disagg is None else (r.disagg.ctx if role == "ctx" else r.disagg.gen).layout
-    lay = parse_layout(text_layout)
+    lay = r.layout if r.disagg is None else (r.disagg.ctx if role == "ctx" else r.disagg.gen).layout
     doc = llm_options(r.serve.options, adp=lay.adp, kv_dtype=r.kv_dtype, max_seq_len=r.context,
-                      role={"server": None, "ctx": "context", "gen": "generation"}[role],
-                      transceiver=r.disagg.transceiver if r.disagg else "UCX", version=r.serve.trtllm)
+                      role=SERVER_ROLES.get(role), version=r.serve.trtllm,
+                      transceiver=r.disagg.transceiver if r.disagg else DEFAULT_TRANSCEIVER)
     header = f"recipe {r.name} ({role}); TensorRT-LLM {r.serve.trtllm or 'pinned'}"
     if out is None or dry_run:
         res = lint(doc, r.serve.trtllm)
@@ -156,8 +139,8 @@ def render(recipe_name: str, sets: tuple[str, ...], role: str, out: Path | None,
 
 
 @config.command("show")
-@click.option("--recipe", "recipe_name", required=True, help="Recipe name or path.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe field (repeatable).")
+@recipe_option()
+@sets_option
 def show(recipe_name: str, sets: tuple[str, ...]) -> None:
     """Print a recipe with defaults and --set overrides resolved."""
     from k2trt.bundle.recipe import load_recipe, recipe_to_dict
@@ -182,14 +165,15 @@ def recipes(as_json: bool) -> None:
 @click.command()
 @click.argument("file", required=False, type=click.Path(path_type=Path))
 @click.option("--model", help="Model directory for TensorRT-LLM's own validation.")
-@_TRTLLM
+@trtllm_option(help=_TRTLLM_HELP)
 @json_option
-def doctor(file: Path | None, model: str | None, version: str | None, as_json: bool) -> None:
+def doctor(file: Path | None, model: str | None, trtllm: str | None, as_json: bool) -> None:
     """Report the installed TensorRT-LLM (its schema's drift from k2trt's profile) and validate a config with the
     installed schema and its TorchLlmArgs (elsewhere: with k2trt's packaged profile)."""
+    from k2trt.fsio import read_mapping
     from k2trt.trtllm.doctor import doctor as run
 
-    rep = run(_read_yaml(file) if file else None, model, version)
+    rep = run(read_mapping(file, what="config", fmt="yaml") if file else None, model, trtllm)
     if as_json:
         echo_json(rep.to_dict())
     else:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 import click
 
-from k2trt.cli_options import dry_run_option, echo_json, json_option
+from k2trt.cli_options import dry_run_option, echo_json, hosts_option, json_option
 from k2trt.errors import LaunchError
 from k2trt.launch.spec import EngineKind, LauncherKind
 
@@ -22,8 +22,7 @@ _PATH = click.Path(exists=True, path_type=Path)
               help="Engine to launch [default: the bundle's].")
 @click.option("--launcher", type=click.Choice(get_args(LauncherKind)), default=None,
               help="mpirun (ssh to the hosts) or slurm (sbatch script) [default: the bundle's].")
-@click.option("-H", "--hosts", default=None, metavar="HOST:N,...",
-              help="Hosts in rank order with their slots, e.g. node1:8,node2:8 [default: the bundle's].")
+@hosts_option(help="Hosts in rank order with their slots, e.g. node1:8,node2:8 [default: the bundle's].")
 @click.option("--hostfile", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Open MPI hostfile ('node1 slots=8' lines) instead of the bundle's hosts.")
 @click.option("--detach", is_flag=True, help="Return once ready; a background supervisor keeps watching.")
@@ -33,7 +32,7 @@ _PATH = click.Path(exists=True, path_type=Path)
 @click.option("--submit", "do_submit", is_flag=True, help="With --launcher slurm: run sbatch on the script.")
 @dry_run_option
 @json_option
-def serve(bundle: Path | None, spec_file: Path | None, engine: str | None, launcher: str | None, hosts: str | None,
+def serve(bundle: Path | None, spec_file: Path | None, engine: str | None, launcher: str | None, hosts: Any,
           hostfile: Path | None, detach: bool, skip_preflight: bool, gateway: bool, do_submit: bool, dry_run: bool,
           as_json: bool) -> None:
     """Preflight, launch and supervise BUNDLE's server until Ctrl-C (or --detach)."""

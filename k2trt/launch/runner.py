@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from k2trt.errors import ConfigError, LaunchError
+from k2trt.fsio import atomic_write
 from k2trt.launch import preflight as pf
 from k2trt.launch import procs
 from k2trt.launch.mpi import MpiFlavor, detect_mpi, job_hosts, launch_environ, mpirun_argv, resolve_mpirun
-from k2trt.launch.hosts import parse_hosts, read_hostfile
+from k2trt.launch.hosts import HostList, format_hosts, parse_host_list, read_hostfile
 from k2trt.launch.process import JobCommand, Outcome, Supervisor
 from k2trt.launch.slurm import SBATCH_FILE, default_mounts, sbatch_script, submit
 from k2trt.launch.spec import LAUNCH_FILE, HostSlots, LauncherKind, LaunchSpec, probe_address
@@ -58,14 +59,21 @@ def load_spec(target: Path, engine: str | None = None) -> tuple[LaunchSpec, Path
     return spec, path, path.parent
 
 
-def with_hosts(spec: LaunchSpec, hosts: str | None = None, hostfile: Path | None = None) -> LaunchSpec:
-    """``spec`` with its hosts replaced by ``-H host1:8,host2:8`` or a hostfile (command-line overrides)."""
+def with_hosts(spec: LaunchSpec, hosts: HostList | str | None = None, hostfile: Path | None = None,
+               bundle_dir: Path | None = None) -> LaunchSpec:
+    """``spec`` with its hosts replaced by ``-H host1:8,host2:8`` or a hostfile (command-line overrides).
+
+    A host given without ``:N`` takes the bundle's GPUs per node (``gpus_per_node``, else the most slots any of
+    its hosts has), as ``k2trt build --hosts`` does with the recipe's.
+    """
     if hosts and hostfile:
         raise LaunchError("give either -H/--hosts or --hostfile, not both", "keep one of them")
     if spec.disagg is not None and (hosts or hostfile):
         raise LaunchError("-H/--hostfile cannot re-place a disaggregated deployment", "edit the roles' hosts")
     if hosts:
-        return dataclasses.replace(spec, hosts=parse_hosts(hosts), hostfile=None).validate()
+        given = parse_host_list(hosts) if isinstance(hosts, str) else hosts
+        per_node = spec.gpus_per_node or max(h.slots for h in job_hosts(spec, bundle_dir))
+        return dataclasses.replace(spec, hosts=given.with_slots(per_node), hostfile=None).validate()
     if hostfile:
         return dataclasses.replace(spec, hosts=read_hostfile(hostfile), hostfile=None).validate()
     return spec
@@ -196,7 +204,8 @@ def _supervise(spec: LaunchSpec, plan: LaunchPlan, log_dir: Path, state: StateFi
 
 
 def serve(target: Path, *, engine: str | None = None, launcher: LauncherKind | None = None, detach: bool = False,
-          dry_run: bool = False, skip_preflight: bool = False, do_submit: bool = False, hosts: str | None = None,
+          dry_run: bool = False, skip_preflight: bool = False, do_submit: bool = False,
+          hosts: HostList | str | None = None,
           hostfile: Path | None = None, gateway: bool = True,
           echo: Callable[[str], None] | None = print, progress: bool = True,
           after_ready: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -207,7 +216,7 @@ def serve(target: Path, *, engine: str | None = None, launcher: LauncherKind | N
     preflight finds problems (unless ``skip_preflight``). ``gateway=False`` skips the bundle's gateway.
     """
     spec, spec_path, bundle_dir = load_spec(target, engine)
-    spec = with_hosts(spec, hosts, hostfile)
+    spec = with_hosts(spec, hosts, hostfile, bundle_dir)
     if not gateway:
         spec = dataclasses.replace(spec, gateway=None)
     job_id = uuid.uuid4().hex[:16]
@@ -234,19 +243,16 @@ def serve(target: Path, *, engine: str | None = None, launcher: LauncherKind | N
     state_path = log_dir / STATE_FILE
     if launcher == "slurm":
         script = next(iter(plan.files))
-        from k2trt.launch.spec import write_atomic
-
-        write_atomic(Path(script), plan.files[script], mode=0o755)
+        atomic_write(script, plan.files[script], perm=0o755)
         log_dir.mkdir(parents=True, exist_ok=True)
         if not do_submit:
             return {"status": "written", **result, "script": script}
         return {"status": "submitted", **result, "script": script, "slurm_job": submit(Path(script))}
     check_not_running(state_path)
     if detach:
-        placement = ["--hosts", ",".join(f"{h.name}:{h.slots}" for h in spec.hosts)] if hosts or hostfile else []
-        placement += [] if gateway else ["--no-gateway"]
-        return {**result, **_detach(spec_path, launcher, log_dir, state_path, job_id, spec.ready_timeout_s,
-                                    progress, placement)}
+        argv = child_argv(spec_path, launcher, job_id, hosts=spec.hosts if hosts or hostfile else None,
+                          gateway=gateway)
+        return {**result, **_detach(argv, log_dir, state_path, spec.ready_timeout_s, progress)}
     state = StateFile(state_path, supervisor_pid=os.getpid(), pids=[], job_id=job_id, url=plan.url,
                       bundle=str(bundle_dir), spec=str(spec_path), log_dir=str(log_dir), launcher=launcher,
                       ready_paths=list(spec.ready_paths), detached=False)
@@ -257,15 +263,13 @@ def serve(target: Path, *, engine: str | None = None, launcher: LauncherKind | N
             "exit_code": outcome.exit_code}
 
 
-def _detach(spec_path: Path, launcher: str, log_dir: Path, state_path: Path, job_id: str, timeout_s: float,
-            progress: bool, placement: list[str]) -> dict[str, Any]:
-    """Start the supervisor as its own session and wait until it reports ready or failed."""
+def _detach(argv: list[str], log_dir: Path, state_path: Path, timeout_s: float, progress: bool) -> dict[str, Any]:
+    """Start the supervisor (``argv``) as its own session and wait until it reports ready or failed."""
     log_dir.mkdir(parents=True, exist_ok=True)
     state_path.unlink(missing_ok=True)
     with open(log_dir / "supervisor.log", "ab") as log:
-        child = subprocess.Popen([sys.executable, "-m", "k2trt.launch.runner", "--spec", str(spec_path),
-                                  "--launcher", launcher, "--job-id", job_id, *placement], stdin=subprocess.DEVNULL,
-                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
     bar = None
     if progress and sys.stderr.isatty():
         from tqdm import tqdm
@@ -296,17 +300,39 @@ def _detach(spec_path: Path, launcher: str, log_dir: Path, state_path: Path, job
             bar.close()
 
 
-def _child_main(argv: list[str] | None = None) -> int:
-    """Entry of the detached supervisor: same plan and supervision, logs to files only."""
+def child_parser() -> argparse.ArgumentParser:
+    """The command line of the detached supervisor, ``python -m k2trt.launch.runner`` (``child_argv`` writes it)."""
     ap = argparse.ArgumentParser(prog="python -m k2trt.launch.runner")
     ap.add_argument("--spec", required=True, type=Path)
     ap.add_argument("--launcher", default="mpirun")
     ap.add_argument("--job-id", required=True)
     ap.add_argument("--hosts", default=None)
     ap.add_argument("--no-gateway", action="store_true")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def child_argv(spec_path: Path, launcher: str, job_id: str, *, hosts: tuple[HostSlots, ...] | None = None,
+               gateway: bool = True) -> list[str]:
+    """The detached supervisor's command, spelled for :func:`child_parser`.
+
+    Args:
+        spec_path: the launch file; launcher and job_id: as the foreground run resolved them.
+        hosts: a command-line placement to keep (written with explicit slots), else None.
+        gateway: start the bundle's gateway.
+    Returns:
+        ``[python, "-m", "k2trt.launch.runner", "--spec", …]``.
+    """
+    argv = [sys.executable, "-m", "k2trt.launch.runner", "--spec", str(spec_path), "--launcher", launcher,
+            "--job-id", job_id]
+    argv += ["--hosts", format_hosts(hosts)] if hosts else []
+    return argv + ([] if gateway else ["--no-gateway"])
+
+
+def _child_main(argv: list[str] | None = None) -> int:
+    """Entry of the detached supervisor: same plan and supervision, logs to files only."""
+    a = child_parser().parse_args(argv)
     spec, spec_path, bundle_dir = load_spec(a.spec)
-    spec = with_hosts(spec, a.hosts)
+    spec = with_hosts(spec, a.hosts, bundle_dir=bundle_dir)
     if a.no_gateway:
         spec = dataclasses.replace(spec, gateway=None)
     log_dir = bundle_dir / spec.log_dir

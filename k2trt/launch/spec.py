@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
-import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from k2trt.errors import ConfigError
+from k2trt.fsio import atomic_write_json, read_mapping
 
 EngineKind = Literal["trtllm", "reference"]
 LauncherKind = Literal["mpirun", "slurm"]
@@ -280,23 +278,14 @@ class LaunchSpec:
         return _from_jsonable(cls, data, "launch")  # type: ignore[no-any-return]
 
     def dump(self, path: str | Path) -> Path:
-        """Write JSON atomically (temp file in the same directory, then rename). Returns the path."""
-        path = Path(path)
-        write_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+        """Write JSON atomically (``k2trt.fsio``). Returns the path."""
+        return atomic_write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> LaunchSpec:
         """Read and validate a ``launch.json``; a missing or malformed file is a ConfigError."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path} does not exist", "pass a bundle written by `k2trt build`, or --spec FILE")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a JSON object")
+        data = read_mapping(path, what="launch spec", fmt="json",
+                            hint="pass a bundle written by `k2trt build`, or --spec FILE")
         return cls.from_dict(data).validate()
 
 
@@ -323,21 +312,6 @@ def _check_ranks(what: str, world: int, hosts: tuple[HostSlots, ...], oversubscr
     if slots < world and not oversubscribe:
         raise ConfigError(f"{what}: {world} ranks but only {slots} slots on {[h.name for h in hosts]}",
                           "add hosts/slots or lower the world size")
-
-
-def write_atomic(path: Path, text: str, mode: int | None = None) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same directory and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _to_jsonable(obj: Any) -> Any:

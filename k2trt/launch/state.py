@@ -8,32 +8,26 @@ verifies by scanning /proc that nothing of the job remains.
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
 from k2trt.errors import LaunchError
+from k2trt.fsio import atomic_write_json, read_mapping
 from k2trt.launch import procs
 from k2trt.launch.process import probe_ready
-from k2trt.launch.spec import write_atomic
 
 STATE_FILE = "serve.state.json"
 ACTIVE = ("starting", "ready")
 
 
 def read_state(path: Path) -> dict[str, Any]:
-    """Load a state file; a missing one is a LaunchError saying nothing runs from this bundle."""
+    """Load a state file; a missing one is a LaunchError saying nothing runs from this bundle, a corrupt one a
+    LaunchError naming what is wrong with it."""
     if not path.is_file():
         raise LaunchError(f"no serve state at {path}", "nothing was started from this bundle (k2trt serve BUNDLE)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise LaunchError(f"state file {path} is corrupt: {e}", "delete it once no job runs") from None
-    if not isinstance(data, dict):
-        raise LaunchError(f"state file {path} is corrupt", "delete it once no job runs")
-    return data
+    return read_mapping(path, what="state file", fmt="json", error=LaunchError)
 
 
 class StateFile:
@@ -57,7 +51,7 @@ class StateFile:
             self.update(status=state, **{k: v for k, v in info.items() if v is not None})
 
     def write(self) -> None:
-        write_atomic(self.path, json.dumps(self.data, indent=2) + "\n")
+        atomic_write_json(self.path, self.data)
 
 
 def check_not_running(path: Path) -> None:
@@ -130,5 +124,5 @@ def stop(path: Path, timeout_s: float = 60.0) -> dict[str, Any]:
     if fresh.get("status") in ACTIVE:
         fresh["status"] = "stopped"
         fresh["message"] = "stopped by k2trt stop"
-        write_atomic(path, json.dumps(fresh, indent=2) + "\n")
+        atomic_write_json(path, fresh)
     return {"stopped": True, "supervisor": pid, "supervisor_signalled": signalled, "leftover": []}

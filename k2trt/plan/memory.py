@@ -25,15 +25,61 @@ from __future__ import annotations
 import bisect
 import functools
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal, get_args
 
+from k2trt.errors import ConfigError
 from k2trt.mapping import EXPERT_ROLES, Mapping
 from k2trt.plan.gpus import RESERVE_GIB, GiB, Gpu
-from k2trt.spec import DTYPE_BYTES, ModelSpec, TensorInfo
+from k2trt.spec import DTYPE_BYTES, ModelSpec, Quantization, TensorInfo
+from k2trt.trtllm.render import KV_FRACTION
 
-KV_FRACTION = 0.9  # TensorRT-LLM KvCacheConfig.free_gpu_memory_fraction default (trtllm.md §2.3)
 TOKENS_PER_BLOCK = 32  # KvCacheConfig.tokens_per_block default
-KV_BYTES = {"bf16": 2, "fp8": 1}
+KvDtype = Literal["fp8", "bf16"]
+"""KV cache element type: one byte (FP8) or two (BF16) per element."""
+DEFAULT_KV_DTYPE: KvDtype = "fp8"  # K2's FP8 KV cache halves the MLA latent's bytes; the recipes' default too
+KV_BYTES: dict[str, int] = {"fp8": 1, "bf16": 2}
+
+WeightFormat = Literal["fp8_block", "bf16", "nvfp4", "w4a8"]
+"""How a checkpoint stores its linear weights: K2's block FP8 (128×128 ``weight_scale_inv``), BF16, NVFP4 routed
+experts (ModelOpt), or W4A8 routed experts with block FP8 elsewhere. Recipes and ``--weights`` name one of these;
+``parse_weight_format`` also takes the spellings users meet elsewhere."""
+WEIGHT_FORMATS: tuple[str, ...] = get_args(WeightFormat)
+# Other spellings of the same formats: ``fp8`` (recipes and ``k2trt plan --weights`` before the formats had one
+# name) and ``fp8-block`` (``k2trt convert --to``, whose choices are kebab-case like every k2trt flag value).
+_WEIGHT_ALIASES = {"fp8": "fp8_block", "fp8-block": "fp8_block"}
+
+
+def parse_weight_format(text: str) -> WeightFormat:
+    """A weight format from any of its spellings.
+
+    Args:
+        text: ``fp8_block`` (also ``fp8`` or ``fp8-block``), ``bf16``, ``nvfp4`` or ``w4a8``; case-insensitive.
+    Returns:
+        The canonical name, as ``weight_format`` reports it.
+    Raises:
+        ConfigError: not a weight format (one line, listing them).
+    Example:
+        >>> parse_weight_format("fp8")
+        'fp8_block'
+    """
+    key = str(text).strip().lower()
+    key = _WEIGHT_ALIASES.get(key, key)
+    if key not in WEIGHT_FORMATS:
+        raise ConfigError(f"{text!r} is not a weight format", "use fp8 (fp8_block), bf16, nvfp4 or w4a8")
+    return key  # type: ignore[return-value]
+
+
+def convert_target(fmt: WeightFormat) -> str:
+    """The ``k2trt convert --to`` choice that writes ``fmt`` (its kebab-case spelling)."""
+    return fmt.replace("_", "-")
+
+
+def with_weights(spec: ModelSpec, fmt: WeightFormat) -> ModelSpec:
+    """``spec`` re-described as stored in ``fmt`` (what ``k2trt convert --to`` would write), for planning a
+    checkpoint that does not exist yet."""
+    if fmt == "bf16":
+        return spec.with_quantization(None)
+    return spec.with_quantization(Quantization() if fmt == "fp8_block" else Quantization.requant(fmt))
 NVFP4_BYTES_PER_ELEM = 0.5 + 1 / 16  # E2M1 + an FP8 scale per 16 elements
 NVFP4_BYTES_PER_TENSOR = 8  # weight_scale_2 and input_scale, FP32 each
 
@@ -49,7 +95,8 @@ CATEGORY = {
 
 
 def weight_format(spec: ModelSpec) -> str:
-    """``fp8_block``, ``bf16``, ``nvfp4`` or ``w4a8`` from the spec's quantization (config.json / hf_quant_config)."""
+    """The spec's :data:`WeightFormat` from its quantization (config.json / hf_quant_config); another
+    ``quant_method`` (a format k2trt does not plan) is returned as it is named."""
     q = spec.quantization
     if q is None:
         return "bf16"

@@ -1,6 +1,8 @@
 """The reference K2 server: the subset of trtllm-serve's HTTP surface that k2trt uses, over the sharded reference.
 
-``mpirun -np N python -m k2trt.reference.serve MODEL_DIR --tp N [--ep M] [--adp] --host 127.0.0.1 --port P``.
+``mpirun -np N python -m k2trt.reference.serve MODEL_DIR --tp N [--ep M] [--adp] --host 127.0.0.1 --port P``
+(``serve_argv`` writes that command for launchers, ``parser`` reads it; both import no torch, so a login-node bundle
+build can spell it — the engine's own imports wait for ``main``).
 Every rank loads its own shard (``parallel.build_rank_model``). Rank 0 serves HTTP (starlette + uvicorn) and runs
 the engine thread; the other ranks follow: for each static batch rank 0 broadcasts the work, every rank runs the same
 ``generate`` loop in lockstep, and rank 0's tokens and stop decisions are broadcast each step.
@@ -32,13 +34,15 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
 
-import torch
+from k2trt.errors import ConfigError
+from k2trt.layout import Layout
+from k2trt.reference import DEFAULT_TIMEOUT_S
 
-from k2trt.reference.generate import Completion, SamplingParams, generate
-from k2trt.reference.parallel import (DEFAULT_TIMEOUT_S, DistCollectives, Layout, build_rank_model, env_rank,
-                                      init_distributed)
+if TYPE_CHECKING:
+    from k2trt.reference.generate import Completion, SamplingParams
+    from k2trt.reference.parallel import DistCollectives
 
 log = logging.getLogger("k2trt.reference.serve")
 HEARTBEAT_S = 2.0
@@ -155,6 +159,8 @@ class Engine:
                 batch[i].push("delta", delta)
             return stopped
 
+        from k2trt.reference.generate import generate
+
         def on_finish(i: int, c: Completion) -> None:
             r = batch[i]
             tail = r.text.finish()
@@ -169,6 +175,8 @@ class Engine:
 
 def follow(model: Any, comm: DistCollectives) -> None:
     """A follower rank: run every batch rank 0 broadcasts, in lockstep, until it says exit."""
+    from k2trt.reference.generate import generate
+
     while True:
         cmd = comm.broadcast_object(None)
         if cmd["op"] == "exit":
@@ -200,6 +208,7 @@ def build_app(engine: Engine, tok: Any, spec: Any, model_name: str) -> Any:
     from starlette.routing import Route
 
     from k2trt.chat.template import render_ids
+    from k2trt.reference.generate import SamplingParams
 
     created = int(time.time())
 
@@ -381,7 +390,8 @@ def build_app(engine: Engine, tok: Any, spec: Any, model_name: str) -> Any:
 
 # ---- process entry -------------------------------------------------------------------------------------------------
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m k2trt.reference.serve`` (``serve_argv`` writes it)."""
     ap = argparse.ArgumentParser(prog="python -m k2trt.reference.serve",
                                  description="Reference K2 server (trtllm-serve's HTTP subset); run under mpirun.")
     ap.add_argument("model_dir", help="checkpoint directory (config.json, safetensors, tokenizer)")
@@ -396,7 +406,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--plugins", choices=["off", "auto", "triton"], default="off",
                     help="route the MoE through k2trt's Triton kernels (auto: fall back to their torch references)")
     ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="collective timeout (s)")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def serve_argv(model_dir: str, layout: Layout, *, host: str, port: int, plugins: str = "off",
+               served_model_name: str | None = None) -> tuple[str, ...]:
+    """The command every rank of a reference server runs under mpirun, spelled for :func:`parser`.
+
+    Args:
+        model_dir: checkpoint directory.
+        layout: TP (the world), MoE expert parallelism and attention-DP; the reference engine has no pipeline.
+        host, port: where rank 0 serves HTTP.
+        plugins: ``off``, ``auto`` or ``triton`` (the MoE through k2trt's kernels).
+        served_model_name: the model id clients use (None: the checkpoint path).
+    Returns:
+        The argv, starting with the interpreter running this code (it has k2trt and torch; a bare ``python`` on
+        PATH may be another one).
+    Raises:
+        ConfigError: the layout has pipeline stages.
+    Example:
+        >>> serve_argv("/m", Layout(2), host="127.0.0.1", port=8000)[3:7]
+        ('/m', '--tp', '2', '--ep')
+    """
+    if layout.pp != 1:
+        raise ConfigError(f"layout {layout}: the reference engine does not run pipeline stages",
+                          "drop pp<N> (tp is the whole world of the reference engine)")
+    a = [sys.executable, "-m", "k2trt.reference.serve", model_dir, "--tp", str(layout.tp),
+         "--ep", str(layout.mapping().ep)]
+    a += ["--adp"] if layout.adp else []
+    a += ["--plugins", plugins] if plugins != "off" else []
+    a += ["--host", host, "--port", str(port)]
+    a += ["--served-model-name", served_model_name] if served_model_name else []
+    return tuple(a)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import torch
+
+    from k2trt.reference.parallel import DistCollectives, build_rank_model, env_rank, init_distributed
+
+    a = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s rank%(rank)s %(levelname)s %(message)s")
     rank, world, _ = env_rank()
     old = logging.getLogRecordFactory()
@@ -407,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return rec
 
     logging.setLogRecordFactory(factory)
-    layout = Layout(a.tp, a.ep, a.adp)
+    layout = Layout(a.tp, a.ep, adp=a.adp)
     if world != layout.tp:
         log.error("layout %s needs %d ranks but the job has %d (launch with mpirun -np %d)", layout, layout.tp,
                   world, layout.tp)

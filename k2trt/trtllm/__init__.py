@@ -1,5 +1,7 @@
-"""The only place TensorRT-LLM names appear: schema profiles per release, the YAML linter and writer, the
-``trtllm-serve`` / ``disaggregated`` argv, and ``doctor``.
+"""The only place TensorRT-LLM names appear: schema profiles per release (``profiles``), the YAML linter
+(``lint``) and writer (``render``), the ``trtllm-serve`` and disaggregated router argv (``render``, ``disagg``), how
+a deployment's ranks are started and checked (``deploy``: the launcher wrapper, version probe, container image) and
+``doctor``.
 
 The pinned release is named once, here; the Dockerfile starts from ``NGC_IMAGE``. It is the newest release whose
 own source k2trt could read at a known commit: TensorRT-LLM's published 1.3.0rc24 documentation renders that
@@ -14,5 +16,8 @@ from __future__ import annotations
 PINNED_RELEASE = "1.3.0rc24"
 """The TensorRT-LLM release k2trt targets by default."""
 
-NGC_IMAGE = f"nvcr.io/nvidia/tensorrt-llm/release:{PINNED_RELEASE}"
+NGC_REPO = "nvcr.io/nvidia/tensorrt-llm/release"
+"""NVIDIA's container repository with one image per TensorRT-LLM release."""
+
+NGC_IMAGE = f"{NGC_REPO}:{PINNED_RELEASE}"
 """The container image for the pinned release (Dockerfile ``FROM``)."""

@@ -14,10 +14,11 @@ import torch
 
 import k2trt
 from k2trt.errors import ConfigError
+from k2trt.layout import Layout
 from k2trt.mapping import Mapping
 from k2trt.reference.generate import SamplingParams, generate
 from k2trt.reference.model import load_model
-from k2trt.reference.parallel import Layout, mpirun_command
+from k2trt.reference.parallel import mpirun_command
 from k2trt.spec import ModelSpec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("single_thread")]

@@ -60,3 +60,25 @@ def test_read_mapping_missing_file_uses_the_callers_error_and_hint(tmp_path):
         read_mapping(tmp_path / "launch.json", what="launch spec", error=LaunchError, hint="run k2trt build")
     (tmp_path / "ok.yml").write_text("a: 1\n")
     assert read_mapping(tmp_path / "ok.yml") == {"a": 1}
+
+
+def test_atomic_dir_replaces_a_directory_whole_or_not_at_all(tmp_path):
+    from k2trt.fsio import atomic_dir
+
+    out = tmp_path / "bundle"
+    old = os.umask(0o077)  # the explicit mode must win over a narrow umask
+    try:
+        with atomic_dir(out, perm=0o755) as stage:
+            atomic_write(stage / "a", "1")
+            assert not out.exists()  # nothing under the final name until the directory is complete
+    finally:
+        os.umask(old)
+    assert sorted(os.listdir(out)) == ["a"] and stat.S_IMODE(out.stat().st_mode) == 0o755
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out) as stage:
+            atomic_write(stage / "b", "2")
+            raise RuntimeError("half-built")
+    assert sorted(os.listdir(out)) == ["a"] and sorted(os.listdir(tmp_path)) == ["bundle"]
+    with atomic_dir(out) as stage:
+        atomic_write(stage / "b", "2")
+    assert sorted(os.listdir(out)) == ["b"] and sorted(os.listdir(tmp_path)) == ["bundle"]

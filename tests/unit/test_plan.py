@@ -13,11 +13,12 @@ from click.testing import CliRunner
 
 from k2trt.cli import cli
 from k2trt.errors import PlanError
+from k2trt.layout import Layout
 from k2trt.mapping import Mapping
 from k2trt.plan.gpus import CATALOG, GiB, gpu
-from k2trt.plan.layout import Layout, candidate_layouts, parse_layout
 from k2trt.plan.memory import extreme_ranks, inventory, kv_bytes_per_token, memory_plan, rank_bytes
-from k2trt.plan.planner import Cluster, PlanRequest, plan, plan_layout, resolve_spec, to_markdown
+from k2trt.plan.planner import (Cluster, PlanRequest, candidate_layouts, plan, plan_layout, resolve_spec,
+                                to_markdown)
 from k2trt.plan.roofline import active_params, expected_max_experts, roofline
 from k2trt.spec import preset
 from k2trt.trtllm import known
@@ -55,7 +56,7 @@ def test_k2_tp16_ep8_weights_per_gpu_exact() -> None:
 
 @pytest.mark.parametrize("layout", ["tp16ep8", "tp16ep16adp", "tp8pp2ep4", "tp4pp4"])
 def test_extreme_ranks_bound_every_rank(layout: str) -> None:
-    m = parse_layout(layout).mapping(8, K2)
+    m = Layout.parse(layout).mapping(8, K2)
     every = [rank_bytes(m, r).total for r in range(m.world_size)]
     ext = [rank_bytes(m, r).total for r in extreme_ranks(m)]
     assert max(ext) == max(every) and min(ext) == min(every)
@@ -90,7 +91,7 @@ def test_e2_16x_h200_kv_capacity() -> None:
 
 
 def _findings(req: PlanRequest, layout: str) -> tuple[object, set[str]]:
-    lp = plan_layout(req, parse_layout(layout))
+    lp = plan_layout(req, Layout.parse(layout))
     return lp, {f.rule for f in lp.findings}
 
 
@@ -185,18 +186,6 @@ def test_roofline_is_bytes_over_bandwidth_and_flops_over_peak() -> None:
     assert long.busiest_rank_bytes - r.busiest_rank_bytes == 35136 * (131072 - 1)
 
 
-def test_layout_syntax() -> None:
-    assert parse_layout("tp16ep8") == Layout(16, 8)
-    assert parse_layout("TP16EP16ADP") == Layout(16, 16, adp=True)
-    assert parse_layout("tp4,ep2,adp") == Layout(4, 2, adp=True)
-    assert parse_layout("tp8pp2") == Layout(8, pp=2)
-    assert parse_layout("tp16mtp2") == Layout(16, None, 2)
-    assert str(parse_layout("tp16ep16adp")) == "tp16ep16adp" and str(parse_layout("tp8")) == "tp8"
-    for bad in ("ep8", "tp16ep", "tp16x", "tp0", "tp2tp4", ""):
-        with pytest.raises(PlanError):
-            parse_layout(bad)
-
-
 def test_enumeration_ranks_and_explains_invalid_layouts() -> None:
     p = plan(PlanRequest(K2, Cluster(gpu("h200"), 4, 8), 131072))
     names = [str(lp.layout) for lp in p.layouts]
@@ -211,7 +200,7 @@ def test_enumeration_ranks_and_explains_invalid_layouts() -> None:
 
 
 def test_wrong_world_size_is_invalid() -> None:
-    lp = plan_layout(PlanRequest(K2, Cluster(gpu("h200"), 1, 8)), parse_layout("tp16ep8"))
+    lp = plan_layout(PlanRequest(K2, Cluster(gpu("h200"), 1, 8)), Layout.parse("tp16ep8"))
     assert lp.invalid and "16 GPUs" in lp.invalid
 
 

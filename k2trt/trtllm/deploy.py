@@ -1,0 +1,54 @@
+"""Starting TensorRT-LLM on a cluster, in its own words: the per-rank command, the version probe, the container image.
+
+The bundle builder decides what a deployment is (k2trt's recipe, layout, hosts); this module spells how each rank of
+a TensorRT-LLM instance is started and checked, so that no TensorRT-LLM name appears outside ``k2trt/trtllm/``.
+
+Facts relied on (shared/reference/trtllm.md):
+
+- §3.1: ``trtllm-llmapi-launch`` (a bash script shipped with TensorRT-LLM) wraps every MPI rank of a multi-node
+  ``trtllm-serve``: rank 0 runs the server, the others become MPI workers; without it only one node serves.
+- The installed release is ``tensorrt_llm.__version__``; preflight compares it on every node with the bundle's.
+- NGC publishes one image per release, ``nvcr.io/nvidia/tensorrt-llm/release:<version>`` (``NGC_REPO``).
+"""
+
+from __future__ import annotations
+
+from k2trt.layout import Layout
+from k2trt.trtllm import NGC_REPO
+from k2trt.trtllm.render import serve_argv
+
+LLMAPI_LAUNCH = "trtllm-llmapi-launch"
+"""The wrapper every rank of a TensorRT-LLM instance runs under (trtllm.md §3.1)."""
+VERSION_PROBE = ("python3", "-c", "import tensorrt_llm; print(tensorrt_llm.__version__)")
+"""A command that prints the TensorRT-LLM version installed on a node (run by preflight over ssh)."""
+
+
+def container_image(version: str) -> str:
+    """The NGC image of a release, e.g. ``nvcr.io/nvidia/tensorrt-llm/release:1.3.0rc7`` (Slurm/pyxis, Dockerfile)."""
+    return f"{NGC_REPO}:{version}"
+
+
+def rank_argv(model_dir: str, layout: Layout, *, config_path: str, gpus_per_node: int, host: str, port: int,
+              tool_parser: bool, version: str | None = None, server_role: str | None = None) -> tuple[str, ...]:
+    """The command every rank of one TensorRT-LLM instance runs: ``trtllm-llmapi-launch trtllm-serve serve …``.
+
+    Args:
+        model_dir: checkpoint directory as every node sees it.
+        layout: the instance's parallel layout (its resolved expert-parallel size is passed explicitly).
+        config_path: the extra-llm-api YAML.
+        gpus_per_node, host, port: placement and the HTTP address of rank 0.
+        tool_parser: ask for K2's tool parser (only where the release has one).
+        version: the TensorRT-LLM release the argv is spelled for (None: the pinned one).
+        server_role: ``context`` / ``generation`` for a disaggregated worker, else None.
+    Returns:
+        The argv as a tuple.
+    Example:
+        >>> rank_argv("/m", Layout(16, 8), config_path="c.yml", gpus_per_node=8, host="0.0.0.0", port=8000,
+        ...           tool_parser=True)[:3]
+        ('trtllm-llmapi-launch', 'trtllm-serve', 'serve')
+    """
+    m = layout.mapping(gpus_per_node)
+    inner = serve_argv(model_dir, config_path=config_path, tp=layout.tp, ep=m.ep, pp=layout.pp,
+                       gpus_per_node=gpus_per_node, host=host, port=port, tool_parser=tool_parser,
+                       server_role=server_role, version=version)
+    return (LLMAPI_LAUNCH, *inner)
