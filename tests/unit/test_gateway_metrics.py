@@ -1,7 +1,7 @@
 """The gateway's metrics in-process: the documented table is what the registry exports, registries are per app,
 the tracker's rules (what counts when), tool-call outcomes from the real parsers, the passthrough SSE reader under
 every byte split. Over-HTTP checks with known traffic are in
-tests/e2e/test_gateway_metrics.py."""
+tests/e2e/test_gateway_metrics_e2e.py."""
 
 from __future__ import annotations
 
@@ -91,6 +91,13 @@ def test_tracker_rules() -> None:
     t.close(200)
     assert v(gm.REQUESTS, status="502") == 1 and v(gm.ENGINE_ERRORS, kind="engine_error") == 1
     assert v(gm.PROMPT) == 10 and v(gm.TTFT + "_count") == 0  # nothing from an incomplete response
+
+    t = m.start("openai")  # a client that left after the last token but before the end of the stream
+    t.streamed = True
+    t.see(Text("x"))
+    t.see(Finish("stop", prompt_tokens=5, completion_tokens=5))
+    t.close(499)
+    assert v(gm.REQUESTS, status="499") == 1 and v(gm.PROMPT) == 10 and v(gm.DURATION + "_count") == 1
 
     t = m.start("openai")  # tool_choice required and no call
     t.fail(ApiError(502, "no call", "model_output"))
