@@ -48,8 +48,9 @@ What is counted, and when:
   request that failed because of the engine.
 
 Cardinality is bounded: ``model`` is the configured served model name (never the client's ``model`` field),
-``api``/``outcome``/``kind`` are fixed sets and ``status`` the gateway's own small set of codes. No label or log
-field carries prompt or output text.
+``api``/``outcome``/``kind`` are fixed sets and ``status`` the gateway's own small set of codes; every series of
+the fixed sets (and ``status="200"``) exists at 0 from the start. No label or log field carries prompt or output
+text.
 
 ``/metrics`` is not behind the API key, like ``/health``: it carries counts and the model name only, and
 scrapers (Prometheus, aiperf's server-metrics collector) do not send the gateway's key. vLLM's API server does the
@@ -63,7 +64,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import Any
+from typing import Any, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
@@ -93,6 +94,7 @@ CACHED = f"{PREFIX}_cached_tokens_total"
 TOOL_CALLS = f"{PREFIX}_tool_calls_total"
 ENGINE_ERRORS = f"{PREFIX}_engine_errors_total"
 
+APIS: tuple[str, ...] = get_args(Api)
 TOOL_OUTCOMES = ("parsed", "invalid_arguments", "truncated", "discarded", "dropped", "missing")
 ENGINE_ERROR_KINDS = ("engine_unavailable", "timeout", "engine_error")
 
@@ -154,6 +156,18 @@ class GatewayMetrics:
         self.tool_calls = Counter(TOOL_CALLS[:-6], "Tool calls by parse outcome.", (*base, "outcome"), registry=r)
         self.engine_errors = Counter(ENGINE_ERRORS[:-6], "Requests failed by the engine, by kind.", (*base, "kind"),
                                      registry=r)
+        # Every known series exists from the start at 0, so that a scraper's first sample is a true baseline (a
+        # series that appears mid-window loses its first increments in a delta, and rate() sees no step).
+        for api in APIS:
+            lab = {"model": model, "api": api}
+            for metric in (self.inflight, self.ttft, self.itl, self.duration, self.isl, self.osl, self.prompt,
+                           self.completion, self.reasoning, self.cached):
+                metric.labels(**lab)
+            self.requests.labels(**lab, status="200")
+            for outcome in TOOL_OUTCOMES:
+                self.tool_calls.labels(**lab, outcome=outcome)
+            for kind in ENGINE_ERROR_KINDS:
+                self.engine_errors.labels(**lab, kind=kind)
 
     def start(self, api: Api, request_id: str | None = None) -> "RequestTracker":
         """Begin tracking one model request (counted in flight until ``RequestTracker.end``'s response ends)."""

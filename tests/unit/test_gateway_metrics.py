@@ -57,12 +57,20 @@ def test_documented_table_is_what_the_registry_exports() -> None:
     assert exported == documented
 
 
-def test_each_app_has_its_own_registry() -> None:
+def test_each_app_has_its_own_registry_with_every_known_series_at_zero() -> None:
     a, b = gm.GatewayMetrics("a"), gm.GatewayMetrics("b")
     a.start("openai").close(200)
     assert a.registry.get_sample_value(gm.REQUESTS, {"model": "a", "api": "openai", "status": "200"}) == 1
     assert b.registry.get_sample_value(gm.REQUESTS, {"model": "a", "api": "openai", "status": "200"}) is None
-    assert b.registry.get_sample_value(gm.INFLIGHT, {"model": "b", "api": "openai"}) is None
+    assert b.registry.get_sample_value(gm.REQUESTS, {"model": "b", "api": "openai", "status": "200"}) == 0
+    for api in ("openai", "anthropic"):  # present before any traffic: a scraper's first sample is a baseline
+        lab = {"model": "b", "api": api}
+        assert b.registry.get_sample_value(gm.INFLIGHT, lab) == 0
+        assert b.registry.get_sample_value(gm.TTFT + "_count", lab) == 0
+        for outcome in gm.TOOL_OUTCOMES:
+            assert b.registry.get_sample_value(gm.TOOL_CALLS, {**lab, "outcome": outcome}) == 0
+        for kind in gm.ENGINE_ERROR_KINDS:
+            assert b.registry.get_sample_value(gm.ENGINE_ERRORS, {**lab, "kind": kind}) == 0
 
 
 def test_tracker_rules() -> None:
