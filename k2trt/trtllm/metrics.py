@@ -15,8 +15,6 @@ from __future__ import annotations
 PROMETHEUS_PATH = "/prometheus/metrics"
 """trtllm-serve's Prometheus endpoint (with ``return_perf_metrics: true``)."""
 
-REQUEST_SUCCESS = "trtllm_request_success_total"
-"""Counter of finished requests, label ``finished_reason``."""
 TIME_TO_FIRST_TOKEN = "trtllm_time_to_first_token_seconds"
 """Histogram, per request."""
 TIME_PER_OUTPUT_TOKEN = "trtllm_time_per_output_token_seconds"
