@@ -167,6 +167,11 @@ def test_server_figures_from_an_aiperf_server_export() -> None:
     one = summarize({"metrics": {"k2trt_gateway_inter_token_latency_seconds": {"series": [
         _series({"count": 3, "sum": 0.03, "p50_estimate": 0.01})]}}})
     assert one["gateway"]["itl_ms_avg"] == pytest.approx(10.0)
+    # two APIs' TTFT series: the average combines, a percentile estimate does not
+    two = summarize({"metrics": {"k2trt_gateway_time_to_first_token_seconds": {"series": [
+        _series({"count": 1, "sum": 0.1, "p50_estimate": 0.1}), _series({"count": 3, "sum": 0.9,
+                                                                         "p50_estimate": 0.3})]}}})["gateway"]
+    assert two["ttft_ms_avg"] == pytest.approx(250.0) and two["ttft_ms_p50"] is None and two["requests"] is None
 
 
 def test_metrics_from_export() -> None:
