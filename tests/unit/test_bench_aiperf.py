@@ -284,3 +284,26 @@ def test_prepare_tokenizer_errors(tmp_path: Path) -> None:
     (tmp_path / "tokenizer.json").write_text("{}")
     assert prepare_tokenizer(tmp_path, tmp_path / "tok") == tmp_path  # an HF tokenizer directory as it is
     assert hf_tokenizer_config(tmp_path) == {"tokenizer_class": "PreTrainedTokenizerFast"}
+
+
+def test_cli_server_metrics_options(tmp_path: Path) -> None:
+    """``k2trt bench -n --json`` shows the scrape flags each point's aiperf gets; the two options exclude each
+    other."""
+    from click.testing import CliRunner
+
+    from k2trt.commands.bench import bench
+
+    spec = tmp_path / "b.yaml"
+    spec.write_text("bench: {endpoint: chat, isl_osl: [[16, 8]], concurrency: [1, 2]}\n")
+    engine = "http://10.1.1.1:8000/prometheus/metrics"
+    args = ["--spec", str(spec), "--endpoint", "http://127.0.0.1:8080", "--out", str(tmp_path / "o"), "--model", "m",
+            "-n", "--json"]
+    r = CliRunner().invoke(bench, [*args, "--server-metrics", engine])
+    assert r.exit_code == 0, r.output
+    argvs = [p["argv"] for p in json.loads(r.output)["points"]]
+    assert len(argvs) == 2 and all(a[a.index("--server-metrics") + 1] == engine for a in argvs)
+    r = CliRunner().invoke(bench, [*args, "--no-server-metrics"])
+    assert all("--no-server-metrics" in p["argv"] for p in json.loads(r.output)["points"])
+    r = CliRunner().invoke(bench, [*args, "--no-server-metrics", "--server-metrics", engine])
+    assert r.exit_code == 2 and "--no-server-metrics contradicts --server-metrics" in r.output
+    assert not (tmp_path / "o").exists()
