@@ -41,9 +41,9 @@ What is counted, and when:
 - **Tool calls** (``outcome``): ``parsed`` (valid JSON arguments), ``invalid_arguments`` (passed through as the
   model wrote them), ``truncated`` (the output ended inside the arguments), ``discarded`` (ruled out by
   ``tool_choice`` / ``parallel_tool_calls``), ``dropped`` (a call to a tool the request did not declare, with
-  ``--unknown-tools drop``, or a call without a name), ``missing`` (``tool_choice`` required or named and no call: the 502). Counted
-  where the gateway parses or shapes calls (render mode; the Anthropic API in passthrough mode); an OpenAI
-  passthrough response is the engine's own.
+  ``--unknown-tools drop``, or a call without a name), ``missing`` (``tool_choice`` required or named and no
+  call: the 502). Counted where the gateway parses or shapes calls (render mode; the Anthropic API in passthrough
+  mode); an OpenAI passthrough response is the engine's own.
 - **Engine errors** (``kind``: ``engine_unavailable``, ``timeout``, ``engine_error`` — ``ApiError`` kinds): one per
   request that failed because of the engine.
 
@@ -131,31 +131,29 @@ class GatewayMetrics:
         self.model = model
         self.registry = CollectorRegistry()
         r, base = self.registry, ("model", "api")
-        # prometheus_client appends _total to counter names itself
-        self.requests = Counter(REQUESTS[:-6], "Model requests by API and final HTTP status.", (*base, "status"),
-                                registry=r)
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = base) -> Counter:
+            return Counter(name.removesuffix("_total"), doc, labels, registry=r)  # the client appends _total
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, base, buckets=buckets, registry=r)
+
+        self.requests = counter(REQUESTS, "Model requests by API and final HTTP status.", (*base, "status"))
         self.inflight = Gauge(INFLIGHT, "Model requests being handled (handler start to the end of the response).",
                               base, registry=r)
-        self.ttft = Histogram(TTFT, "Time to first token of streamed responses, from the handler's start (s).",
-                              base, buckets=TTFT_BUCKETS, registry=r)
-        self.itl = Histogram(ITL, "Inter-token latency per streamed response: (end - first token) / (tokens - 1).",
-                             base, buckets=ITL_BUCKETS, registry=r)
-        self.duration = Histogram(DURATION, "End-to-end duration of completed responses (s).", base,
-                                  buckets=DURATION_BUCKETS, registry=r)
-        self.isl = Histogram(INPUT_TOKENS, "Prompt tokens per completed response.", base, buckets=TOKEN_BUCKETS,
-                             registry=r)
-        self.osl = Histogram(OUTPUT_TOKENS, "Completion tokens per completed response.", base,
-                             buckets=TOKEN_BUCKETS, registry=r)
-        self.prompt = Counter(PROMPT[:-6], "Prompt tokens of completed responses (usage.prompt_tokens).", base,
-                              registry=r)
-        self.completion = Counter(COMPLETION[:-6], "Completion tokens of completed responses, reasoning included.",
-                                  base, registry=r)
-        self.reasoning = Counter(REASONING[:-6], "Completion tokens spent on reasoning.", base, registry=r)
-        self.cached = Counter(CACHED[:-6], "Prompt tokens the engine served from its prefix cache.", base,
-                              registry=r)
-        self.tool_calls = Counter(TOOL_CALLS[:-6], "Tool calls by parse outcome.", (*base, "outcome"), registry=r)
-        self.engine_errors = Counter(ENGINE_ERRORS[:-6], "Requests failed by the engine, by kind.", (*base, "kind"),
-                                     registry=r)
+        self.ttft = histogram(TTFT, "Time to first token of streamed responses, from the handler's start (s).",
+                              TTFT_BUCKETS)
+        self.itl = histogram(ITL, "Inter-token latency per streamed response: (end - first token) / (tokens - 1).",
+                             ITL_BUCKETS)
+        self.duration = histogram(DURATION, "End-to-end duration of completed responses (s).", DURATION_BUCKETS)
+        self.isl = histogram(INPUT_TOKENS, "Prompt tokens per completed response.", TOKEN_BUCKETS)
+        self.osl = histogram(OUTPUT_TOKENS, "Completion tokens per completed response.", TOKEN_BUCKETS)
+        self.prompt = counter(PROMPT, "Prompt tokens of completed responses (usage.prompt_tokens).")
+        self.completion = counter(COMPLETION, "Completion tokens of completed responses, reasoning included.")
+        self.reasoning = counter(REASONING, "Completion tokens spent on reasoning.")
+        self.cached = counter(CACHED, "Prompt tokens the engine served from its prefix cache.")
+        self.tool_calls = counter(TOOL_CALLS, "Tool calls by parse outcome.", (*base, "outcome"))
+        self.engine_errors = counter(ENGINE_ERRORS, "Requests failed by the engine, by kind.", (*base, "kind"))
         # Every known series exists from the start at 0, so that a scraper's first sample is a true baseline (a
         # series that appears mid-window loses its first increments in a delta, and rate() sees no step).
         for api in APIS:

@@ -4,10 +4,11 @@
 ``return_perf_metrics: true`` (``tensorrt_llm/serve/openai_server.py``: ``register_routes`` → ``mount_metrics``,
 NVIDIA/TensorRT-LLM@00057725d9a6591f033e44f31c219e2426827bb7); its own ``/metrics`` is JSON iteration stats
 (reference/trtllm.md §1.3). k2trt's bundles set the key (``render.EngineOptions.prometheus``). The names are
-``tensorrt_llm/metrics/collector.py`` (``MetricsCollector``, NVIDIA/TensorRT-LLM@050f80def8df236e326949c8bd9dee10fd896a83),
-labels ``model_name`` and ``engine_type``; per-request histograms and token counters come from finished requests,
-the gauges from iteration stats (``enable_iter_perf_stats``). The set depends on the release: a name a release
-lacks is simply absent from the scrape.
+``tensorrt_llm/metrics/collector.py`` (``MetricsCollector``,
+NVIDIA/TensorRT-LLM@050f80def8df236e326949c8bd9dee10fd896a83), labels ``model_name`` and ``engine_type``;
+per-request histograms and token counters come from finished requests (each series created at the first request
+that touches it), the gauges from iteration stats (``enable_iter_perf_stats``). The set depends on the release: a
+name a release lacks is simply absent from the scrape.
 """
 
 from __future__ import annotations

@@ -186,7 +186,7 @@ def test_known_anthropic_traffic_exact_counters(gw: BackgroundGateway, engine: E
     assert after.diff(before, gm.REQUESTS, **OAI, status="200") == 0
     assert after.diff(before, gm.PROMPT, **ANT) == sum(prompts)
     assert after.diff(before, gm.COMPLETION, **ANT) == sum(outs)
-    assert after.diff(before, gm.REASONING, **ANT) == len(tok.encode(THOUGHT)) + 1 + len(tok.encode("Short thought.")) + 1
+    assert after.diff(before, gm.REASONING, **ANT) == len(tok.encode(THOUGHT)) + len(tok.encode("Short thought.")) + 2
     assert after.diff(before, gm.DURATION + "_count", **ANT) == 2 and after.diff(before, gm.TTFT + "_count", **ANT) == 1
     assert after.diff(before, gm.TOOL_CALLS, **ANT, outcome="parsed") == 1
 
