@@ -3,9 +3,9 @@ the real openai and anthropic SDKs: exact request and token counters, histogram 
 outcomes, engine errors, client disconnects, passthrough mode, and the JSON request log of ``k2trt gateway``.
 
 The engine double (tests/e2e/engine_double.py) stands in for the model's output — K2.6 completions with reasoning
-and tool calls, which the tiny random K2 never writes — and, in the latency test only, for the engine's timing: a
-fixed pause before each text delta gives latencies with known lower bounds, which the reference engine's
-CPU-bound speed cannot. Token counts are known exactly: the prompt ids the gateway sent (recorded by the double)
+and tool calls, which the tiny random K2 never writes — and, where a request must take a known time (latency lower
+bounds, a read timeout, a client leaving mid-stream), for the engine's timing: a fixed pause before each text
+delta, which the reference engine's CPU-bound speed cannot give. Token counts are known exactly: the prompt ids the gateway sent (recorded by the double)
 and the reply texts' token counts. Everything else — the gateway, the tokenizer and K2.6 template, both parsers,
 sockets, SDKs, the Prometheus parser and the CLI process — is real.
 """
