@@ -18,8 +18,8 @@ gateway, whose series all exist from its start.
 ``summarize`` reduces that to a few figures per *source* — ``gateway`` (k2trt's ``/metrics``) and ``engine``
 (``trtllm-serve``'s ``/prometheus/metrics``) — so the report can put them beside the client's numbers. A source
 appears only when its metrics were scraped; a metric a TensorRT-LLM release lacks is ``None``. Series of one
-metric (several label sets or endpoints) are summed; a percentile is kept only when there is a single series
-(estimates do not combine). The reference engine has no Prometheus endpoint: benchmarked directly it gives no
+metric (several label sets or endpoints) are summed; a percentile is kept only when a single series observed
+anything during the point (estimates do not combine). The reference engine has no Prometheus endpoint: benchmarked directly it gives no
 server figures; benchmarked through the gateway, the gateway's.
 """
 
@@ -95,9 +95,8 @@ def _value(entry: Any, stat: Stat) -> float | None:
         count = sum(_finite(s.get("count")) or 0.0 for s in series)
         total = sum(_finite(s.get("sum")) or 0.0 for s in series)
         return total / count if count > 0 else None
-    if len(series) != 1 or not (_finite(series[0].get("count")) or 0) > 0:
-        return None
-    return _finite(series[0].get(f"{stat}_estimate"))
+    seen = [s for s in series if (_finite(s.get("count")) or 0) > 0]  # series observed during the point
+    return _finite(seen[0].get(f"{stat}_estimate")) if len(seen) == 1 else None
 
 
 def summarize(export: dict[str, Any]) -> dict[str, Any]:

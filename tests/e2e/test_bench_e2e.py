@@ -226,6 +226,7 @@ def test_bench_through_the_gateway_scrapes_its_metrics(server: str, tiny_ckpt: P
     assert g["output_tokens"] == 4 * OSL and g["input_tokens"] > 4 * ISL  # the chat template adds to ISL
     assert 0 < g["latency_ms_avg"] < m["latency_ms_avg"]  # the server's window lies inside the client's
     assert 0 < g["ttft_ms_avg"] < g["latency_ms_avg"] and g["itl_ms_avg"] > 0
+    assert g["ttft_ms_p50"] > 0 and g["ttft_ms_p99"] >= g["ttft_ms_p50"] and g["latency_ms_p99"] > 0
     assert 1 <= g["concurrency_max"] <= 2
     row = next(ln for ln in report.splitlines() if ln.startswith("| 2 | gateway |"))
     assert row.startswith("| 2 | gateway | 4 |") and f"`{gw.url}/metrics`" in report
@@ -263,6 +264,7 @@ def test_engine_prometheus_metrics_beside_the_gateways(tiny_ckpt: Path, tmp_path
     assert 0 < e["latency_ms_avg"] < g["latency_ms_avg"]  # the engine's time lies inside the gateway's
     assert 0 < e["kv_cache_utilization_max"] <= 1 and g.get("kv_cache_utilization_max") is None
     assert "| 2 | gateway | 4 |" in report and "| 2 | engine | 4 |" in report
+    assert g["latency_ms_p99"] is not None and e["latency_ms_p99"] is not None  # one API's series: percentiles
     de = direct["server"]["engine"]
     assert "gateway" not in direct["server"] and de["requests"] == 2 and de["output_tokens"] == 2 * 5  # chat usage
     assert "| 1 | engine | 2 |" in direct_report

@@ -172,6 +172,10 @@ def test_server_figures_from_an_aiperf_server_export() -> None:
         _series({"count": 1, "sum": 0.1, "p50_estimate": 0.1}), _series({"count": 3, "sum": 0.9,
                                                                          "p50_estimate": 0.3})]}}})["gateway"]
     assert two["ttft_ms_avg"] == pytest.approx(250.0) and two["ttft_ms_p50"] is None and two["requests"] is None
+    # ... while a series with no observations in the point (the other API's, kept at 0) does not count
+    idle = summarize({"metrics": {"k2trt_gateway_time_to_first_token_seconds": {"series": [
+        _series({"count": 0, "sum": 0.0}), _series({"count": 3, "sum": 0.9, "p50_estimate": 0.3})]}}})["gateway"]
+    assert idle["ttft_ms_p50"] == pytest.approx(300.0) and idle["ttft_ms_avg"] == pytest.approx(300.0)
 
 
 def test_metrics_from_export() -> None:
