@@ -224,6 +224,7 @@ def test_bench_through_the_gateway_scrapes_its_metrics(server: str, tiny_ckpt: P
     assert p["ok"] and p["server"]["endpoints"] == [gw.url + "/metrics"] and "engine" not in p["server"]
     assert g["requests"] == p["completed"] == p["requests"] == 4
     assert g["output_tokens"] == 4 * OSL and g["input_tokens"] > 4 * ISL  # the chat template adds to ISL
+    assert g["input_tokens"] == 4 * m["input_tokens"]  # aiperf's ISL is the usage the gateway sent back
     assert 0 < g["latency_ms_avg"] < m["latency_ms_avg"]  # the server's window lies inside the client's
     assert 0 < g["ttft_ms_avg"] < g["latency_ms_avg"] and g["itl_ms_avg"] > 0
     assert g["ttft_ms_p50"] > 0 and g["ttft_ms_p99"] >= g["ttft_ms_p50"] and g["latency_ms_p99"] > 0
