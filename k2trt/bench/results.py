@@ -137,6 +137,8 @@ class PointResult:
     elapsed_s: float = 0.0
     artifact_dir: str = ""
     argv: list[str] = field(default_factory=list)
+    server: dict[str, Any] = field(default_factory=dict)
+    """Server-side figures scraped during the point (``k2trt.bench.server.summarize``); empty when none."""
 
     @classmethod
     def for_point(cls, p: Point, **kw: Any) -> "PointResult":
@@ -157,7 +159,7 @@ class PointResult:
         return {"isl": self.isl, "osl": self.osl, "concurrency": self.concurrency, "requests": self.requests,
                 "warmup": self.warmup, "ok": self.ok, "completed": self.completed, "errors": self.errors,
                 "error": self.error, "elapsed_s": round(self.elapsed_s, 3), "artifact_dir": self.artifact_dir,
-                "argv": list(self.argv), "metrics": dict(self.metrics)}
+                "argv": list(self.argv), "metrics": dict(self.metrics), "server": dict(self.server)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PointResult":
@@ -167,7 +169,8 @@ class PointResult:
                        requests=int(d.get("requests", 0)), warmup=int(d.get("warmup", 0)), ok=bool(d["ok"]),
                        metrics=metrics, completed=int(d.get("completed", 0)), errors=int(d.get("errors", 0)),
                        error=d.get("error"), elapsed_s=float(d.get("elapsed_s", 0.0)),
-                       artifact_dir=str(d.get("artifact_dir", "")), argv=[str(a) for a in d.get("argv") or []])
+                       artifact_dir=str(d.get("artifact_dir", "")), argv=[str(a) for a in d.get("argv") or []],
+                       server=dict(d.get("server") or {}))
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"a point in results.json is malformed ({type(e).__name__}: {e})") from None
 

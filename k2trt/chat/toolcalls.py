@@ -219,6 +219,8 @@ class ToolCallStream:
         self._calls: list[ToolCall] = []
         self._out: list[Event] = []
         self._done = False
+        self.dropped = 0
+        """Calls dropped so far: to an undeclared tool under ``unknown_tools="drop"``, or with no name."""
 
     # --- public -------------------------------------------------------------------------------------------
     def feed(self, delta: str) -> list[Event]:
@@ -341,6 +343,7 @@ class ToolCallStream:
         name = name_from_id(raw, self._declared) if raw else ""
         if not name or (self._drop_unknown and name not in (self._declared or ())):
             self._skip, self._call = True, None
+            self.dropped += 1
             return False
         self._skip = False
         self._call = ToolCall(len(self._calls), raw, name)

@@ -12,12 +12,13 @@ import click
 from k2trt.bench.results import DEFAULT_TOLERANCE_PCT, GATE_METRICS, METRICS
 from k2trt.bench.sweep import DEFAULT_ENDPOINT
 from k2trt.cli_options import dry_run_option, echo_json, json_option, recipe_option
+from k2trt.trtllm.metrics import PROMETHEUS_PATH
 
 if TYPE_CHECKING:
     from k2trt.bench.results import BenchResult
     from k2trt.bench.spec import BenchSpec
 
-_SPEC_HELP = """
+_SPEC_HELP = f"""
 \b
 The sweep is a recipe's bench: section (keys of k2trt.bench.BenchSpec), e.g.:
   bench:
@@ -27,6 +28,11 @@ The sweep is a recipe's bench: section (keys of k2trt.bench.BenchSpec), e.g.:
     concurrency: [1, 2, 4, 8, 16, 32, 64, 128, 256]
     request_multiplier: 8       # requests per point = 8 x concurrency
     gpus: 16                    # for tokens/s per GPU
+\b
+Server metrics: during every point aiperf scrapes the endpoint's own /metrics (the gateway's; for trtllm-serve
+it falls back to {PROMETHEUS_PATH}) and each --server-metrics URL; the report puts the servers' figures beside
+the client's. Through the gateway, add the engine's http://ENGINE:8000{PROMETHEUS_PATH}; against the engine,
+add the gateway's http://GATEWAY:8080/metrics. The reference engine has no Prometheus endpoint.
 \b
 Exit status: 0 all points ran and no regression; 1 a point failed or the gate found a regression;
 2 bad input.
@@ -51,13 +57,18 @@ Exit status: 0 all points ran and no regression; 1 a point failed or the gate fo
 @click.option("--results", "results_file", type=click.Path(path_type=Path),
               help="Gate this existing results.json against --baseline instead of running.")
 @click.option("--manifest", type=click.Path(path_type=Path), help="Bundle manifest to record in the provenance.")
+@click.option("--server-metrics", "server_metrics", multiple=True, metavar="URL",
+              help=f"A further Prometheus endpoint to scrape during each point (repeatable), e.g. trtllm-serve's "
+                   f"http://HOST:8000{PROMETHEUS_PATH} when --endpoint is the gateway.")
+@click.option("--no-server-metrics", is_flag=True, help="Scrape no server metrics (not even the endpoint's).")
 @click.option("--force", is_flag=True, help="Overwrite an --out that already holds results.json.")
 @dry_run_option
 @json_option
 def bench(recipe_name: str | None, spec_file: Path | None, endpoint: str | None, model_dir: Path | None,
           tokenizer_dir: Path | None, model: str | None, out: Path | None, baseline: Path | None,
           tolerance: float, gate_metrics: tuple[str, ...], results_file: Path | None, manifest: Path | None,
-          force: bool, dry_run: bool, as_json: bool) -> None:
+          server_metrics: tuple[str, ...], no_server_metrics: bool, force: bool, dry_run: bool,
+          as_json: bool) -> None:
     """Benchmark an OpenAI-compatible endpoint with aiperf over a sweep of ISL/OSL × concurrency."""
     from k2trt.bench.sweep import gate_files, run_bench
 
@@ -74,11 +85,14 @@ def bench(recipe_name: str | None, spec_file: Path | None, endpoint: str | None,
     endpoint = endpoint or recipe_endpoint or DEFAULT_ENDPOINT
     if out is None:
         raise click.UsageError("--out is required")
+    if no_server_metrics and server_metrics:
+        raise click.UsageError("--no-server-metrics contradicts --server-metrics")
+    scrape = None if no_server_metrics else tuple(server_metrics)
     if dry_run:
-        return _dry_run(spec, endpoint, out, model_dir, tokenizer_dir, model, as_json)
+        return _dry_run(spec, endpoint, out, model_dir, tokenizer_dir, model, as_json, scrape)
     res = run_bench(spec, endpoint, out, model_dir=model_dir, tokenizer_dir=tokenizer_dir, model=model,
                     baseline=baseline, tolerance=tolerance, gate_metrics=tuple(gate_metrics), manifest=manifest,
-                    force=force, progress=not as_json)
+                    force=force, progress=not as_json, server_metrics=scrape)
     if as_json:
         echo_json(res.to_dict())
     else:
@@ -117,11 +131,12 @@ def _gate_lines(gate: dict[str, Any]) -> list[str]:
 
 
 def _dry_run(spec: "BenchSpec", endpoint: str, out_dir: Path, model_dir: Path | None, tokenizer_dir: Path | None,
-             model: str | None, as_json: bool) -> None:
+             model: str | None, as_json: bool, server_metrics: tuple[str, ...] | None) -> None:
     from k2trt.bench.sweep import AUTO_MODEL, TOKENIZER_DIR, plan_points
 
     tok = tokenizer_dir if tokenizer_dir is not None else out_dir / TOKENIZER_DIR
-    planned = plan_points(spec, endpoint, out_dir, tokenizer_dir=tok, model=model or spec.model or AUTO_MODEL)
+    planned = plan_points(spec, endpoint, out_dir, tokenizer_dir=tok, model=model or spec.model or AUTO_MODEL,
+                          server_metrics=server_metrics)
     if as_json:
         echo_json({"spec": spec.to_dict(), "tokenizer_dir": str(tok), "model_dir": model_dir and str(model_dir),
                    "points": [{"name": pp.point.name, "argv": pp.argv} for pp in planned]})

@@ -8,7 +8,7 @@ import click
 
 from k2trt.chat.families import FAMILY_NAMES
 from k2trt.cli_options import ByteSizeType, dry_run_option, echo_json
-from k2trt.gateway.config import MODES, GatewayConfig
+from k2trt.gateway.config import LOG_FORMATS, MODES, GatewayConfig
 
 _D = GatewayConfig(engine_url="http://127.0.0.1:8000")  # defaults come from the dataclass (one place)
 
@@ -42,19 +42,23 @@ _D = GatewayConfig(engine_url="http://127.0.0.1:8000")  # defaults come from the
 @click.option("--default-top-p", type=float, default=_D.default_top_p,
               help="top_p for requests without one [default: the family's recommendation].")
 @click.option("--log-prompts", is_flag=True, help="Log prompts and outputs (off: they may be private).")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default=_D.log_format, show_default=True,
+              help="json: one JSON object per line, one line per model request (id, API, model, status, latency, "
+                   "tokens; never prompts or keys).")
 @click.option("--log-level", default="info", show_default=True, help="uvicorn log level.")
 @dry_run_option
 def gateway(engine_url: str, model_dir: Path | None, host: str, port: int, mode: str, api_keys: tuple[str, ...],
             served_model_name: str | None, max_body: int, connect_timeout: float, read_timeout: float,
             unknown_tools: str, chat_family: str | None, default_temperature: float | None,
-            default_top_p: float | None, log_prompts: bool, log_level: str, dry_run: bool) -> None:
-    """Serve /v1/chat/completions (OpenAI) and /v1/messages (Anthropic) in front of a K2 engine."""
+            default_top_p: float | None, log_prompts: bool, log_format: str, log_level: str, dry_run: bool) -> None:
+    """Serve /v1/chat/completions (OpenAI) and /v1/messages (Anthropic) in front of a K2 engine; Prometheus
+    metrics on /metrics (no API key needed, like /health)."""
     cfg = GatewayConfig(engine_url=engine_url, model_dir=str(model_dir) if model_dir else None, host=host, port=port,
                         mode=mode, api_keys=api_keys, served_model_name=served_model_name,  # type: ignore[arg-type]
                         max_body_bytes=max_body, connect_timeout_s=connect_timeout, read_timeout_s=read_timeout,
                         unknown_tools=unknown_tools, chat_family=chat_family,  # type: ignore[arg-type]
                         default_temperature=default_temperature, default_top_p=default_top_p,
-                        log_prompts=log_prompts).validate()
+                        log_prompts=log_prompts, log_format=log_format).validate()  # type: ignore[arg-type]
     if dry_run:
         shown = {k: v for k, v in cfg.__dict__.items() if k not in ("api_keys", "extra")}
         echo_json({**shown, "api_keys": len(cfg.api_keys), "model_name": cfg.model_name,
@@ -62,5 +66,6 @@ def gateway(engine_url: str, model_dir: Path | None, host: str, port: int, mode:
         return
     from k2trt.gateway.app import run_gateway
 
-    click.echo(f"k2trt gateway ({mode}) on http://{host}:{port} -> {engine_url}", err=True)
+    if log_format == "text":  # JSON logs: every stderr line is JSON; the lifespan logs the same
+        click.echo(f"k2trt gateway ({mode}) on http://{host}:{port} -> {engine_url}", err=True)
     run_gateway(cfg, log_level=log_level)

@@ -13,6 +13,9 @@ Cross-cutting behaviour, for every API route:
   goes away, non-streaming ones are raced against ``http.disconnect``; either way the httpx request to the engine
   is closed, which aborts it there.
 - **Privacy**: prompts and outputs are logged only with ``log_prompts``.
+- **Metrics**: every model request is tracked (``metrics.RequestTracker``: in flight, status, latency, tokens from
+  the response's ``Finish``, tool-call outcomes, engine errors); ``GET /metrics`` serves them without auth, like
+  ``/health``. Each request gets an ``x-request-id`` (the client's, when it sent a plain one).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from k2trt.gateway.config import GatewayConfig
 from k2trt.gateway.engine import EngineClient
 from k2trt.gateway.errors import Api, ApiError, bad_request
 from k2trt.gateway.events import Event, Job
+from k2trt.gateway.metrics import GatewayMetrics, RequestTracker, request_id
 
 log = logging.getLogger("k2trt.gateway")
 T = TypeVar("T")
@@ -83,6 +87,7 @@ class _State:
         self.chat: ChatBackend | None = None
         self.keys = [k.encode() for k in config.api_keys]
         self.started = time.time()
+        self.metrics = GatewayMetrics(config.model_name)
 
     def backend(self) -> RenderBackend | ChatBackend:
         b = self.render if self.config.mode == "render" else self.chat
@@ -90,27 +95,41 @@ class _State:
         return b
 
 
-def _route(api: Api) -> Callable[[Callable[..., Awaitable[Response]]], Callable[[Request], Awaitable[Response]]]:
-    """Wrap a handler: authenticate, and turn every failure into ``api``'s error shape."""
+def _route(api: Api, *, model: bool = False
+           ) -> Callable[[Callable[..., Awaitable[Response]]], Callable[[Request], Awaitable[Response]]]:
+    """Wrap a handler: authenticate, and turn every failure into ``api``'s error shape; ``model``: a model
+    request, tracked for the metrics (``request.state.track``)."""
 
     def deco(fn: Callable[..., Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def handler(request: Request) -> Response:
             st: _State = request.app.state.k2
+            rid = request_id(request)
+            track = request.state.track = st.metrics.start(api, rid) if model else None
             try:
                 _authenticate(st, request)
-                return await fn(request, st)
+                resp = await fn(request, st)
             except ApiError as e:
                 if e.status >= 500:
                     log.warning("%s %s -> %d: %s", request.method, request.url.path, e.status, e)
-                return e.response(api)
+                if track is not None:
+                    track.fail(e)
+                resp = e.response(api)
             except ClientGone:
                 log.info("%s %s: client disconnected; engine request cancelled", request.method, request.url.path)
-                return Response(status_code=499)
+                resp = Response(status_code=499)
             except Exception:  # a bug: answer in the API's shape, keep the traceback in the log
                 log.exception("%s %s failed", request.method, request.url.path)
-                return ApiError(500, "internal gateway error (see the gateway log)", "internal").response(api)
+                resp = ApiError(500, "internal gateway error (see the gateway log)", "internal").response(api)
+            resp.headers["x-request-id"] = rid
+            return track.end(resp) if track is not None else resp
         return handler
     return deco
+
+
+def _track(request: Request) -> RequestTracker:
+    """The tracker ``_route(model=True)`` opened for this request."""
+    track: RequestTracker = request.state.track
+    return track
 
 
 def _authenticate(st: _State, request: Request) -> None:
@@ -161,7 +180,7 @@ async def _stream(request: Request, events: AsyncIterator[Event],
     return StreamingResponse(render(chained()), media_type="text/event-stream", headers=_SSE_HEADERS)
 
 
-@_route("openai")
+@_route("openai", model=True)
 async def chat_completions(request: Request, st: _State) -> Response:
     body = await _read_json(request, st)
     cfg = st.config
@@ -170,9 +189,9 @@ async def chat_completions(request: Request, st: _State) -> Response:
     job, include_usage = openai_api.parse_request(body)
     backend = st.backend()
     if job.stream:
-        return await _stream(request, backend.stream(job),
+        return await _stream(request, _track(request).stream(backend.stream(job)),
                              lambda evs: openai_api.stream(evs, cfg.model_name, include_usage))
-    events = await until_disconnect(request, backend.complete(job))
+    events = _track(request).collected(await until_disconnect(request, backend.complete(job)))
     return JSONResponse(openai_api.response(events, cfg.model_name, thinks=st.family.thinks))
 
 
@@ -186,13 +205,14 @@ async def _passthrough(request: Request, st: _State, body: dict[str, Any]) -> Re
     for key, val in sampling(st.config, st.family, Job(messages=[]), thinking).items():
         body.setdefault(key, val)
     if not body.get("stream"):
-        return JSONResponse(await until_disconnect(request, st.engine.post_json("/v1/chat/completions", body)))
+        obj = await until_disconnect(request, st.engine.post_json("/v1/chat/completions", body))
+        return JSONResponse(_track(request).engine_json(obj))
     cm = st.engine.stream("/v1/chat/completions", body)
     resp = await until_disconnect(request, cm.__aenter__())
 
     async def relay() -> AsyncIterator[bytes]:
         try:
-            async for chunk in resp.aiter_raw():
+            async for chunk in _track(request).relay(resp.aiter_raw()):
                 yield chunk
         finally:
             with suppress(Exception):
@@ -201,7 +221,7 @@ async def _passthrough(request: Request, st: _State, body: dict[str, Any]) -> Re
     return StreamingResponse(relay(), media_type="text/event-stream", headers=_SSE_HEADERS)
 
 
-@_route("anthropic")
+@_route("anthropic", model=True)
 async def messages(request: Request, st: _State) -> Response:
     body = await _read_json(request, st)
     cfg = st.config
@@ -209,8 +229,9 @@ async def messages(request: Request, st: _State) -> Response:
     backend = st.render if cfg.mode == "render" else st.chat
     assert backend is not None
     if job.stream:
-        return await _stream(request, backend.stream(job), lambda evs: anthropic_api.stream(evs, cfg.model_name))
-    events = await until_disconnect(request, backend.complete(job))
+        return await _stream(request, _track(request).stream(backend.stream(job)),
+                             lambda evs: anthropic_api.stream(evs, cfg.model_name))
+    events = _track(request).collected(await until_disconnect(request, backend.complete(job)))
     return JSONResponse(anthropic_api.response(events, cfg.model_name))
 
 
@@ -246,13 +267,19 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok", "engine": "ok", **info, **st.config.extra})
 
 
+async def metrics(request: Request) -> Response:
+    """The Prometheus exposition of this gateway's metrics (no auth, like /health: counts only)."""
+    st: _State = request.app.state.k2
+    return st.metrics.exposition(request.headers.get("accept"))
+
+
 async def not_found(request: Request, exc: Exception) -> Response:
     api: Api = "anthropic" if request.url.path.startswith("/v1/messages") else "openai"
     status = getattr(exc, "status_code", 404)
     if status == 405:
         return ApiError(405, f"{request.method} is not allowed on {request.url.path}").response(api)
     return ApiError(404, f"no route {request.method} {request.url.path}; this gateway serves /v1/chat/completions, "
-                    "/v1/messages, /v1/models and /health", "not_found").response(api)
+                    "/v1/messages, /v1/models, /health and /metrics", "not_found").response(api)
 
 
 def _family(config: GatewayConfig) -> fam.Family:
@@ -312,18 +339,27 @@ def create_app(config: GatewayConfig, *, tokenizer: Any = None) -> Starlette:
               Route("/v1/messages", messages, methods=["POST"]),
               Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
               Route("/v1/models", models, methods=["GET"]),
-              Route("/health", health, methods=["GET"])]
+              Route("/health", health, methods=["GET"]),
+              Route("/metrics", metrics, methods=["GET"])]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found})
     app.state.k2 = st
     return app
 
 
 def run_gateway(config: GatewayConfig, *, log_level: str = "info") -> None:
-    """Serve in the foreground until interrupted (what ``k2trt gateway`` runs)."""
+    """Serve in the foreground until interrupted (what ``k2trt gateway`` runs); with ``log_format="json"`` this
+    process logs JSON lines (``k2trt.jsonlog``) and the per-request line replaces uvicorn's access log."""
     import uvicorn
 
     app = create_app(config)
-    uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, timeout_graceful_shutdown=5)
+    kw: dict[str, Any] = {}
+    if config.log_format == "json":
+        from k2trt.jsonlog import use_json_logs
+
+        use_json_logs(log_level.upper(), static={"component": "gateway"})
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per engine call; the request line suffices
+        kw = {"log_config": None, "access_log": False}
+    uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, timeout_graceful_shutdown=5, **kw)
 
 
 class BackgroundGateway:
@@ -339,9 +375,11 @@ class BackgroundGateway:
 
         self.config = config
         self.app = create_app(config, tokenizer=tokenizer)
+        # JSON logs: the process that runs this thread owns the handlers (k2trt.jsonlog.use_json_logs)
+        kw: dict[str, Any] = {"log_config": None, "access_log": False} if config.log_format == "json" else {}
         self._server = uvicorn.Server(uvicorn.Config(self.app, host=config.host, port=config.port,
                                                      log_level=log_level, lifespan="on",
-                                                     timeout_graceful_shutdown=3))
+                                                     timeout_graceful_shutdown=3, **kw))
         self._thread = threading.Thread(target=self._server.run, name="k2trt-gateway", daemon=True)
 
     @property

@@ -183,7 +183,8 @@ class RenderBackend:
         counts = usage.count(engine_usage, prompt_tokens=len(p.ids), completion_text=chain.text,
                              reasoning_text=done.reasoning if done else "",
                              reasoning_markers=done.markers if done else 0, tokenizer=self.tok)
-        return Finish(chain.shaper.finish_reason(reason), stop_sequence=_stop_sequence(job, stop_reason), **counts)
+        return Finish(chain.shaper.finish_reason(reason), stop_sequence=_stop_sequence(job, stop_reason),
+                      tool_calls=chain.tool_outcomes(), **counts)
 
     async def complete(self, job: Job) -> list[Event]:
         """Non-streaming: one engine call, the whole text parsed at once."""
@@ -294,7 +295,8 @@ class ChatBackend:
         reason = str(choice.get("finish_reason") or "stop")
         counts = usage.count(obj.get("usage"), prompt_tokens=None, completion_text="")
         stop = _stop_sequence(job, choice.get("stop_reason"))
-        events.append(Finish(shaper.finish_reason(reason), stop_sequence=stop, **counts))
+        events.append(Finish(shaper.finish_reason(reason), stop_sequence=stop, tool_calls=shaper.outcomes(),
+                             **counts))
         return events
 
     async def stream(self, job: Job) -> AsyncIterator[Event]:
@@ -332,7 +334,8 @@ class ChatBackend:
                     reason, stop_reason = str(choice["finish_reason"]), choice.get("stop_reason")
         shaper.check()
         counts = usage.count(engine_usage, prompt_tokens=None, completion_text="")
-        yield Finish(shaper.finish_reason(reason), stop_sequence=_stop_sequence(job, stop_reason), **counts)
+        yield Finish(shaper.finish_reason(reason), stop_sequence=_stop_sequence(job, stop_reason),
+                     tool_calls=shaper.outcomes(), **counts)
 
 
 def dumps(obj: Any) -> str:

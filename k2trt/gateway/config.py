@@ -12,7 +12,9 @@ from k2trt.errors import ConfigError
 
 Mode = Literal["render", "passthrough"]
 UnknownTools = Literal["drop", "keep"]
+LogFormat = Literal["text", "json"]
 MODES: tuple[str, ...] = ("render", "passthrough")
+LOG_FORMATS: tuple[str, ...] = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,10 @@ class GatewayConfig:
     """Calls to tools the request did not declare: ``drop`` them (as TensorRT-LLM's parser does) or ``keep``."""
     log_prompts: bool = False
     """Log rendered prompts and outputs (off by default: prompts may hold private data)."""
+    log_format: LogFormat = "text"
+    """``json``: the gateway process logs one JSON object per line (``k2trt.jsonlog``), with one line per model
+    request (request id, API, model, status, latency, token counts — never prompt text or keys); ``text``: uvicorn's
+    usual lines."""
     extra: dict[str, str] = field(default_factory=dict)
     """Free-form labels shown by /health (for example the engine kind the launcher started)."""
 
@@ -96,6 +102,8 @@ class GatewayConfig:
             raise ConfigError(f"max body size {self.max_body_bytes} B is too small", "use at least 1KiB")
         if self.connect_timeout_s <= 0 or self.read_timeout_s <= 0:
             raise ConfigError("engine timeouts must be positive seconds")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"--log-format {self.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
         if self.unknown_tools not in ("drop", "keep"):
             raise ConfigError(f"unknown_tools {self.unknown_tools!r} must be drop or keep")
         if self.chat_family is not None and self.chat_family not in FAMILY_NAMES:

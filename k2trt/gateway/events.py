@@ -81,6 +81,8 @@ class Finish:
     """Completion tokens spent on reasoning (think markers included)."""
     cached_tokens: int = 0
     """Prompt tokens the engine served from its prefix cache, when it reports them."""
+    tool_calls: tuple[tuple[str, int], ...] = ()
+    """Tool-call parse outcomes of the response as ``(outcome, count)`` pairs (``Shaper.outcomes``)."""
 
 
 Event = Union[Started, Text, Reasoning, ToolStart, ToolArgs, Finish]

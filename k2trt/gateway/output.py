@@ -9,6 +9,8 @@ for any split of the engine's text.
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from typing import Any
 
 from k2trt.chat import reasoning as rs
@@ -55,6 +57,9 @@ class Shaper:
         self.id_back = id_back
         self._kept: dict[int, int] = {}  # parser index -> output index
         self.n_calls = 0
+        self.discarded = 0
+        self._args: dict[int, list[str]] = {}  # output index -> argument fragments
+        self._truncated: set[int] = set()  # output indices whose output ended inside the arguments
 
     def _keep(self, ev: tc.ToolCallStart) -> bool:
         choice = self.job.tool_choice
@@ -71,13 +76,38 @@ class Shaper:
             return Text(ev.text) if ev.text else None
         if isinstance(ev, tc.ToolCallStart):
             if not self._keep(ev):
+                self.discarded += 1
                 return None
             idx = self._kept[ev.index] = self.n_calls
             self.n_calls += 1
+            self._args[idx] = []
             return ToolStart(idx, self.id_back.get(ev.id, ev.id), ev.name)
         if isinstance(ev, tc.ToolCallArgs) and ev.index in self._kept:
+            self._args[self._kept[ev.index]].append(ev.fragment)
             return ToolArgs(self._kept[ev.index], ev.fragment) if ev.fragment else None
+        if isinstance(ev, tc.ToolCallEnd) and ev.index in self._kept and not ev.complete:
+            self._truncated.add(self._kept[ev.index])
         return None
+
+    def outcomes(self, dropped: int = 0) -> tuple[tuple[str, int], ...]:
+        """The tool-call parse outcomes of the response so far, as ``(outcome, count)`` pairs: each kept call
+        ``parsed`` (its arguments are JSON), ``invalid_arguments`` or ``truncated``; calls ``tool_choice`` ruled
+        out ``discarded``; and the parser's ``dropped`` calls (an undeclared tool under ``unknown_tools="drop"``,
+        or no name)."""
+        tally: Counter[str] = Counter()
+        for idx, frags in self._args.items():
+            if idx in self._truncated:
+                tally["truncated"] += 1
+                continue
+            text = "".join(frags).strip()
+            try:
+                json.loads(text or "{}")
+                tally["parsed"] += 1
+            except ValueError:
+                tally["invalid_arguments"] += 1
+        tally["discarded"] += self.discarded
+        tally["dropped"] += dropped
+        return tuple((k, n) for k, n in tally.items() if n)
 
     def finish_reason(self, engine_reason: str) -> FinishReason:
         if engine_reason == "length":
@@ -117,6 +147,10 @@ class OutputChain:
     def text(self) -> str:
         """The engine's output so far (stop-token text trimmed; prefill not included)."""
         return "".join(self._seen)
+
+    def tool_outcomes(self) -> tuple[tuple[str, int], ...]:
+        """The response's tool-call parse outcomes (``Shaper.outcomes``, with the parser's dropped calls)."""
+        return self.shaper.outcomes(self._tools.dropped)
 
     def prefill(self, text: str) -> list[Event]:
         """Parse text the prompt was prefilled with (a tool-choice prefix): it is part of the parse, not of the

@@ -53,7 +53,10 @@ class EngineOptions:
     iter_log: bool = False
     """Per-iteration log lines."""
     iter_stats: bool = True
-    """Keep per-iteration stats for GET /metrics (polled by k2trt bench)."""
+    """Keep per-iteration stats: GET /metrics (JSON) and the KV-cache and queue gauges of the Prometheus endpoint."""
+    prometheus: bool = True
+    """Serve Prometheus metrics at ``/prometheus/metrics`` (``return_perf_metrics``; ``metrics.PROMETHEUS_PATH``),
+    which ``k2trt bench`` scrapes beside the gateway's ``/metrics``."""
     chunked_prefill: bool = False
     """Split long prompts across steps."""
     adp_balance: bool = False
@@ -103,6 +106,8 @@ def llm_options(opts: EngineOptions, *, adp: bool, kv_dtype: str, max_seq_len: i
     d["print_iter_log"] = opts.iter_log
     if opts.iter_stats:
         d["enable_iter_perf_stats"] = True
+    if opts.prometheus and "return_perf_metrics" in prof.fields:  # releases before the Prometheus route lack it
+        d["return_perf_metrics"] = True
     if opts.tokenizer_mode:
         d["tokenizer_mode"] = opts.tokenizer_mode
     if role is not None:

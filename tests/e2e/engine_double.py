@@ -16,6 +16,11 @@ byte stream itself is re-chunked at fixed byte strides that fall inside ``data:`
 UTF-8 characters. Every request is recorded (body, chunks sent, whether it completed or was cancelled by a client
 disconnect), so tests can check the exact prompt token ids the gateway sent and that a disconnect reached here.
 
+With ``prometheus=True`` it also stands in for ``trtllm-serve``'s metric surface (TensorRT-LLM cannot run here):
+JSON iteration stats at ``/metrics`` and Prometheus at ``/prometheus/metrics`` with TensorRT-LLM's names and
+labels (``tensorrt_llm/metrics/collector.py``; mounted by trtllm-serve with ``return_perf_metrics: true``),
+counted from the requests it answered.
+
 Run standalone (for bench/bench_gateway.py): ``python tests/e2e/engine_double.py --port 18150 --reply "Hello"``.
 """
 
@@ -104,14 +109,19 @@ class EngineDouble:
     responder: Callable[[dict[str, Any]], Reply] | None = None
     """Chooses the reply from the request body (for concurrent clients, whose order is not fixed); the queued
     replies are used first."""
+    prometheus: bool = False
+    """Serve trtllm-serve's metrics (module docstring)."""
 
     def __post_init__(self) -> None:
-        self.app = Starlette(routes=[
-            Route("/v1/completions", self._completions, methods=["POST"]),
-            Route("/v1/chat/completions", self._chat, methods=["POST"]),
-            Route("/health", self._health, methods=["GET"]),
-            Route("/v1/models", self._models, methods=["GET"]),
-        ])
+        routes = [Route("/v1/completions", self._completions, methods=["POST"]),
+                  Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                  Route("/health", self._health, methods=["GET"]),
+                  Route("/v1/models", self._models, methods=["GET"])]
+        if self.prometheus:
+            self.trt = _TrtMetrics()
+            routes += [Route("/metrics", self._iteration_stats, methods=["GET"]),
+                       Route("/prometheus/metrics", self._prometheus, methods=["GET"])]
+        self.app = Starlette(routes=routes)
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -159,6 +169,18 @@ class EngineDouble:
         raise AssertionError(f"the engine request was not cancelled: {self.records[-1:]}")
 
     # --- endpoints ----------------------------------------------------------------------------------------
+    async def _iteration_stats(self, request: Request) -> Response:
+        return JSONResponse([])  # trtllm-serve's /metrics: a JSON list of iteration stats, not Prometheus
+
+    async def _prometheus(self, request: Request) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(self.trt.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def _finished(self, t0: float, first: float | None, prompt: int, out: int, reason: str) -> None:
+        if self.prometheus:
+            self.trt.finished(time.perf_counter() - t0, None if first is None else first - t0, prompt, out, reason)
+
     async def _health(self, request: Request) -> Response:
         return Response(status_code=self.health_status)
 
@@ -171,6 +193,7 @@ class EngineDouble:
                             status_code=status)
 
     async def _completions(self, request: Request) -> Response:
+        t0 = time.perf_counter()
         body = await request.json()
         extra = set(body) - COMPLETION_FIELDS
         if extra:
@@ -196,26 +219,30 @@ class EngineDouble:
                         rec.cancelled = True
                         return Response(status_code=499)
             rec.completed = True
+            self._finished(t0, None, len(prompt), n_out, reply.finish_reason)
             return JSONResponse({"id": "cmpl-double", "object": "text_completion", "created": int(time.time()),
                                  "model": body.get("model"), "usage": usage,
                                  "choices": [{"index": 0, "text": reply.text, "finish_reason": reply.finish_reason,
                                               "stop_reason": reply.stop_reason}]})
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return StreamingResponse(self._sse(rec, body, pieces, reply, usage if include_usage else None),
+        return StreamingResponse(self._sse(rec, body, pieces, reply, usage if include_usage else None, t0, usage),
                                  media_type="text/event-stream")
 
     async def _sse(self, rec: Record, body: dict[str, Any], pieces: list[str], reply: Reply,
-                   usage: dict[str, int] | None) -> AsyncIterator[bytes]:
+                   usage: dict[str, int] | None, t0: float = 0.0,
+                   counted: dict[str, int] | None = None) -> AsyncIterator[bytes]:
         def event(choices: list[dict[str, Any]], u: dict[str, int] | None = None) -> bytes:
             obj = {"id": "cmpl-double", "object": "text_completion", "created": 0, "model": body.get("model"),
                    "choices": choices, "usage": u}
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
 
+        first: float | None = None
         try:
             pending = b""
             for n, piece in enumerate(pieces):
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
+                first = first or time.perf_counter()
                 last = n == len(pieces) - 1
                 pending += event([{"index": 0, "text": piece,
                                    "finish_reason": reply.finish_reason if last else None,
@@ -227,6 +254,8 @@ class EngineDouble:
             if usage is not None:
                 pending += event([], usage)
             pending += b"data: [DONE]\n\n"
+            if counted is not None:  # finished: counted before the last bytes go out, as an engine does
+                self._finished(t0, first, counted["prompt_tokens"], counted["completion_tokens"], reply.finish_reason)
             while pending:
                 yield pending[:BYTE_STRIDE]
                 pending = pending[BYTE_STRIDE:]
@@ -237,6 +266,7 @@ class EngineDouble:
 
     async def _chat(self, request: Request) -> Response:
         """An engine that parses K2 tool calls itself (TensorRT-LLM ≥1.2 ``--tool_parser kimi_k2``)."""
+        t0 = time.perf_counter()
         body = await request.json()
         rec = Record("/v1/chat/completions", body)
         self.records.append(rec)
@@ -246,6 +276,7 @@ class EngineDouble:
         usage = {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
         if not body.get("stream"):
             rec.completed = True
+            self._finished(t0, None, 7, 5, finish)
             return JSONResponse({"id": "chatcmpl-double", "object": "chat.completion", "created": 0,
                                  "model": body.get("model"), "usage": usage,
                                  "choices": [{"index": 0, "message": msg, "finish_reason": finish}]})
@@ -256,6 +287,7 @@ class EngineDouble:
                 obj = {"id": "c", "object": "chat.completion.chunk", "choices": ch, "usage": u}
                 return f"data: {json.dumps(obj)}\n\n".encode()
             yield ev({"role": "assistant", "content": ""})
+            first = time.perf_counter()
             for piece in deltas(msg.get("reasoning_content") or ""):
                 yield ev({"reasoning_content": piece})
             for piece in deltas(msg.get("content") or ""):
@@ -268,10 +300,42 @@ class EngineDouble:
             yield ev({}, finish)
             if (body.get("stream_options") or {}).get("include_usage"):
                 yield ev({}, None, usage)
+            self._finished(t0, first, 7, 5, finish)
             yield b"data: [DONE]\n\n"
             rec.completed = True
 
         return StreamingResponse(gen(), media_type="text/event-stream")
+
+
+class _TrtMetrics:
+    """trtllm-serve's per-request Prometheus metrics as ``MetricsCollector`` keeps them: its names, the
+    ``model_name``/``engine_type`` labels it sets, ``finished_reason`` on the success counter, and every series
+    created at the first request that touches it; plus one iteration-stats gauge."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = r = CollectorRegistry()
+        self.lab = {"model_name": "undefined", "engine_type": "undefined"}
+        names = list(self.lab)
+        self.success = Counter("trtllm_request_success", "finished requests", [*names, "finished_reason"], registry=r)
+        self.e2e = Histogram("trtllm_e2e_request_latency_seconds", "e2e", names, registry=r)
+        self.ttft = Histogram("trtllm_time_to_first_token_seconds", "ttft", names, registry=r)
+        self.prompt = Counter("trtllm_prompt_tokens", "prompt tokens", names, registry=r)
+        self.gen = Counter("trtllm_generation_tokens", "generated tokens", names, registry=r)
+        self.kv = Gauge("trtllm_kv_cache_utilization", "kv cache", names, registry=r)
+        self.n = 0
+
+    def finished(self, e2e: float, ttft: float | None, prompt: int, out: int, reason: str) -> None:
+        lab = self.lab
+        self.success.labels(**lab, finished_reason=reason).inc()
+        self.e2e.labels(**lab).observe(e2e)
+        if ttft is not None:
+            self.ttft.labels(**lab).observe(ttft)
+        self.prompt.labels(**lab).inc(prompt)
+        self.gen.labels(**lab).inc(out)
+        self.n += 1
+        self.kv.labels(**lab).set(min(1.0, 0.01 * self.n))  # any utilisation that moves with the traffic
 
 
 def main() -> None:

@@ -20,7 +20,8 @@ ROOT = Path(k2trt.__file__).parent
 # floor: units, lowest first. The comment on each floor says why its units sit above everything under them.
 FLOORS: list[tuple[str, ...]] = [
     ("k2trt", "errors"),  # the package root (only __version__) and the error hierarchy: they import nothing
-    ("fsio",),  # atomic writes and the mapping reader: stdlib, pyyaml and errors; every layer writes through it
+    ("fsio",  # atomic writes and the mapping reader: stdlib, pyyaml and errors; every layer writes through it
+     "jsonlog"),  # the JSON-lines log formatter: stdlib only; the gateway and the launcher log through it
     ("spec",),  # ModelSpec from config.json: K2's dimensions and tensor inventory, which everything else reads
     ("mapping",),  # TensorRT-LLM's Mapping semantics: which rank holds which slice of a ModelSpec's tensors
     ("layout",),  # the tp16ep8adp syntax of one instance and its Mapping (recipes, plan, bundle, reference)
@@ -28,8 +29,8 @@ FLOORS: list[tuple[str, ...]] = [
      "trtllm"),  # TensorRT-LLM's names: schema profiles, YAML and argv writers; argv takes a Layout
     ("plan",  # memory, KV, roofline and rules over spec/mapping/layout, with TensorRT-LLM's defaults and profiles
      "checkpoint",  # reading, inspecting, converting HF checkpoints; writes a checkpoint's tokenizer files (chat)
-     "gateway",  # the OpenAI/Anthropic HTTP front: renders and parses with chat
-     "bench"),  # the aiperf driver: its tokenizer.json comes from chat; a recipe's bench: section is its BenchSpec
+     "gateway"),  # the OpenAI/Anthropic HTTP front: renders and parses with chat
+    ("bench",),  # the aiperf driver: tokenizer.json from chat, the gateway's metric names for its server figures
     ("launch",),  # hosts, mpirun/Slurm, supervision; starts the gateway in front of a ready engine
     ("reference",),  # the PyTorch K2: reads checkpoints, shards by layout, serves with chat, runs checks via launch
     ("bundle",),  # recipes and bundles: plan, trtllm, launch specs, checkpoint inspect, bench sections, reference argv

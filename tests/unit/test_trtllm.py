@@ -190,6 +190,14 @@ def test_rendered_options_lint_clean_on_every_release() -> None:
                                       "tokens_per_block": 64}
 
 
+def test_prometheus_endpoint_is_switched_on_by_default() -> None:
+    """trtllm-serve mounts /prometheus/metrics only with return_perf_metrics (what k2trt bench scrapes)."""
+    on = llm_options(EngineOptions(), adp=False, kv_dtype="fp8", max_seq_len=8192)
+    off = llm_options(EngineOptions(prometheus=False), adp=False, kv_dtype="fp8", max_seq_len=8192)
+    assert on["return_perf_metrics"] is True and "return_perf_metrics" not in off
+    assert on["enable_iter_perf_stats"] is True  # the KV-cache and queue gauges come from iteration stats
+
+
 def test_serve_argv_per_release() -> None:
     base = dict(config_path="/b/config.yml", tp=16, ep=8, gpus_per_node=8, tool_parser=True)
     main = serve_argv("/m", **base)  # type: ignore[arg-type]
