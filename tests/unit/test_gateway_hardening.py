@@ -193,3 +193,29 @@ def test_over_context_prompts_are_400_before_the_engine(tiny_ckpt) -> None:
     with pytest.raises(ApiError, match="context is 64 tokens"):
         backend.prompt(Job(messages=huge))
     assert _CountingTokenizer.encoded == 0
+
+
+# --- the limits are configurable: GatewayConfig defaults, CLI options, validation --------------------------------
+def test_limits_come_from_the_config_and_the_cli() -> None:
+    from click.testing import CliRunner
+
+    from k2trt.cli import cli
+    from k2trt.errors import ConfigError
+
+    base = ["gateway", "--engine-url", "http://127.0.0.1:8000", "--mode", "passthrough", "--dry-run"]
+    shown = json.loads(CliRunner().invoke(cli, base).output)
+    d = GatewayConfig(engine_url="x")
+    for key in ("max_header_bytes", "max_connections", "header_timeout_s", "body_timeout_s", "health_timeout_s",
+                "max_context_tokens"):
+        assert shown[key] == getattr(d, key), key
+    r = CliRunner().invoke(cli, base + ["--max-header-size", "16KiB", "--max-connections", "9", "--header-timeout",
+                                        "2", "--body-timeout", "3", "--health-timeout", "0.5", "--max-context", "4096",
+                                        "--model-alias", "a", "--model-alias", "*"])
+    shown = json.loads(r.output)
+    assert (shown["max_header_bytes"], shown["max_connections"], shown["header_timeout_s"], shown["body_timeout_s"],
+            shown["health_timeout_s"], shown["max_context_tokens"], shown["model_aliases"]) == \
+        (16384, 9, 2.0, 3.0, 0.5, 4096, ["a", "*"])
+    for bad in ({"header_timeout_s": 0}, {"max_connections": 0}, {"max_header_bytes": 10}, {"model_aliases": ("",)},
+                {"max_context_tokens": 1}, {"health_timeout_s": -1}):
+        with pytest.raises(ConfigError):
+            GatewayConfig(engine_url="http://x", mode="passthrough", **bad).validate()  # type: ignore[arg-type]
