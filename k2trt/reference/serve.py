@@ -15,7 +15,8 @@ string that later matches.
 
 Requests: every sampling value is checked before it is queued (``generate.SamplingParams``: finite, in range,
 representable — a seed outside ``torch.Generator``'s range, NaN/Infinity, a negative temperature are 400s; a
-vanishing temperature is greedy), and the body must be strict JSON (no ``NaN``/``Infinity`` literals). A failure
+vanishing temperature is greedy), stop strings are bounded (``MAX_STOPS``, ``MAX_STOP_CHARS``), and the body must be
+strict JSON (no ``NaN``/``Infinity`` literals). A failure
 inside one request — its sampling or its text — fails that request only: a 500 (or an ``error`` event in a stream)
 while the batch and the job go on. A client that disconnects cancels its request: queued, it is dropped; running,
 rank 0 sees the flag between decode steps and broadcasts the row's end with the step's tokens, so every rank drops
@@ -52,6 +53,10 @@ from k2trt.reference.parallel import (DEFAULT_TIMEOUT_S, DistCollectives, Layout
 
 log = logging.getLogger("k2trt.reference.serve")
 HEARTBEAT_S = 2.0
+MAX_STOPS, MAX_STOP_CHARS = 32, 256
+"""Stop strings per request, and characters per stop string: holding back a stop string's prefix costs time
+quadratic in its length at every token, so one request with a 100,000-character stop string would stall every
+decode step of its batch (~0.2 s a token here)."""
 
 
 # ---- text side of one request ------------------------------------------------------------------------------------
@@ -242,6 +247,9 @@ def build_app(engine: Engine, tok: Any, spec: Any, model_name: str) -> Any:
         stop = [stop] if isinstance(stop, str) else stop
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
             raise BadRequest("stop must be a string or a list of strings", "stop")
+        if len(stop) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in stop):
+            raise BadRequest(f"stop takes at most {MAX_STOPS} strings of at most {MAX_STOP_CHARS} characters",
+                             "stop")
         extra = body.get("stop_token_ids") or []
         if not isinstance(extra, list):
             raise BadRequest("stop_token_ids must be a list of token ids", "stop_token_ids")

@@ -137,7 +137,8 @@ def test_extreme_sampling_values_never_take_the_engine_down(engine: dict[str, An
            b'{"prompt": [5], "temperature": 1, "seed": -9223372036854775809}', b'{"prompt": [5], "seed": "7"}',
            b'{"prompt": [5], "top_k": "abc"}', b'{"prompt": [5], "top_p": 0}', b'{"prompt": [5], "temperature": -1}',
            b'{"prompt": [5], "stop_token_ids": ["x"]}', b'{"prompt": [5], "stream_options": [1]}',
-           b'{"prompt": "\\ud800"}', b'{"messages": [{"role": "user", "content": "x"}], "temperature": NaN}']
+           b'{"prompt": "\\ud800"}', b'{"messages": [{"role": "user", "content": "x"}], "temperature": NaN}',
+           b'{"prompt": [5], "stop": ["' + b"q" * 100_000 + b'"]}']  # a stop string that would stall every step
     for raw in bad:
         path = "/v1/chat/completions" if b"messages" in raw else "/v1/completions"
         _is_error(_post(ENGINE + path, raw), "openai", 400)
