@@ -39,6 +39,8 @@ class K2Tokenizer:
         import tiktoken
 
         self.n_ranks = len(ranks)
+        self.max_token_bytes = max((len(b) for b in ranks), default=1)
+        """UTF-8 bytes of the longest ordinary token: text of N bytes encodes to at least N / this many tokens."""
         self.special_tokens = dict(specials)
         self.model_max_length = model_max_length
         self._enc = tiktoken.Encoding(name, pat_str=vocab.PAT_STR, mergeable_ranks=ranks,

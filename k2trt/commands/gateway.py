@@ -26,8 +26,23 @@ _D = GatewayConfig(engine_url="http://127.0.0.1:8000")  # defaults come from the
               help="Accepted API key (repeatable, or whitespace-separated in $K2TRT_GATEWAY_API_KEYS, which keeps "
                    "keys out of `ps`); none = no auth.")
 @click.option("--served-model-name", default=None, help="Model id clients see [default: the model dir name].")
+@click.option("--model-alias", "model_aliases", multiple=True,
+              help="Another model id accepted as the served one (repeatable; '*' accepts any). Other ids get 404.")
 @click.option("--max-body", "max_body", type=ByteSizeType(), default=f"{_D.max_body_bytes // 2**20}MiB",
               show_default=True, help="Largest request body.")
+@click.option("--max-context", type=int, default=_D.max_context_tokens,
+              help="Context in tokens (prompt + max_tokens); longer requests get 400 [default: the model's "
+                   "max_position_embeddings].")
+@click.option("--max-header-size", "max_header", type=ByteSizeType(), default=f"{_D.max_header_bytes // 1024}KiB",
+              show_default=True, help="Largest request head (request line + headers).")
+@click.option("--max-connections", type=int, default=_D.max_connections, show_default=True,
+              help="Open connections beyond which requests get 503.")
+@click.option("--header-timeout", type=float, default=_D.header_timeout_s, show_default=True,
+              help="Seconds for a client to send a request head before the connection is closed.")
+@click.option("--body-timeout", type=float, default=_D.body_timeout_s, show_default=True,
+              help="Seconds for a client to send the whole body before 408.")
+@click.option("--health-timeout", type=float, default=_D.health_timeout_s, show_default=True,
+              help="Seconds /health waits for the engine before 503.")
 @click.option("--connect-timeout", type=float, default=_D.connect_timeout_s, show_default=True,
               help="Seconds to reach the engine before 503.")
 @click.option("--read-timeout", type=float, default=_D.read_timeout_s, show_default=True,
@@ -48,13 +63,18 @@ _D = GatewayConfig(engine_url="http://127.0.0.1:8000")  # defaults come from the
 @click.option("--log-level", default="info", show_default=True, help="uvicorn log level.")
 @dry_run_option
 def gateway(engine_url: str, model_dir: Path | None, host: str, port: int, mode: str, api_keys: tuple[str, ...],
-            served_model_name: str | None, max_body: int, connect_timeout: float, read_timeout: float,
+            served_model_name: str | None, model_aliases: tuple[str, ...], max_body: int, max_context: int | None,
+            max_header: int, max_connections: int, header_timeout: float, body_timeout: float,
+            health_timeout: float, connect_timeout: float, read_timeout: float,
             unknown_tools: str, chat_family: str | None, default_temperature: float | None,
             default_top_p: float | None, log_prompts: bool, log_format: str, log_level: str, dry_run: bool) -> None:
     """Serve /v1/chat/completions (OpenAI) and /v1/messages (Anthropic) in front of a K2 engine; Prometheus
     metrics on /metrics (no API key needed, like /health)."""
     cfg = GatewayConfig(engine_url=engine_url, model_dir=str(model_dir) if model_dir else None, host=host, port=port,
                         mode=mode, api_keys=api_keys, served_model_name=served_model_name,  # type: ignore[arg-type]
+                        model_aliases=model_aliases, max_context_tokens=max_context, max_header_bytes=max_header,
+                        max_connections=max_connections, header_timeout_s=header_timeout,
+                        body_timeout_s=body_timeout, health_timeout_s=health_timeout,
                         max_body_bytes=max_body, connect_timeout_s=connect_timeout, read_timeout_s=read_timeout,
                         unknown_tools=unknown_tools, chat_family=chat_family,  # type: ignore[arg-type]
                         default_temperature=default_temperature, default_top_p=default_top_p,

@@ -23,8 +23,12 @@ Mapping (kimi_formats.md §7):
 - Output: a ``thinking`` block (with a ``signature``: a SHA-256 digest of its text, so clients that require one
   have it — not a secret) before the text and ``tool_use`` blocks; streamed as ``content_block_start`` (thinking),
   ``thinking_delta`` events, a ``signature_delta``, ``content_block_stop``, as the SDK expects.
-- Validation: unknown top-level fields, ``temperature``/``top_p`` outside [0, 1], a negative ``top_k``, a bad
-  ``thinking`` object → 400 in Anthropic's shape (``{"type": "error", "error": {"type": "invalid_request_error"}}``).
+- Validation: unknown top-level fields, ``temperature``/``top_p`` not finite or outside [0, 1], ``top_k`` not an
+  integer in [0, 2³¹−1], ``max_tokens`` not in [1, 2³¹−1], a bad ``thinking`` object, content blocks whose fields
+  have the wrong types (``text``, ``tool_use`` ``id``/``name``/``input``, ``tool_result`` ``tool_use_id``), a tool or
+  ``tool_choice.name`` outside Anthropic's ``^[a-zA-Z0-9_-]{1,64}$`` → 400 in Anthropic's shape (``{"type":
+  "error", "error": {"type": "invalid_request_error"}}``); a ``model`` this gateway does not serve → 404
+  ``not_found_error``. A temperature that vanishes after the ×0.6 (below 1e-5) is greedy.
 - Stop reasons: ``tool_calls`` → ``tool_use``, ``length`` → ``max_tokens``, a matched ``stop_sequences`` entry →
   ``stop_sequence``, else ``end_turn``. ``tool_use.input`` is the parsed arguments; arguments that are not a JSON
   object (the model's mistake, passed through by the parser) give ``{}`` in the non-streaming answer, while a stream
@@ -41,10 +45,11 @@ import re
 import uuid
 from typing import Any, AsyncIterator
 
+from k2trt import sampling as rules
 from k2trt.gateway.backend import dumps
 from k2trt.gateway.errors import ApiError, bad_request
 from k2trt.gateway.events import (Event, Finish, Job, Reasoning, Started, Text, ToolArgs, ToolChoice, ToolStart,
-                                  collect)
+                                  check_model, collect, tool_name)
 from k2trt.gateway.usage import anthropic_usage
 
 log = logging.getLogger("k2trt.gateway")
@@ -101,23 +106,25 @@ def to_messages(system: Any, raw: Any) -> list[dict[str, Any]]:
             kind = b.get("type") if isinstance(b, dict) else None
             bw = f"{where}.content[{j}]"
             if kind == "text":
-                texts.append(str(b.get("text") or ""))
+                texts.append(_string(b, "text", bw))
             elif kind == "thinking" and role == "assistant":
-                thoughts.append(str(b.get("thinking") or ""))
+                thoughts.append(_string(b, "thinking", bw))
             elif kind == "redacted_thinking":
                 continue
             elif kind == "tool_use" and role == "assistant":
-                if not b.get("id") or not b.get("name"):
+                cid, name, args = _string(b, "id", bw), _string(b, "name", bw), b.get("input")
+                if not cid or not name:
                     raise bad_request(f"{bw} (tool_use) needs id and name")
-                tool_names[str(b["id"])] = str(b["name"])
-                calls.append({"id": str(b["id"]), "type": "function",
-                              "function": {"name": str(b["name"]),
-                                           "arguments": json.dumps(b.get("input") or {}, ensure_ascii=False)}})
+                if not isinstance(args, (dict, type(None))):
+                    raise bad_request(f"{bw}.input must be an object")
+                tool_names[cid] = name
+                calls.append({"id": cid, "type": "function",
+                              "function": {"name": name, "arguments": json.dumps(args or {}, ensure_ascii=False)}})
             elif kind == "tool_result" and role == "user":
                 if texts:  # text before a result keeps its place in the conversation
                     out.append({"role": "user", "content": "".join(texts)})
                     texts = []
-                tid = str(b.get("tool_use_id") or "")
+                tid = _string(b, "tool_use_id", bw)
                 if not tid:
                     raise bad_request(f"{bw} (tool_result) needs tool_use_id")
                 msg = {"role": "tool", "tool_call_id": tid, "content": _text_of(b.get("content"), bw, "\n")}
@@ -138,6 +145,15 @@ def to_messages(system: Any, raw: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _string(block: dict[str, Any], key: str, where: str) -> str:
+    v = block.get(key)
+    if v is None:
+        return ""
+    if not isinstance(v, str):
+        raise bad_request(f"{where}.{key} must be a string, got {type(v).__name__}")
+    return v
+
+
 def _tools(raw: Any) -> list[dict[str, Any]] | None:
     if raw is None or raw == []:
         return None
@@ -148,14 +164,15 @@ def _tools(raw: Any) -> list[dict[str, Any]] | None:
         if not isinstance(t, dict) or not t.get("name"):
             raise bad_request(f"tools[{i}] needs a name")
         if t.get("type") not in (None, "custom"):
-            raise bad_request(f"tools[{i}] is a server tool ({t['type']}); only client tools with input_schema "
+            raise bad_request(f"tools[{i}] is a server tool ({t['type']!r}); only client tools with input_schema "
                               "are supported")
+        name = tool_name(t["name"], f"tools[{i}].name")
         schema = t.get("input_schema")
         if not isinstance(schema, dict):
-            raise bad_request(f"tools[{i}] ({t['name']}) needs an input_schema object")
-        fn: dict[str, Any] = {"name": str(t["name"])}
+            raise bad_request(f"tools[{i}] ({name}) needs an input_schema object")
+        fn: dict[str, Any] = {"name": name}
         if t.get("description"):
-            fn["description"] = str(t["description"])
+            fn["description"] = _string(t, "description", f"tools[{i}]")
         fn["parameters"] = schema
         out.append({"type": "function", "function": fn})
     return out
@@ -166,16 +183,18 @@ def _tool_choice(raw: Any, tools: list[dict[str, Any]] | None) -> tuple[ToolChoi
         return ToolChoice("auto"), True
     if not isinstance(raw, dict) or raw.get("type") not in ("auto", "any", "tool", "none"):
         raise bad_request('tool_choice must be {"type": "auto" | "any" | "tool" | "none"}')
-    parallel = not raw.get("disable_parallel_tool_use", False)
+    no_parallel = raw.get("disable_parallel_tool_use", False)
+    if not isinstance(no_parallel, bool):
+        raise bad_request("tool_choice.disable_parallel_tool_use must be true or false")
     kind = raw["type"]
     if kind in ("any", "tool") and not tools:
         raise bad_request(f"tool_choice {kind!r} needs tools")
     if kind == "tool":
-        name = raw.get("name")
+        name = tool_name(raw.get("name"), "tool_choice.name")
         if name not in {t["function"]["name"] for t in tools or []}:
             raise bad_request(f"tool_choice names {name!r}, which is not in tools")
-        return ToolChoice("named", str(name)), parallel
-    return ToolChoice({"auto": "auto", "any": "required", "none": "none"}[kind]), parallel
+        return ToolChoice("named", name), not no_parallel
+    return ToolChoice({"auto": "auto", "any": "required", "none": "none"}[kind]), not no_parallel
 
 
 _FIELDS = frozenset({"model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream",
@@ -198,26 +217,38 @@ def _thinking(raw: Any, max_tokens: int) -> bool | None:
     return True
 
 
-def parse_request(body: dict[str, Any], temperature_scale: float) -> Job:
+def _sampling(body: dict[str, Any]) -> tuple[int, float | None, float | None, int | None]:
+    """``(max_tokens, temperature, top_p, top_k)``, each finite, in range and representable."""
+    if body.get("max_tokens") is None:
+        raise bad_request("max_tokens is required (a positive integer)")
+    try:
+        max_tokens = rules.integer(body["max_tokens"], "max_tokens", 1, rules.INT32_MAX)
+        t, p, k = (body.get(key) for key in ("temperature", "top_p", "top_k"))
+        return (max_tokens, None if t is None else rules.number(t, "temperature", 0.0, 1.0),
+                None if p is None else rules.number(p, "top_p", 0.0, 1.0),
+                None if k is None else rules.integer(k, "top_k", 0, rules.INT32_MAX))
+    except rules.SamplingValueError as e:
+        raise bad_request(str(e)) from None
+
+
+def parse_request(body: dict[str, Any], temperature_scale: float, *, models: frozenset[str] | None = None) -> Job:
     """Validate a /v1/messages body into a ``Job`` (mapping and rules in the module docstring).
 
+    Args:
+        body: the request body.
+        temperature_scale: a request's own temperature is multiplied by this.
+        models: the model ids served (``None``: any).
+
     Raises:
-        ApiError: 400 naming the bad field.
+        ApiError: 400 naming the bad field; 404 for a model this gateway does not serve.
     """
+    check_model(body, models)
     unknown = sorted(set(body) - _FIELDS)
     if unknown:
         raise bad_request(f"{unknown[0]}: Extra inputs are not permitted")
-    max_tokens = body.get("max_tokens")
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise bad_request(f"max_tokens is required and must be a positive integer, got {max_tokens!r}")
-    t = body.get("temperature")
-    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1):
-        raise bad_request(f"temperature must be a number in [0, 1], got {t!r}")
-    top_p, top_k = body.get("top_p"), body.get("top_k")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 <= top_p <= 1):
-        raise bad_request(f"top_p must be a number in [0, 1], got {top_p!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
-        raise bad_request(f"top_k must be a non-negative integer, got {top_k!r}")
+    max_tokens, t, top_p, top_k = _sampling(body)
+    if not isinstance(body.get("metadata") or {}, dict):
+        raise bad_request("metadata must be an object")
     stop = body.get("stop_sequences") or []
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
         raise bad_request("stop_sequences must be a list of strings")
@@ -227,7 +258,8 @@ def parse_request(body: dict[str, Any], temperature_scale: float) -> Job:
     tools = _tools(body.get("tools"))
     choice, parallel = _tool_choice(body.get("tool_choice"), tools)
     return Job(messages=to_messages(body.get("system"), body.get("messages")), tools=tools, tool_choice=choice,
-               temperature=None if t is None else float(t) * temperature_scale, top_p=top_p, top_k=top_k or None,
+               temperature=None if t is None else rules.temperature(t * temperature_scale), top_p=top_p,
+               top_k=top_k or None,
                max_tokens=max_tokens, stop=[s for s in stop if s], stream=stream, parallel_tool_calls=parallel,
                thinking=_thinking(body.get("thinking"), max_tokens))
 

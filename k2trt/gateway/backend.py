@@ -24,13 +24,20 @@ Sampling: a request's own ``temperature``/``top_p`` win, then the gateway's ``--
   tool is an error (HTTP 502 ``model_output``; in a stream, an error event) rather than a silent text answer.
 - named: the turn is prefilled up to ``<|tool_call_begin|>functions.{name}:{k}<|tool_call_argument_begin|>``
   (``k`` continuing the conversation's counter), so the first call *is* that tool and the model writes only its
-  arguments; calls to other tools are discarded and the same response check applies.
+  arguments; calls to other tools are discarded and the same response check applies. Only the markers are control
+  tokens: the name is encoded as text (and was checked against the APIs' tool-name pattern besides).
 - While the model thinks (K2-Thinking, K2.5+ with thinking on) nothing is prefilled — a prefill would end the
   reasoning before it starts; the response check alone enforces ``required``/named.
 - ``parallel_tool_calls: false`` (Anthropic ``disable_parallel_tool_use``): calls after the first are discarded.
 
 Argument *content* is not grammar-constrained (the engine's guided decoding is engine-specific): malformed JSON is
 passed through as the model wrote it.
+
+Limits: rendering and tokenising run in a worker thread (a huge prompt must not stall the event loop), and a prompt
+that cannot fit the model's context (``context``: the served model's ``max_position_embeddings`` unless configured)
+with ``max_tokens`` is a 400 ``context_length_exceeded`` before anything is sent to the engine. A prompt so large
+that even its message text alone — at most ``tokenizer.max_token_bytes`` UTF-8 bytes per token — must exceed the
+context is refused before it is tokenised at all.
 
 ``ChatBackend`` (mode ``passthrough``) serves the Anthropic API on an engine that parses K2 tool calls and
 reasoning itself: the translated request (thinking switches as ``chat_template_kwargs``) goes to the engine's
@@ -39,6 +46,7 @@ reasoning itself: the translated request (thinking switches as ``chat_template_k
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -50,7 +58,7 @@ from k2trt.chat import reasoning as rs
 from k2trt.chat import thinking as th
 from k2trt.chat import toolcalls as tc
 from k2trt.chat import vocab
-from k2trt.chat.template import ChatFormatError, normalize_tool_call_ids
+from k2trt.chat.template import ChatFormatError, ids_from_segments, normalize_tool_call_ids
 from k2trt.gateway import usage
 from k2trt.gateway.config import GatewayConfig
 from k2trt.gateway.engine import EngineClient
@@ -111,12 +119,14 @@ class RenderBackend:
     """Mode ``render``: K2 prompt rendering, reasoning and tool-call parsing in the gateway (module docstring)."""
 
     def __init__(self, config: GatewayConfig, engine: EngineClient, tokenizer: Any,
-                 family: fam.Family | None = None) -> None:
+                 family: fam.Family | None = None, *, context: int | None = None) -> None:
         self.config = config
         self.engine = engine
         self.tok = tokenizer
         self.family = family or fam.FAMILIES["k2-instruct"]
         self.engine_model = config.engine_model or config.model_name
+        self.context = context
+        """Tokens the model holds (prompt + output); ``None``: not checked here (the engine checks)."""
 
     def normalize(self, job: Job) -> tuple[list[dict[str, Any]], dict[str, str]]:
         try:
@@ -128,24 +138,44 @@ class RenderBackend:
         """Token ids of the prompt (with any tool-choice prefill), the prefill text, the ID map back, and the
         thinking mode (``body`` left empty)."""
         on, keep = resolve_thinking(self.family, job)
+        self._check_text_size(job)
         messages, id_back = self.normalize(job)
         tools = job.tools if job.tools and job.tool_choice.mode != "none" else None
         try:
             ids = th.render_ids(self.tok, messages, tools, family=self.family, thinking=on, preserve_thinking=keep)
         except ChatFormatError as e:
             raise bad_request(str(e), "messages") from None
-        prefix = ""
+        prefill: list[tuple[str, bool]] = []  # (text, is a control marker)
         if not (self.family.thinks and on):  # a prefill would end the reasoning before it starts
             if job.tool_choice.mode == "required":
-                prefix = vocab.SECTION_BEGIN
+                prefill = [(vocab.SECTION_BEGIN, True)]
             elif job.tool_choice.mode == "named":
                 k = sum(len(m.get("tool_calls") or []) for m in messages if m.get("role") == "assistant")
-                prefix = (f"{vocab.SECTION_BEGIN}{vocab.CALL_BEGIN}functions.{job.tool_choice.name}:{k}"
-                          f"{vocab.ARG_BEGIN}")
-        if prefix:
-            ids = ids + self.tok.encode_with_specials(prefix)
+                prefill = [(vocab.SECTION_BEGIN, True), (vocab.CALL_BEGIN, True),
+                           (f"functions.{job.tool_choice.name}:{k}", False), (vocab.ARG_BEGIN, True)]
+        if prefill:  # the client's tool name is text, never a control token
+            ids = ids + ids_from_segments(self.tok, prefill)
+        self._check_context(len(ids), job.max_tokens)
         opened = th.prompt_opens_reasoning(self.family, on)
-        return Prepared(ids, prefix, id_back, {}, on, opened)
+        return Prepared(ids, "".join(text for text, _ in prefill), id_back, {}, on, opened)
+
+    def _check_context(self, n_prompt: int, max_tokens: int | None) -> None:
+        if self.context is None or n_prompt + (max_tokens or 1) <= self.context:
+            return
+        asked = f"{n_prompt} in the prompt" + (f" + {max_tokens} max_tokens" if max_tokens else "")
+        raise ApiError(400, f"this model's context is {self.context} tokens, but the request needs {asked}; "
+                       "shorten the messages or lower max_tokens", "context_length_exceeded", "messages")
+
+    def _check_text_size(self, job: Job) -> None:
+        """Refuse, without tokenising, a prompt whose message text alone needs more tokens than the context."""
+        per_token = getattr(self.tok, "max_token_bytes", None)
+        if self.context is None or not per_token:
+            return
+        n_bytes = sum(len(t.encode("utf-8", "replace")) for m in job.messages for t in _texts(m))
+        if n_bytes > per_token * self.context:
+            raise ApiError(400, f"this model's context is {self.context} tokens, but the messages hold {n_bytes} "
+                           f"bytes of text (≥ {-(-n_bytes // per_token)} tokens); shorten them",
+                           "context_length_exceeded", "messages")
 
     def prepare(self, job: Job) -> Prepared:
         p = self.prompt(job)
@@ -188,7 +218,7 @@ class RenderBackend:
 
     async def complete(self, job: Job) -> list[Event]:
         """Non-streaming: one engine call, the whole text parsed at once."""
-        p = self.prepare(job)
+        p = await asyncio.to_thread(self.prepare, job)
         obj = await self.engine.post_json("/v1/completions", p.body)
         try:
             choice = obj["choices"][0]
@@ -203,7 +233,7 @@ class RenderBackend:
 
     async def stream(self, job: Job) -> AsyncIterator[Event]:
         """Streaming: engine text deltas through the incremental parsers; ends with ``Finish``."""
-        p = self.prepare(job)
+        p = await asyncio.to_thread(self.prepare, job)
         chain = self._chain(job, p)
         reason, stop_reason, engine_usage = "stop", None, None
         started = False
@@ -336,6 +366,13 @@ class ChatBackend:
         counts = usage.count(engine_usage, prompt_tokens=None, completion_text="")
         yield Finish(shaper.finish_reason(reason), stop_sequence=_stop_sequence(job, stop_reason),
                      tool_calls=shaper.outcomes(), **counts)
+
+
+def _texts(message: dict[str, Any]) -> list[str]:
+    """Text every template renders for ``message`` (its content; reasoning may be dropped): a lower bound."""
+    content = message.get("content")
+    parts = [p.get("text") for p in content if isinstance(p, dict)] if isinstance(content, list) else [content]
+    return [t for t in parts if isinstance(t, str)]
 
 
 def dumps(obj: Any) -> str:

@@ -40,10 +40,28 @@ class GatewayConfig:
     """Accepted keys (``Authorization: Bearer KEY`` or ``x-api-key: KEY``); empty means no authentication."""
     served_model_name: str | None = None
     """Model id shown by /v1/models and echoed in responses [default: the model directory's name, else kimi-k2]."""
+    model_aliases: tuple[str, ...] = ()
+    """Other model ids accepted as the served model (a client that insists on its own name); any other ``model`` is
+    a 404 ``model_not_found``. ``*`` accepts every id."""
     engine_model: str | None = None
     """``model`` field sent to the engine [default: the served model name]."""
     max_body_bytes: int = 32 * 2**20
     """Largest request body accepted; larger ones get 413."""
+    max_context_tokens: int | None = None
+    """Tokens the model holds (prompt + max_tokens); a longer request is a 400 before it reaches the engine [default:
+    ``max_position_embeddings`` from --model-dir's config.json; unchecked without one]."""
+    header_timeout_s: float = 15.0
+    """Seconds a client has to send a request's head (line and headers), from connecting or from the end of the
+    previous response; a slower (slowloris) connection is closed."""
+    body_timeout_s: float = 60.0
+    """Seconds a client has to send the whole body after the head; a slower one (or a Content-Length larger than
+    the body) gets 408."""
+    max_header_bytes: int = 32 * 1024
+    """Largest request head (request line + headers); a larger one is refused with 400 and the connection closed."""
+    max_connections: int = 1024
+    """Open client connections (and requests in flight) beyond which new requests get 503."""
+    health_timeout_s: float = 5.0
+    """Seconds /health waits for the engine's /health before answering 503 (a hung engine must not hang it)."""
     connect_timeout_s: float = 5.0
     """Seconds to open a connection to the engine before answering 503."""
     read_timeout_s: float = 600.0
@@ -80,6 +98,13 @@ class GatewayConfig:
             return Path(self.model_dir).name or "kimi-k2"
         return "kimi-k2"
 
+    @property
+    def served_models(self) -> frozenset[str] | None:
+        """The model ids a request may name (``None``: any, with the ``*`` alias)."""
+        if "*" in self.model_aliases:
+            return None
+        return frozenset({self.model_name, *self.model_aliases})
+
     def validate(self) -> "GatewayConfig":
         """Check the settings; raise ``ConfigError`` naming the bad one and the fix. Returns ``self``."""
         u = urlparse(self.engine_url)
@@ -100,8 +125,20 @@ class GatewayConfig:
             raise ConfigError(f"--port {self.port} is out of range 1..65535")
         if self.max_body_bytes < 1024:
             raise ConfigError(f"max body size {self.max_body_bytes} B is too small", "use at least 1KiB")
-        if self.connect_timeout_s <= 0 or self.read_timeout_s <= 0:
-            raise ConfigError("engine timeouts must be positive seconds")
+        timeouts = {"--connect-timeout": self.connect_timeout_s, "--read-timeout": self.read_timeout_s,
+                    "--health-timeout": self.health_timeout_s, "--header-timeout": self.header_timeout_s,
+                    "--body-timeout": self.body_timeout_s}
+        for flag, v in timeouts.items():
+            if not v > 0:
+                raise ConfigError(f"{flag} {v} must be positive seconds")
+        if self.max_header_bytes < 1024:
+            raise ConfigError(f"max header size {self.max_header_bytes} B is too small", "use at least 1KiB")
+        if self.max_connections < 1:
+            raise ConfigError(f"--max-connections {self.max_connections} must be at least 1")
+        if self.max_context_tokens is not None and self.max_context_tokens < 2:
+            raise ConfigError(f"--max-context {self.max_context_tokens} must be at least 2 tokens")
+        if any(not a for a in self.model_aliases):
+            raise ConfigError("an empty --model-alias names no model", "remove it or give a model id")
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"--log-format {self.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
         if self.unknown_tools not in ("drop", "keep"):

@@ -1,15 +1,48 @@
 """The gateway's internal vocabulary: a ``Job`` (what either API asked for, in OpenAI terms) and the output
-events a backend produces for it. Both API front ends turn the same events into their own wire format."""
+events a backend produces for it. Both API front ends turn the same events into their own wire format.
+
+Also the request rules both APIs share: ``TOOL_NAME`` (the tool-name pattern both document) and ``check_model``
+(the model ids this gateway answers to)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
 from k2trt.chat import reasoning as rs
 from k2trt.chat import toolcalls as tc
+from k2trt.gateway.errors import ApiError, bad_request
 
 FinishReason = Literal["stop", "length", "tool_calls"]
+
+TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+"""A tool's name, as both APIs document it: OpenAI's function name ("a-z, A-Z, 0-9, underscores and dashes, at most
+64", openai-python ``types/shared_params/function_definition.py``) and Anthropic's ``^[a-zA-Z0-9_-]{1,64}$``
+(platform.claude.com, "Define tools"). It keeps a name from ever carrying K2's markers into a prompt."""
+
+
+def tool_name(name: Any, where: str, param: str | None = None) -> str:
+    """``name`` if it is a string matching ``TOOL_NAME``, else a 400 naming ``where``."""
+    if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
+        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+        raise bad_request(f"{where} {shown} is not a valid tool name: use 1 to 64 of a-z, A-Z, 0-9, '_' and '-'",
+                          param)
+    return name
+
+
+def check_model(body: dict[str, Any], models: frozenset[str] | None) -> None:
+    """Refuse a ``model`` this gateway does not serve (404 ``model_not_found``); ``models`` None accepts any.
+    A request without ``model`` is for the served model."""
+    model = body.get("model")
+    if model is None:
+        return
+    if not isinstance(model, str):
+        raise bad_request(f"model must be a string, got {type(model).__name__}", "model")
+    if models is not None and model not in models:
+        shown = repr(model) if len(model) <= 80 else repr(model[:77] + "...")
+        raise ApiError(404, f"The model {shown} does not exist: this gateway serves {', '.join(sorted(models))} "
+                       "(GET /v1/models lists them)", "model_not_found", "model")
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ def engine() -> Iterator[EngineDouble]:
 def gw(engine: EngineDouble, tiny_ckpt: Path, tok: K2Tokenizer) -> Iterator[BackgroundGateway]:
     """API keys on, a 64 KiB body limit."""
     cfg = GatewayConfig(engine_url=engine.url, model_dir=str(tiny_ckpt), port=AUTH_PORT, api_keys=(KEY, "other"),
-                        max_body_bytes=64 * 1024)
+                        max_body_bytes=64 * 1024, model_aliases=("m",))
     with BackgroundGateway(cfg, tokenizer=tok) as g:
         yield g
 
@@ -154,7 +154,7 @@ def test_body_size_limit(gw: BackgroundGateway, engine: EngineDouble) -> None:
 
 def test_engine_down_is_503_in_both_shapes(tiny_ckpt: Path, tok: K2Tokenizer) -> None:
     cfg = GatewayConfig(engine_url=f"http://127.0.0.1:{NOTHING_PORT}", model_dir=str(tiny_ckpt), port=DOWN_PORT,
-                        connect_timeout_s=2)
+                        connect_timeout_s=2, model_aliases=("m",))
     with BackgroundGateway(cfg, tokenizer=tok) as g:
         with pytest.raises(openai.InternalServerError) as ei:
             _oai(g.url).chat.completions.create(model="m", messages=MSG)  # type: ignore[arg-type]
@@ -172,7 +172,8 @@ def test_engine_down_is_503_in_both_shapes(tiny_ckpt: Path, tok: K2Tokenizer) ->
 
 def test_engine_unhealthy_and_slow(engine: EngineDouble, tiny_ckpt: Path, tok: K2Tokenizer) -> None:
     engine.health_status = 500
-    cfg = GatewayConfig(engine_url=engine.url, model_dir=str(tiny_ckpt), port=SLOW_PORT, read_timeout_s=0.3)
+    cfg = GatewayConfig(engine_url=engine.url, model_dir=str(tiny_ckpt), port=SLOW_PORT, read_timeout_s=0.3,
+                        model_aliases=("m",))
     with BackgroundGateway(cfg, tokenizer=tok) as g:
         h = httpx.get(g.url + "/health")
         assert h.status_code == 503 and "500" in h.json()["engine"]
@@ -214,7 +215,8 @@ def test_prompts_not_logged_unless_asked(engine: EngineDouble, tiny_ckpt: Path, 
                                          caplog: pytest.LogCaptureFixture) -> None:
     secret = "my-secret-diagnosis-4711"
     for log_prompts in (False, True):
-        cfg = GatewayConfig(engine_url=engine.url, model_dir=str(tiny_ckpt), port=SLOW_PORT, log_prompts=log_prompts)
+        cfg = GatewayConfig(engine_url=engine.url, model_dir=str(tiny_ckpt), port=SLOW_PORT, log_prompts=log_prompts,
+                            model_aliases=("m",))
         caplog.clear()
         with caplog.at_level(logging.DEBUG, logger="k2trt.gateway"), BackgroundGateway(cfg, tokenizer=tok) as g:
             engine.script(Reply("reply-text-0815"))

@@ -65,7 +65,7 @@ def engine(tok: K2Tokenizer) -> Iterator[EngineDouble]:
 
 
 def _gateway(engine: EngineDouble, port: int, **kw: Any) -> Iterator[BackgroundGateway]:
-    with BackgroundGateway(GatewayConfig(engine_url=engine.url, port=port, **kw)) as gw:
+    with BackgroundGateway(GatewayConfig(engine_url=engine.url, port=port, model_aliases=("m",), **kw)) as gw:
         yield gw
 
 

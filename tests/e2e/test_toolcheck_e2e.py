@@ -90,7 +90,7 @@ def stack(tok: tuple[K2Tokenizer, Path]) -> Iterator[tuple[EngineDouble, str]]:
     engine = EngineDouble(port=ENGINE_PORT, tokenizer=tokenizer, responder=respond).start()
     try:
         with BackgroundGateway(GatewayConfig(engine_url=engine.url, model_dir=str(model_dir),
-                                             port=GATEWAY_PORT)) as gw:
+                                             port=GATEWAY_PORT, model_aliases=("kimi-k2.6",))) as gw:
             yield engine, gw.url + "/v1"
     finally:
         engine.stop()
