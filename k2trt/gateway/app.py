@@ -330,14 +330,14 @@ def run_gateway(config: GatewayConfig, *, log_level: str = "info") -> None:
     process logs JSON lines (``k2trt.jsonlog``) and the per-request line replaces uvicorn's access log."""
     import uvicorn
 
-    app = create_app(config)
     kw: dict[str, Any] = {}
-    if config.log_format == "json":
+    if config.log_format == "json":  # before the app is built: what building it logs is JSON too
         from k2trt.jsonlog import use_json_logs
 
         use_json_logs(log_level.upper(), static={"component": "gateway"})
         logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per engine call; the request line suffices
         kw = {"log_config": None, "access_log": False}
+    app = create_app(config)
     uvicorn.Server(server_config(app, config, log_level=log_level, timeout_graceful_shutdown=5, **kw)).run()
 
 

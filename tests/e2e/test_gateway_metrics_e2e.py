@@ -75,6 +75,7 @@ def engine(tok: K2Tokenizer) -> Iterator[EngineDouble]:
 @pytest.fixture(scope="module")
 def gw(engine: EngineDouble, k26_dir: Path, tok: K2Tokenizer) -> Iterator[BackgroundGateway]:
     cfg = GatewayConfig(engine_url=engine.url, model_dir=str(k26_dir), port=GW_PORT, served_model_name=MODEL,
+                        model_aliases=("*",),  # any client model id is served (and labelled with the served name)
                         api_keys=(KEY,), read_timeout_s=2.0)
     with BackgroundGateway(cfg, tokenizer=tok) as g:
         yield g
