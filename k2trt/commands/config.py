@@ -26,9 +26,10 @@ def config() -> None:
 @trtllm_option(help=_TRTLLM_HELP)
 @json_option
 def check(file: Path, trtllm: str | None, as_json: bool) -> None:
-    """Lint an extra-llm-api YAML the way TensorRT-LLM would reject it. Exit 1 on errors."""
+    """Lint an extra-llm-api YAML (or a `trtllm-serve disaggregated` router config) the way TensorRT-LLM would
+    reject it. Exit 1 on errors."""
     from k2trt.errors import ConfigError
-    from k2trt.trtllm.lint import lint_text
+    from k2trt.trtllm.disagg_lint import lint_config_text
 
     try:
         text = file.read_text()
@@ -37,7 +38,7 @@ def check(file: Path, trtllm: str | None, as_json: bool) -> None:
     if (trtllm or "").lower() == "installed":
         _check_installed(file, as_json)
         return
-    res = lint_text(text, trtllm, str(file))
+    res = lint_config_text(text, trtllm, str(file))
     if as_json:
         echo_json({"file": str(file), **res.to_dict()})
     else:
@@ -99,7 +100,9 @@ def profiles(as_json: bool) -> None:
                         for s in p.provenance.get("sources", []))
         c = p.counts
         click.echo(f"{p.name:12} {c.get('models')} models, {c.get('fields')} fields, {c.get('enum_values')} enum "
-                   f"values, {c.get('serve_options')} serve options{' (pinned)' if p.name == PINNED_RELEASE else ''}")
+                   f"values, {c.get('serve_options')} serve options"
+                   + (f", {c['disagg_keys']} disaggregated-config keys" if c.get("disagg_keys") else "")
+                   + (" (pinned)" if p.name == PINNED_RELEASE else ""))
         click.echo(f"{'':12} from {src}")
 
 

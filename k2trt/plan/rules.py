@@ -133,8 +133,10 @@ RULES: tuple[Rule, ...] = (
          lambda c: weight_format(c.spec) == "w4a8" and c.release is not None
          and known.release_fact(c.release, "w4a8_mixed_precision") is not True,
          lambda c: f"W4A8 checkpoints declare quant_algo MIXED_PRECISION, and TensorRT-LLM's DeepseekV3 decoder "
-                   f"layer asserts on it ({known.W4A8_EVIDENCE}); that {c.release} loads it is not established, so "
-                   "the recipe is refused — serve the FP8 checkpoint (k2-h200-2x8-*) instead"),
+                   f"layer asserts on it ({known.W4A8_EVIDENCE}); "
+                   + (f"{c.release} does not load it" if known.release_fact(c.release, "w4a8_mixed_precision")
+                      is False else f"that {c.release} loads it is not established")
+                   + ", so the recipe is refused — serve the FP8 checkpoint (k2-h200-2x8-*) instead"),
     Rule("eplb-needs-shm", "warning",
          lambda c: c.eplb_online,
          lambda c: "online EPLB shares expert weights through /dev/shm (TRTLLM_EPLB_SHM_NAME=moe_shared): run "

@@ -28,7 +28,7 @@ from typing import Any
 FORMAT = 1
 """Version of the facts and profile format."""
 
-EXTRACTOR = "k2trt-trtllm-extract 1"
+EXTRACTOR = "k2trt-trtllm-extract 2"
 """Name and version of the extraction (recorded in every profile's provenance)."""
 
 PYDANTIC_DEFAULT_EXTRA = "ignore"
@@ -173,6 +173,76 @@ def handled_keys(func: ast.FunctionDef, fields: set[str]) -> dict[str, dict[str,
     return out
 
 
+def _module_check_tables(module: ast.Module) -> dict[str, dict[str, str]]:
+    """Module-level ``{"key": check_function, …}`` dicts (``_TORCH_LLMARGS_REMOVED_ARG_CHECKS`` on main)."""
+    out: dict[str, dict[str, str]] = {}
+    for node in module.body:
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else \
+            node.target if isinstance(node, ast.AnnAssign) else None
+        value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+        if isinstance(target, ast.Name) and isinstance(value, ast.Dict) and value.keys \
+                and all(_str_const(k) is not None for k in value.keys) \
+                and all(isinstance(v, ast.Name) for v in value.values):
+            out[target.id] = {str(_str_const(k)): v.id for k, v in zip(value.keys, value.values)}  # type: ignore[union-attr]
+    return out
+
+
+def _accepted_values(check: ast.FunctionDef) -> list[Any] | None:
+    """The values a removed-argument check lets through: ``if value in ("a", "b"): warn; return`` before a raise.
+
+    None when the function has no such branch (every value is rejected)."""
+    if not check.args.args:
+        return None
+    param = check.args.args[0].arg
+    for node in check.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare) \
+                and isinstance(node.test.left, ast.Name) and node.test.left.id == param \
+                and isinstance(node.test.ops[0], ast.In) and isinstance(node.test.comparators[0], (ast.Tuple, ast.List)) \
+                and any(isinstance(s, ast.Return) for s in node.body):
+            return [ast.literal_eval(e) for e in node.test.comparators[0].elts]  # type: ignore[attr-defined]
+    return None
+
+
+def removed_args(func: ast.FunctionDef, module: ast.Module) -> dict[str, dict[str, Any]]:
+    """Keys a before-validator drops through a module-level table of checks (arguments a release removed but still
+    accepts on input): ``{key: {"action": "removed", "to": None, "warn": True, "values": [...]}}``.
+
+    ``values`` are the values the check accepts (with a warning, then ignores); any other value is rejected. Main's
+    ``TorchLlmArgs._drop_removed_args`` runs ``_TORCH_LLMARGS_REMOVED_ARG_CHECKS[key](data.pop(key))``, whose
+    ``sampler_type`` check accepts ``auto``/``TorchSampler`` and raises for ``TRTLLMSampler``.
+    """
+    tables = _module_check_tables(module)
+    used = {n.id for n in ast.walk(func) if isinstance(n, ast.Name)} & set(tables)
+    functions = {n.name: n for n in module.body if isinstance(n, ast.FunctionDef)}
+    out: dict[str, dict[str, Any]] = {}
+    for table in sorted(used):
+        for key, fname in tables[table].items():
+            check = functions.get(fname)
+            values = _accepted_values(check) if check is not None else None
+            out[key] = {"action": "removed", "to": None, "warn": True, "values": values or []}
+    return out
+
+
+def coerced_fields(func: ast.FunctionDef) -> dict[str, str]:
+    """Fields an after-validator rebuilds from a mapping: ``self.a.b = Model(**self.a.b)`` → ``{"a.b": "Model"}``.
+
+    Main's ``TorchLlmArgs.validate_load_balancer`` turns a ``moe_config.load_balancer`` mapping into
+    ``MoeLoadBalancerConfig(**…)``, so that model's fields and ``extra`` policy judge the mapping although the
+    field's declared type (``Union[object, str]``) says nothing.
+    """
+    out: dict[str, str] = {}
+    for node in ast.walk(func):
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.value, ast.Call)
+                and isinstance(node.value.func, ast.Name)):
+            continue
+        target = ast.unparse(node.targets[0])
+        star = [kw.value for kw in node.value.keywords if kw.arg is None]
+        if target.startswith("self.") and len(star) == 1 and ast.unparse(star[0]) == target \
+                and not node.value.args:
+            out[target.removeprefix("self.")] = node.value.func.id
+    return out
+
+
 def validator_info(func: ast.FunctionDef) -> tuple[str, str | None] | None:
     """(kind, mode) for a function decorated ``@model_validator(mode=…)`` / ``@field_validator(…, mode=…)``."""
     for d in func.decorator_list:
@@ -228,9 +298,11 @@ def flatten(name: str, facts: dict[str, Any]) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     handled: dict[str, Any] = {}
     dispatch: dict[str, Any] | None = None
+    coerce: dict[str, str] = {}
     for n in _mro(name, models):
         fields.update(models[n].get("fields", {}))
         handled.update(models[n].get("handled", {}))
+        coerce.update(models[n].get("coerce", {}))
         dispatch = models[n].get("dispatch") or dispatch
     out: dict[str, Any] = {"extra": _extra(name, models, facts.get("external_bases", {})), "fields": fields}
     for n in _mro(name, models):
@@ -241,6 +313,8 @@ def flatten(name: str, facts: dict[str, Any]) -> dict[str, Any]:
         out["handled"] = handled
     if dispatch:
         out["dispatch"] = dispatch
+    if coerce:
+        out["coerce"] = dict(sorted(coerce.items()))
     return out
 
 
@@ -252,7 +326,8 @@ def build_profile(facts: dict[str, Any]) -> dict[str, Any]:
     Args:
         facts: a facts document (``FORMAT``), from either extraction.
     Returns:
-        The profile dict: ``release``, ``provenance``, ``root``, ``models``, ``enums``, ``serve``, ``merge``, ``counts``.
+        The profile dict: ``release``, ``provenance``, ``root``, ``models``, ``enums``, ``serve``, ``merge``, ``counts``
+        and, where the release's ``disagg_utils.py`` was read, ``disagg``.
     Example:
         >>> build_profile(facts)["models"]["MoeConfig"]["fields"]["backend"]["type"]
         {'k': 'lit', 'vals': ['AUTO', 'CUTLASS', ...]}
@@ -271,6 +346,7 @@ def build_profile(facts: dict[str, Any]) -> dict[str, Any]:
             todo += sorted(mr)
             enums |= er
         todo += sorted((m.get("dispatch") or {}).get("map", {}).values())
+        todo += sorted(m.get("coerce", {}).values())
     enum_facts = {e: facts.get("enums", {}).get(e, []) for e in sorted(enums)}
     serve = facts.get("serve", {})
     counts = {"models": len(models), "fields": sum(len(m["fields"]) for m in models.values()),
@@ -278,10 +354,14 @@ def build_profile(facts: dict[str, Any]) -> dict[str, Any]:
               + sum(len(f["type"]["vals"]) for m in models.values() for f in m["fields"].values()
                     if f["type"].get("k") == "lit"),
               "serve_options": len(serve.get("options", {}))}
-    return {"format": FORMAT, "release": facts["release"],
-            "provenance": {"extractor": facts.get("extractor", EXTRACTOR), "sources": facts.get("sources", [])},
-            "root": root, "models": {k: models[k] for k in sorted(models)}, "enums": enum_facts,
-            "serve": serve, "merge": facts.get("merge", {}), "counts": counts}
+    out = {"format": FORMAT, "release": facts["release"],
+           "provenance": {"extractor": facts.get("extractor", EXTRACTOR), "sources": facts.get("sources", [])},
+           "root": root, "models": {k: models[k] for k in sorted(models)}, "enums": enum_facts,
+           "serve": serve, "merge": facts.get("merge", {}), "counts": counts}
+    if facts.get("disagg"):  # the disaggregated router config, where that release's source was read
+        out["disagg"] = facts["disagg"]
+        counts["disagg_keys"] = len(facts["disagg"].get("top", {})) + len(facts["disagg"].get("section", {}))
+    return out
 
 
 def dump(doc: dict[str, Any]) -> str:

@@ -39,6 +39,11 @@ class Rename:
     """What a user must do besides renaming (an inverted boolean, a block instead of a flag …)."""
     cli: bool = False
     """The old spelling is a trtllm-serve option name put in the YAML, not a former LLM-API field."""
+    flag: str | None = None
+    """The trtllm-serve option ``note`` sends the user to; where a release's trtllm-serve lacks it (its profile's
+    options say so), the fix says that instead, with ``without_flag``."""
+    without_flag: str = ""
+    """What to do where the release's trtllm-serve has no ``flag``."""
 
 
 RENAMES: tuple[Rename, ...] = (
@@ -69,6 +74,8 @@ RENAMES: tuple[Rename, ...] = (
     # Samplers: the 1.0 booleans became one enum field.
     Rename("enable_trtllm_sampler", "sampler_type", "1.1", "trtllm.md §2.2",
            "enable_trtllm_sampler: true is sampler_type: TRTLLMSampler"),
+    # (main then removed sampler_type itself: _TORCH_LLMARGS_REMOVED_ARG_CHECKS in main's llm_args.py, extracted
+    # into the main profile as a "removed" key; lint says so when it points an old spelling at sampler_type.)
     Rename("enable_mixed_sampler", None, "1.1", "trtllm.md §2.2"),
     # Piecewise CUDA graphs moved out of torch_compile_config (the 1.4.0rc1 documentation calls the old names
     # deprecated aliases: features/torch_compile_and_piecewise_cuda_graph).
@@ -90,9 +97,10 @@ RENAMES: tuple[Rename, ...] = (
     Rename("extra_llm_api_options", None, "1.0", "trtllm-serve option, not an LLM-API field",
            "pass the file with --config/--extra_llm_api_options instead of naming it inside the YAML", cli=True),
     Rename("tool_parser", None, "1.2", "trtllm-serve --tool_parser (a CLI option, not an LLM-API field)",
-           "pass --tool_parser on the trtllm-serve command line", cli=True),
+           "pass --tool_parser on the trtllm-serve command line", cli=True, flag="--tool_parser",
+           without_flag="k2trt's gateway parses K2 tool calls where trtllm-serve cannot"),
     Rename("log_level", None, "1.0", "trtllm-serve --log_level (a CLI option, not an LLM-API field)",
-           "pass --log_level on the trtllm-serve command line", cli=True),
+           "pass --log_level on the trtllm-serve command line", cli=True, flag="--log_level"),
     Rename("hf_revision", "revision", "1.0", "trtllm-serve --hf_revision → TorchLlmArgs.revision", cli=True),
     # Read in 1.3.0rc24's llm_args.py (the validators that handle old names):
     Rename("kv_cache_config.block_reuse_config.block_reuse_policy", "kv_cache_config.block_reuse_config.policy",
@@ -146,11 +154,22 @@ CHECKS: dict[str, dict[str, Any]] = {
     # "generated_ceil" / "generated_floor": batch_sizes must equal the list the release's
     # CudaGraphConfig._generate_cuda_graph_batch_sizes makes (its powers of two stop below 2**ceil(log2 max) in
     # 1.2.1 and 2**floor(log2 max) in 1.0.0; TorchLlmArgs.validate_cuda_graph_config). No row: not checked.
-    "cuda_graph_both_sizes": {"1.0.0": "generated_floor", "1.2.1": "generated_ceil", "1.3.0rc24": "max"},
+    # main: the same rule in BaseCudaGraphConfig.validate_base_cuda_graph_config (llm_args.py@0004396).
+    "cuda_graph_both_sizes": {"1.0.0": "generated_floor", "1.2.1": "generated_ceil", "1.3.0rc24": "max",
+                              "main": "max"},
     # 1.2.1 MTPDecodingConfig.from_dict and TorchLlmArgs.validate_speculative_config (1.0.0:
     # BaseLlmArgs.validate_speculative_config) set max_draft_len = num_nextn_predict_layers (default 1): a YAML
     # max_draft_len alone is silently replaced.
     "mtp_draft_len_from_nextn": {"1.0.0": True, "1.2.1": True},
+    # main TorchLlmArgs.normalize_prefill_cuda_graph_config (after-validator, llm_args.py@0004396): the deprecated
+    # torch_compile_config.enable_piecewise_cuda_graph / capture_num_tokens are moved to prefill_cuda_graph_backend:
+    # piecewise / prefill_capture_num_tokens with a warning; it raises when enable_piecewise_cuda_graph is true and
+    # prefill_cuda_graph_backend is set to something else, when both bucket lists are set and differ, and for a
+    # breakable prefill graph with a torch_compile_config or LoRA. 1.3.0rc24 and older have neither prefill field.
+    "prefill_cuda_graph_legacy": {"main": True},
+    # main AttentionDpConfig.validate_attention_dp_config: with enable_balance, batching_wait_iters and timeout_iters
+    # must be >= 0. (Not read in the older releases' validators: no row.)
+    "attention_dp_balance_iters": {"main": True},
 }
 
 
@@ -181,15 +200,30 @@ RELEASE_FACTS: dict[str, dict[str, Any]] = {
     #   w4a8_mixed_precision: the DeepseekV3 decoder loads a MIXED_PRECISION (W4A8 MoE) checkpoint.
     # A key absent for a release means nobody has read that release's model code for it: the rules then say
     # nothing rather than borrow another release's answer. Neither the 1.0.0, 1.2.1 nor 1.3.0rc24 documentation
-    # renders tensorrt_llm/_torch (routing.py, modeling_deepseekv3.py), so no row is filled yet.
+    # renders tensorrt_llm/_torch (routing.py, model_config.py, modeling_deepseekv3.py), and no stored copy of those
+    # files is tied to their release commits, so they have no row.
+    "main": {
+        # Read on main (W4A8_EVIDENCE): ModelConfig._build_modelopt_quant_config at model_config.py@008e0af8 keeps
+        # QuantAlgo("MIXED_PRECISION") as the global quant_config (the quant_cfg.json layers go to the per-layer
+        # dict only), and DeepseekV3DecoderLayer.__init__ asserts the global algo is not MIXED_PRECISION.
+        "w4a8_mixed_precision": False,
+    },
 }
 
 
-W4A8_EVIDENCE = ("DeepseekV3DecoderLayer.__init__: `assert (quant_config.quant_algo is not "
-                 "QuantAlgo.MIXED_PRECISION), \"MIXED_PRECISION is ambiguous\"`, NVIDIA/TensorRT-LLM "
-                 "tensorrt_llm/_torch/models/modeling_deepseekv3.py@a43cf9e363d5")
-"""The source line behind the W4A8 refusal. The stored upstream file is not tied to a release: no release's
-DeepseekV3 code has been read at its release commit, so no profile has ``w4a8_mixed_precision`` set."""
+W4A8_EVIDENCE = ("DeepseekV3DecoderLayer.__init__ takes _get_decoder_layer_quant_config(model_config, layer_idx) "
+                 "(the checkpoint's global quant_config for every layer not excluded) and asserts `assert "
+                 "(quant_config.quant_algo is not QuantAlgo.MIXED_PRECISION), \"MIXED_PRECISION is ambiguous\"` "
+                 "(NVIDIA/TensorRT-LLM tensorrt_llm/_torch/models/modeling_deepseekv3.py@a43cf9e363d5); main's "
+                 "loader keeps hf_quant_config.json's MIXED_PRECISION as that global algo, as the enum "
+                 "(`QuantAlgo(json_quant_configs['quant_algo'])`, _torch/model_config.py@008e0af8980f), so the "
+                 "assert fires; an older loader (model_config.py@1a0dc5f70054) stored the raw string, which the "
+                 "identity test lets through")
+"""The source lines behind the W4A8 refusal. main: not loadable (the loader and the assert above). 1.0.0, 1.2.1,
+1.3.0rc24: not established: their model_config.py and modeling_deepseekv3.py were not readable at the release
+commits, and the two stored loaders decide the question in opposite ways. The checkpoint metadata k2trt writes is
+the one TensorRT-LLM's own recipe writes (examples/quantization/quantize_mixed_precision_moe.py): changing it would
+not help, since that recipe's global ``MIXED_PRECISION`` is exactly what the assert rejects."""
 
 
 def release_fact(profile: str | None, key: str) -> Any:

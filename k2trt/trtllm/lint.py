@@ -147,20 +147,34 @@ class _Linter:
                 self.warn(path, f"trtllm-serve on {rel} reads it as {merged_to} (the LLM API itself rejects it)",
                           f"use {merged_to}")
                 continue
+            if handled and handled["action"] == "removed":
+                self.removed(path, key, handled, v)
+                continue
             if handled and handled["action"] != "reject":
                 if handled["warn"]:
                     to = handled.get("to") or (rename.new if rename else None)
                     self.warn(path, f"deprecated spelling: {rel} accepts it with a warning",
                               f"use {prefix + '.' if prefix and to else ''}{to}" if to else "remove it")
                 continue
-            if rename and rename.new and not (to := self.replacement(rename)):
+            gone = self.removed_here(rename.new) if rename and rename.new else None
+            if rename and gone is not None:
+                # the later spelling is itself an argument this release removed (main's sampler_type)
+                kept = gone.get("values") or []
+                self.err(path, f"stale key: {rel} rejects it (renamed in {rename.since} to {rename.new}, which {rel} "
+                               "removed as well)", f"remove it; {rename.new} is gone too"
+                         + (f" (only {', '.join(map(repr, kept))} still accepted there, and ignored)" if kept else ""))
+            elif rename and rename.new and not (to := self.replacement(rename)):
                 self.err(path, f"unknown key: {rel} has neither it nor its later spelling {rename.new} "
                                f"({rename.source})", f"remove it; {rel} has no equivalent")
             elif rename:
                 fix = f"use {to}" if rename.new else "remove it"
                 why = "a trtllm-serve option name, not an LLM-API field" if rename.cli else \
                     f"{'renamed' if rename.new else 'removed'} in {rename.since}"
-                self.err(path, f"stale key: {rel} rejects it ({why})", fix + (f"; {rename.note}" if rename.note else ""))
+                note = rename.note
+                if rename.flag and not self.p.option(rename.flag):
+                    note = f"trtllm-serve {self.p.name} has no {rename.flag} either" + \
+                        (f"; {rename.without_flag}" if rename.without_flag else "")
+                self.err(path, f"stale key: {rel} rejects it ({why})", fix + (f"; {note}" if note else ""))
             elif handled:
                 self.err(path, f"{rel} rejects this key in a validator")
             elif m["extra"] == "forbid":
@@ -169,6 +183,23 @@ class _Linter:
                          _suggest(key, sorted(fields)) or f"valid keys: {', '.join(sorted(fields))}")
             elif m["extra"] == "ignore":
                 self.warn(path, f"unknown key: {rel} ignores it", _suggest(key, sorted(fields)))
+
+    def removed(self, path: str, key: str, handled: dict[str, Any], v: Any) -> None:
+        """An argument the release removed but still takes on input: some values with a warning, the rest refused."""
+        rel = f"TensorRT-LLM {self.p.name}"
+        ok = handled.get("values") or []
+        if v in ok:
+            self.warn(path, f"{rel} removed {key}; {v!r} is accepted with a warning and ignored", "remove it")
+            return
+        vr = _VALUE_RENAMES.get((_unindexed(path), v)) if isinstance(v, str) else None
+        also = f" (only {', '.join(map(repr, ok))} are still accepted, and ignored)" if ok else ""
+        self.err(path, f"{rel} removed {key} and rejects {v!r}{also}",
+                 "remove it" + (f"; {vr.source}" if vr else ""))
+
+    def removed_here(self, path: str) -> dict[str, Any] | None:
+        """The handled facts of a top-level key this release removed but still takes on input; None otherwise."""
+        h = self.p.models[self.p.root].get("handled", {}).get(path) if "." not in path else None
+        return h if h and h.get("action") == "removed" else None
 
     def replacement(self, rename: known.Rename) -> str | None:
         """The spelling of ``rename.new``'s setting that this release takes as a current field: an older spelling of
@@ -324,6 +355,16 @@ class _Linter:
                 and "num_nextn_predict_layers" not in spec:
             self.warn("speculative_config.max_draft_len", f"TensorRT-LLM {self.p.name} replaces max_draft_len with "
                       "num_nextn_predict_layers (default 1) for MTP", "set num_nextn_predict_layers instead")
+        self.coerced(doc)
+        if known.check(self.p.name, "prefill_cuda_graph_legacy"):
+            self.prefill_legacy(doc)
+        adp = doc.get("attention_dp_config")
+        if known.check(self.p.name, "attention_dp_balance_iters") and isinstance(adp, dict) \
+                and adp.get("enable_balance") is True:
+            for k in ("batching_wait_iters", "timeout_iters"):
+                if _is_num(adp.get(k)) and adp[k] < 0:
+                    self.err(f"attention_dp_config.{k}", f"TensorRT-LLM {self.p.name} requires {k} >= 0 when "
+                             "enable_balance is true (AttentionDpConfig validator)", f"set {k} to 0 or more")
         cg = doc.get("cuda_graph_config")
         if isinstance(cg, dict) and isinstance(cg.get("batch_sizes"), list) and cg["batch_sizes"] \
                 and all(_is_num(x) for x in cg["batch_sizes"]) and _is_num(cg.get("max_batch_size")) \
@@ -338,6 +379,54 @@ class _Linter:
                 self.err("cuda_graph_config", f"TensorRT-LLM {self.p.name} rejects batch_sizes together with a "
                          "max_batch_size unless the list equals the one it would generate",
                          "set only one of batch_sizes and max_batch_size")
+
+
+    def coerced(self, doc: dict[str, Any]) -> None:
+        """Mappings an after-validator of the release builds into a model (``coerce`` in the profile): judged by that
+        model's fields and ``extra`` policy, as the validator's constructor call judges them."""
+        for path, name in self.p.models[self.p.root].get("coerce", {}).items():
+            node: Any = doc
+            for part in path.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict) and name in self.p.models:
+                sub = _Linter(self.p)
+                sub.model(node, name, path)
+                for i in sub.issues:
+                    self.issues.append(Issue(i.severity, i.path, f"{i.message} (TensorRT-LLM {self.p.name} builds "
+                                             f"{name} from {path} in a validator)" if i.severity == "error"
+                                             else i.message, i.fix))
+
+    def prefill_legacy(self, doc: dict[str, Any]) -> None:
+        """main's ``normalize_prefill_cuda_graph_config``: piecewise CUDA graphs moved out of torch_compile_config."""
+        rel = f"TensorRT-LLM {self.p.name}"
+        tc = doc.get("torch_compile_config")
+        backend = doc.get("prefill_cuda_graph_backend")
+        if isinstance(tc, dict) and tc.get("enable_piecewise_cuda_graph") is True:
+            if "prefill_cuda_graph_backend" in doc and backend != "piecewise":
+                self.err("torch_compile_config.enable_piecewise_cuda_graph", f"{rel} rejects it together with "
+                         f"prefill_cuda_graph_backend: {backend!r} (they conflict)",
+                         "use prefill_cuda_graph_backend alone")
+            else:
+                self.warn("torch_compile_config.enable_piecewise_cuda_graph", f"deprecated on {rel}: it is moved to "
+                          "prefill_cuda_graph_backend: piecewise with a warning",
+                          "use prefill_cuda_graph_backend: piecewise")
+        if isinstance(tc, dict) and "capture_num_tokens" in tc:
+            old, new = tc["capture_num_tokens"], doc.get("prefill_capture_num_tokens")
+            if isinstance(old, list) and isinstance(new, list) and sorted(set(map(str, old))) != \
+                    sorted(set(map(str, new))):
+                self.err("torch_compile_config.capture_num_tokens", f"{rel} rejects it: it differs from "
+                         "prefill_capture_num_tokens", "use prefill_capture_num_tokens alone")
+            else:
+                self.warn("torch_compile_config.capture_num_tokens", f"deprecated on {rel}: it is moved to "
+                          "prefill_capture_num_tokens with a warning", "use prefill_capture_num_tokens")
+        if backend == "breakable":
+            if tc is not None and "torch_compile_config" in doc:
+                self.err("torch_compile_config", f"{rel}: a breakable prefill CUDA graph does not support "
+                         "torch_compile_config", "remove torch_compile_config, or use prefill_cuda_graph_backend: "
+                         "piecewise")
+            if doc.get("enable_lora") is True or doc.get("lora_config") is not None:
+                self.err("prefill_cuda_graph_backend", f"{rel}: a breakable prefill CUDA graph does not support LoRA",
+                         "use prefill_cuda_graph_backend: piecewise or disabled")
 
 
 def _unindexed(path: str) -> str:

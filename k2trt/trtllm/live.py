@@ -3,7 +3,8 @@
 It writes the same facts document as the maintainer tool's ``ast`` extraction (``k2trt.trtllm.facts``), from the
 objects instead of the text: ``model_fields`` (annotation, default, aliases, constraints, ``status``), ``model_config``
 ``extra``, ``Enum`` members, and each before-validator's source (``inspect.getsource``) read by the same
-``handled_keys`` heuristic. Nothing here imports ``tensorrt_llm``; the caller passes the root class in.
+``handled_keys`` / ``removed_args`` heuristics (the latter over the defining module's source), and the mappings an
+after-validator rebuilds into a model (``coerced_fields``). Nothing here imports ``tensorrt_llm``; the caller passes the root class in.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from __future__ import annotations
 import ast
 import enum
 import inspect
+import sys
 import textwrap
 import types
 import typing
 from pathlib import PurePath
 from typing import Any
 
-from k2trt.trtllm.facts import EXTRACTOR, FORMAT, handled_keys, t_scalar, t_union, validator_info
+from k2trt.trtllm.facts import (EXTRACTOR, FORMAT, coerced_fields, handled_keys, removed_args, t_scalar, t_union,
+                               validator_info)
 
 _NUMERIC = {"Ge": "ge", "Gt": "gt", "Le": "le", "Lt": "lt"}
 
@@ -107,10 +110,20 @@ class _Walker:
         handled: dict[str, Any] = {}
         for dec in _before_validators(cls):
             handled.update(handled_keys(dec, set(cls.model_fields)))  # type: ignore[attr-defined]
+            module = _module_tree(cls)
+            if module is not None:  # main's table of removed-but-accepted arguments (sampler_type)
+                handled.update(removed_args(dec, module))
+        coerce: dict[str, str] = {}
+        for dec in _before_validators(cls, modes=("after",)):
+            for path, name in coerced_fields(dec).items():
+                target = getattr(sys.modules.get(cls.__module__), name, None)
+                if isinstance(target, type) and hasattr(target, "model_fields"):
+                    coerce[path] = name
+                    self.todo.append(target)
         pre = _pre_validated(cls)
         self.models[cls.__name__] = {"bases": [], "extra": cls.model_config.get("extra") or "ignore",  # type: ignore[attr-defined]
                                      "fields": fields, **({"handled": handled} if handled else {}),
-                                     **({"pre": pre} if pre else {})}
+                                     **({"pre": pre} if pre else {}), **({"coerce": coerce} if coerce else {})}
 
 
 def _aliases(fi: Any) -> list[str]:
@@ -134,12 +147,27 @@ def _pre_validated(cls: type) -> list[str]:
     return sorted(out)
 
 
-def _before_validators(cls: type) -> list[ast.FunctionDef]:
+_TREES: dict[tuple[str, int], ast.Module | None] = {}
+
+
+def _module_tree(cls: type) -> ast.Module | None:
+    """The parsed source of the module that defines ``cls`` (None when it cannot be read); parsed once per module."""
+    key = (cls.__module__, id(sys.modules.get(cls.__module__)))
+    if key not in _TREES:
+        try:
+            _TREES[key] = ast.parse(inspect.getsource(sys.modules[cls.__module__]))
+        except (OSError, TypeError, KeyError, SyntaxError):
+            _TREES[key] = None
+    return _TREES[key]
+
+
+def _before_validators(cls: type, modes: tuple[str, ...] = ("before", "wrap")) -> list[ast.FunctionDef]:
+    """The parsed model validators of ``cls`` whose mode is one of ``modes``."""
     out: list[ast.FunctionDef] = []
     decs = getattr(cls, "__pydantic_decorators__", None)
     for group in (getattr(decs, "model_validators", {}),):
         for d in group.values():
-            if getattr(d.info, "mode", None) not in ("before", "wrap"):
+            if getattr(d.info, "mode", None) not in modes:
                 continue
             try:
                 src = textwrap.dedent(inspect.getsource(d.func))

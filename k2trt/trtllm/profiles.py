@@ -58,6 +58,9 @@ class Profile:
     counts: dict[str, int]
     serve: dict[str, Any] = field(default_factory=dict)
     """The argv facts render.py needs, derived from ``serve_options`` (config flag, parallel flags, parsers …)."""
+    disagg: dict[str, Any] = field(default_factory=dict)
+    """``trtllm-serve disaggregated``'s config file (top-level keys, server sections, router and cluster blocks),
+    extracted from ``disagg_utils.py``; empty where that release's source could not be read."""
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -170,6 +173,6 @@ def from_dict(d: dict[str, Any], version: str | None = None) -> Profile:
     """A Profile from a generated profile document (a packaged file, or one built from live facts)."""
     p = Profile(d["release"], version or d["release"], d["root"], d["models"], d.get("enums", {}),
                 d.get("serve", {}).get("options", {}), d.get("merge", {}), d.get("provenance", {}),
-                d.get("counts", {}))
+                d.get("counts", {}), disagg=d.get("disagg", {}))
     p.serve.update(_serve_view(p))
     return p

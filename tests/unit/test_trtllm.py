@@ -55,9 +55,13 @@ def test_profiles_resolve_versions() -> None:
     assert one_oh.name == "1.0.0" and one_oh.serve["config_flag"] == "--extra_llm_api_options"
     assert one_oh.serve["yaml_merge"] == "shallow" and not one_oh.has_tool_parser("kimi_k2")
     assert "enable_trtllm_sampler" in one_oh.fields and "sampler_type" not in one_oh.fields
-    for other in ("0.20.0", "1.3.0rc7", "1.2.0", "0.21", "main"):
+    for other in ("0.20.0", "1.3.0rc7", "1.2.0", "0.21"):
         with pytest.raises(ConfigError, match="no schema profile"):
             profile_for(other)
+    # main has its own profile now (raw llm_args.py@0004396…, issue 12), and only main/latest/head select it
+    for alias in ("main", "latest", "head"):
+        assert profile_for(alias).name == "main"
+    assert profile_for("main").models["TorchLlmArgs"]["handled"]["sampler_type"]["action"] == "removed"
 
 
 def test_stale_key_gets_its_new_spelling() -> None:
@@ -270,4 +274,25 @@ def test_config_profiles_command() -> None:
     assert "NVIDIA/TensorRT-LLM:1.3.0rc24/_modules/tensorrt_llm/llmapi/llm_args.html@32b086cd086c" in r.output
     d = json.loads(CliRunner().invoke(cli, ["config", "profiles", "--json"]).output)
     counts = {p["name"]: p["counts"]["models"] for p in d["profiles"]}
-    assert d["pinned"] == PINNED_RELEASE and counts == {"1.0.0": 18, "1.2.1": 25, "1.3.0rc24": 48}
+    assert d["pinned"] == PINNED_RELEASE and counts == {"1.0.0": 18, "1.2.1": 25, "1.3.0rc24": 48, "main": 52}
+
+
+def test_w4a8_is_refused_on_every_profile_with_the_reason_that_profile_has() -> None:
+    """Issue 12 item 4: main's loader keeps the global MIXED_PRECISION that DeepseekV3DecoderLayer asserts on (read:
+    not loadable); the releases' own loaders were not readable (not established). Both refuse; the messages differ."""
+    from k2trt.layout import Layout
+    from k2trt.plan.planner import Cluster, PlanRequest, plan_layout, resolve_spec
+    from k2trt.plan.gpus import gpu
+    from k2trt.trtllm import known
+    from k2trt.trtllm.profiles import available
+
+    w4a8, _ = resolve_spec(None, "k2-instruct", "w4a8")
+    for release in available():
+        lp = plan_layout(PlanRequest(w4a8, Cluster(gpu("h200"), 1, 8), 32768, release=release),
+                         Layout.parse("tp8ep8adp"))
+        msg = next(f.message for f in lp.findings if f.rule == "w4a8-not-loadable")
+        assert not lp.ok and "MIXED_PRECISION is ambiguous" in msg and "model_config.py@008e0af8980f" in msg
+        if release == "main":
+            assert known.release_fact(release, "w4a8_mixed_precision") is False and "main does not load it" in msg
+        else:
+            assert known.release_fact(release, "w4a8_mixed_precision") is None and "not established" in msg

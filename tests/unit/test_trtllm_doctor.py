@@ -161,3 +161,76 @@ def test_config_check_trtllm_installed(stand_in, tmp_path: Path) -> None:  # typ
 def test_installed_profile_without_tensorrt_llm() -> None:
     with pytest.raises(ConfigError, match="not installed"):
         installed_profile()
+
+
+MAIN_LIKE = textwrap.dedent('''\
+    import logging
+    from typing import Any, Callable, Dict, Optional, Union
+
+    from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+    logger = logging.getLogger("stand-in")
+
+
+    class StrictBaseModel(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+
+    class MoeLoadBalancerConfig(StrictBaseModel):
+        num_slots: Optional[int] = None
+        layer_updates_per_iter: int = 0
+
+
+    class MoeConfig(StrictBaseModel):
+        load_balancer: Optional[Union[object, str]] = None
+
+
+    def _check_removed_sampler_type(value: Any) -> None:
+        if value in ("auto", "TorchSampler"):
+            logger.warning("ignored")
+            return
+        raise ValueError("no longer available")
+
+
+    _TORCH_LLMARGS_REMOVED_ARG_CHECKS: Dict[str, Callable[[Any], None]] = {"sampler_type": _check_removed_sampler_type}
+
+
+    class TorchLlmArgs(StrictBaseModel):
+        model: str
+        moe_config: MoeConfig = Field(default_factory=MoeConfig)
+
+        @model_validator(mode="before")
+        @classmethod
+        def _drop_removed_args(cls, data):
+            for key, check in _TORCH_LLMARGS_REMOVED_ARG_CHECKS.items():
+                if isinstance(data, dict) and key in data:
+                    check(data.pop(key))
+            return data
+
+        @model_validator(mode="after")
+        def validate_load_balancer(self):
+            if isinstance(self.moe_config.load_balancer, dict):
+                self.moe_config.load_balancer = MoeLoadBalancerConfig(**self.moe_config.load_balancer)
+            return self
+    ''')
+
+
+def test_live_extraction_reads_removed_arguments_and_after_validator_models(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """An installed main-era release: the same removed-argument and load-balancer facts as the packaged main profile."""
+    import importlib
+
+    from k2trt.trtllm.facts import build_profile
+    from k2trt.trtllm.live import facts_from_models
+
+    (tmp_path / "k2trt_main_like_llm_args.py").write_text(MAIN_LIKE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module("k2trt_main_like_llm_args")
+    try:
+        prof = build_profile(facts_from_models(mod.TorchLlmArgs, "9.9.9"))
+    finally:
+        sys.modules.pop("k2trt_main_like_llm_args", None)
+    root = prof["models"]["TorchLlmArgs"]
+    assert root["handled"]["sampler_type"]["values"] == ["auto", "TorchSampler"]
+    assert root["coerce"] == {"moe_config.load_balancer": "MoeLoadBalancerConfig"}
+    assert set(prof["models"]["MoeLoadBalancerConfig"]["fields"]) == {"num_slots", "layer_updates_per_iter"}

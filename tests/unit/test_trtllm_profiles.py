@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
+from k2trt.cli import cli
 from k2trt.trtllm import known
+from k2trt.trtllm.disagg_lint import lint_config_text
 from k2trt.trtllm.facts import build_profile, dump, flatten
-from k2trt.trtllm.lint import lint, lint_text
+from k2trt.trtllm.lint import lint
 from k2trt.trtllm.profiles import PROFILE_DIR, available, profile_for
 from tools.trtllm_extract.__main__ import FACTS_DIR, regenerate
 from tools.trtllm_extract.cli_source import click_options_from_source, merge_rule
@@ -238,10 +241,19 @@ def test_every_packaged_profile_has_facts_and_provenance() -> None:
         doc = json.loads((PROFILE_DIR / f"{name}.json").read_text())
         assert doc["release"] == name and doc["provenance"]["extractor"].startswith("k2trt-trtllm-extract")
         roles = {s["role"] for s in doc["provenance"]["sources"]}
-        assert roles == {"llm_args", "serve"}
         for s in doc["provenance"]["sources"]:
             assert s["repo"] == "NVIDIA/TensorRT-LLM" and re.fullmatch(r"[0-9a-f]{40}", s["commit"])
-            assert s["path"].startswith(f"{name}/")
+        if name == "main":
+            # main has no published pages: raw files, each at the commit it is stored at, hashed, dated in a note
+            assert {"llm_args", "serve"} <= roles <= {"llm_args", "module", "serve", "disagg"}
+            for s in doc["provenance"]["sources"]:
+                assert s["form"] in ("python", "yaml") and re.fullmatch(r"[0-9a-f]{64}", s["sha256"]) and s["note"]
+                assert not s["path"].startswith("main/")
+            assert doc["disagg"]["section_extra"] == "llm_args" and doc["counts"]["disagg_keys"] > 15
+        else:
+            assert roles == {"llm_args", "serve"}
+            for s in doc["provenance"]["sources"]:
+                assert s["path"].startswith(f"{name}/")
         facts = json.loads((FACTS_DIR / f"{name}.json").read_text())
         assert doc["counts"]["models"] == len(doc["models"]) > 15 and doc["counts"]["serve_options"] > 20
         assert flatten("TorchLlmArgs", facts)["fields"] == doc["models"]["TorchLlmArgs"]["fields"]
@@ -249,7 +261,7 @@ def test_every_packaged_profile_has_facts_and_provenance() -> None:
 
 def _shipped() -> list[tuple[str, Path]]:
     return [(d.name, f) for d in sorted(SHIPPED.iterdir()) if d.is_dir() for f in sorted(d.glob("*.yaml"))
-            if f.name != "verdicts.yaml"]
+            if f.name not in ("verdicts.yaml", "sources.yaml")]
 
 
 def _verdict(release: str, name: str) -> dict | None:  # type: ignore[type-arg]
@@ -261,15 +273,35 @@ def _verdict(release: str, name: str) -> dict | None:  # type: ignore[type-arg]
 def test_shipped_configs_are_judged_as_their_release_judges_them(release: str, path: Path) -> None:
     """TensorRT-LLM ships these files for this release (README.md names the page and commit). The release accepts
     them, except those verdicts.yaml lists: it rejects those, and the message names the replacement."""
-    res = lint_text(path.read_text(), release, str(path))
+    res = lint_config_text(path.read_text(), release, str(path))  # a router config is judged as one
     assert res.profile == release
     verdict = _verdict(release, path.name)
     if verdict is None:
         assert res.ok, [str(i) for i in res.issues]
         assert not [i for i in res.issues if "stale" in i.message or "unknown" in i.message]
     else:
-        assert [i.path for i in res.errors] == [verdict["rejects"]], [str(i) for i in res.issues]
-        assert verdict["fix"] in res.errors[0].fix
+        rejects, fixes = verdict["rejects"], verdict["fix"]
+        if isinstance(rejects, str):
+            assert [i.path for i in res.errors] == [rejects], [str(i) for i in res.issues]
+            assert fixes in res.errors[0].fix
+        else:  # several keys rejected: each error in order, each naming its replacement
+            assert sorted(i.path for i in res.errors) == sorted(rejects), [str(i) for i in res.issues]
+            by_path = {i.path: i for i in res.errors}
+            assert all(f in by_path[r].fix for r, f in zip(rejects, fixes)), [str(i) for i in res.errors]
+
+
+def test_every_shipped_main_file_names_its_upstream_path_and_commit() -> None:
+    """The stored raw versions judged by the main profile: each one's path, commit and kind (issue 12 item 3)."""
+    src = yaml.safe_load((SHIPPED / "main" / "sources.yaml").read_text())
+    files = {f.name for r, f in _shipped() if r == "main"}
+    assert set(src) == files
+    for name, s in src.items():
+        assert re.fullmatch(r"[0-9a-f]{40}", s["commit"]) and s["path"].startswith("examples/"), name
+        assert s["kind"] in ("curated", "database", "disaggregated", "wide-ep") and name.startswith(
+            {"disaggregated": "disagg"}.get(s["kind"], s["kind"]) + "--")
+    kinds = [s["kind"] for s in src.values()]
+    assert {k: kinds.count(k) for k in set(kinds)} == {"curated": 27, "database": 21, "disaggregated": 10,
+                                                      "wide-ep": 4}
 
 
 def test_shipped_configs_stay_rejected_when_broken_the_way_old_docs_spell_them() -> None:
@@ -321,6 +353,10 @@ EXPECTED: dict[str, dict[str, str]] = {"1.0.0": _100, "1.2.1": _121, "1.3.0rc24"
     "kv_cache_config.block_reuse_config.block_reuse_policy": "error", "mtp_eagle_one_model": "error",
     "num_nextn_predict_layers": "error", "enable_block_reuse": "error",
 }}
+# main: as 1.3.0rc24, except that normalize_prefill_cuda_graph_config moves the two torch_compile_config keys to the
+# prefill_* fields with a warning, and sampler_type (where enable_trtllm_sampler went) is itself removed.
+EXPECTED["main"] = {**EXPECTED["1.3.0rc24"], "torch_compile_config.enable_piecewise_cuda_graph": "warning",
+                    "torch_compile_config.capture_num_tokens": "warning"}
 _SAMPLE_VALUE = {"torch_compile_config.capture_num_tokens": [64, 128], "speculative_config.num_nextn_predict_layers": 1}
 
 
@@ -371,10 +407,265 @@ def test_each_renamed_key_under_each_profile(release: str, row: known.Rename) ->
 
 @pytest.mark.parametrize("release,fix", [("1.0.0", "use speculative_config.num_nextn_predict_layers;"),
                                          ("1.2.1", "use speculative_config.num_nextn_predict_layers;"),
-                                         ("1.3.0rc24", "use speculative_config.max_draft_len;")])
+                                         ("1.3.0rc24", "use speculative_config.max_draft_len;"),
+                                         ("main", "use speculative_config.max_draft_len;")])
 def test_a_renamed_key_is_pointed_at_the_spelling_its_release_takes(release: str, fix: str) -> None:
     """1.0.0 and 1.2.1 overwrite max_draft_len with num_nextn_predict_layers (their validate_speculative_config), so a
     stray top-level num_nextn_predict_layers must be sent to their MTP count field, not to 1.3's max_draft_len."""
     res = lint({"num_nextn_predict_layers": 3}, release)
     assert [i.path for i in res.errors] == ["num_nextn_predict_layers"]
     assert res.errors[0].fix.startswith(fix)
+
+
+# --- issue 12: main's removed arguments, after-validator models, the CLI reference, the router config --------------
+
+MAIN_SHAPED = textwrap.dedent('''\
+    from typing import Any, Callable, Dict, Optional, Union
+    from pydantic import model_validator
+    from .utils import StrictBaseModel
+
+
+    class MoeLoadBalancerConfig(StrictBaseModel):
+        num_slots: Optional[int] = None
+        layer_updates_per_iter: int = 0
+
+
+    class MoeConfig(StrictBaseModel):
+        load_balancer: Optional[Union[object, str]] = None
+
+
+    class MultimodalConfig(StrictBaseModel):
+        knob: bool = False
+
+
+    def _check_removed_sampler_type(value: Any) -> None:
+        if value in ("auto", "TorchSampler"):
+            logger.warning("ignored")
+            return
+        raise ValueError("no longer available")
+
+
+    _TORCH_LLMARGS_REMOVED_ARG_CHECKS: Dict[str, Callable[[Any], None]] = {
+        "sampler_type": _check_removed_sampler_type,
+    }
+
+
+    class TorchLlmArgs(StrictBaseModel):
+        moe_config: MoeConfig = Field(default_factory=MoeConfig)
+        multimodal_config: Optional[MultimodalConfig] = None
+
+        @model_validator(mode="before")
+        @classmethod
+        def _drop_removed_args(cls, data):
+            for key, check in _TORCH_LLMARGS_REMOVED_ARG_CHECKS.items():
+                if key in data:
+                    check(data.pop(key))
+            return data
+
+        @model_validator(mode="after")
+        def validate_load_balancer(self):
+            if isinstance(self.moe_config.load_balancer, dict):
+                self.moe_config.load_balancer = MoeLoadBalancerConfig(**self.moe_config.load_balancer)
+            return self
+
+
+    def update_llm_args_with_extra_dict(llm_args, llm_args_dict):
+        if "multimodal_config" in llm_args_dict:
+            base = llm_args.get("multimodal_config") or {}
+            llm_args["multimodal_config"] = base | llm_args_dict.pop("multimodal_config")
+        return llm_args | llm_args_dict
+    ''')
+
+
+def test_extractor_reads_mains_removed_arguments_and_after_validator_models() -> None:
+    """main's llm_args.py: sampler_type is removed but still taken (auto/TorchSampler ignored with a warning, the rest
+    refused), a load_balancer mapping is rebuilt into MoeLoadBalancerConfig, multimodal_config is merged key by key."""
+    models, enums = extract_models([MAIN_SHAPED])
+    facts = {"format": 1, "release": "9.9.9", "root": "TorchLlmArgs", "models": models, "enums": enums,
+             "external_bases": {"BaseModel": "ignore", "StrictBaseModel": "forbid"}, "merge": merge_rule(MAIN_SHAPED)}
+    prof = build_profile(facts)
+    root = prof["models"]["TorchLlmArgs"]
+    assert root["handled"]["sampler_type"] == {"action": "removed", "to": None, "warn": True,
+                                               "values": ["auto", "TorchSampler"]}
+    assert root["coerce"] == {"moe_config.load_balancer": "MoeLoadBalancerConfig"}
+    assert prof["models"]["MoeLoadBalancerConfig"]["extra"] == "forbid"  # reachable through the validator
+    assert prof["merge"]["deep"] == ["multimodal_config"]
+    from k2trt.trtllm.lint import lint_with
+    from k2trt.trtllm.profiles import from_dict
+
+    p = from_dict(prof)
+    warn = lint_with({"sampler_type": "auto"}, p)
+    assert warn.ok and "ignored" in warn.issues[0].message
+    bad = lint_with({"sampler_type": "TRTLLMSampler", "moe_config": {"load_balancer": {"slots": 4}}}, p)
+    assert {i.path for i in bad.errors} == {"sampler_type", "moe_config.load_balancer.slots"}
+    assert lint_with({"moe_config": {"load_balancer": "eplb.yaml"}}, p).ok  # a file: judged where it runs
+
+
+def test_main_profile_judges_what_its_validators_judge() -> None:
+    assert lint({"sampler_type": "TorchSampler"}, "main").ok
+    err = lint({"enable_trtllm_sampler": True}, "main").errors[0]
+    assert "removed as well" in err.message and "sampler_type" in err.fix
+    # normalize_prefill_cuda_graph_config: the old spellings move with a warning, conflicting ones are refused
+    old = lint({"torch_compile_config": {"enable_piecewise_cuda_graph": True, "capture_num_tokens": [8, 4]},
+                "prefill_capture_num_tokens": [4, 8]}, "main")
+    assert old.ok and {i.path for i in old.issues} == {"torch_compile_config.enable_piecewise_cuda_graph",
+                                                       "torch_compile_config.capture_num_tokens"}
+    clash = lint({"torch_compile_config": {"enable_piecewise_cuda_graph": True, "capture_num_tokens": [8]},
+                  "prefill_cuda_graph_backend": "breakable", "prefill_capture_num_tokens": [16]}, "main")
+    assert {i.path for i in clash.errors} == {"torch_compile_config.enable_piecewise_cuda_graph",
+                                              "torch_compile_config.capture_num_tokens", "torch_compile_config"}
+    assert lint({"torch_compile_config": {"enable_piecewise_cuda_graph": True}}, "1.3.0rc24").issues == []
+    lb = lint({"moe_config": {"load_balancer": {"num_slots": 416, "layer_updates": 1}}}, "main")
+    assert [i.path for i in lb.errors] == ["moe_config.load_balancer.layer_updates"]
+    assert "layer_updates_per_iter" in lb.errors[0].fix
+    adp = lint({"attention_dp_config": {"enable_balance": True, "timeout_iters": -1}}, "main")
+    assert [i.path for i in adp.errors] == ["attention_dp_config.timeout_iters"]
+    both = lint({"cuda_graph_config": {"batch_sizes": [1, 2, 4], "max_batch_size": 8}}, "main")
+    assert [i.path for i in both.errors] == ["cuda_graph_config.max_batch_size"]  # validate_base_cuda_graph_config
+
+
+def test_a_cli_option_the_release_lacks_is_not_recommended() -> None:
+    """1.0.0's trtllm-serve has no --tool_parser: a stray tool_parser key must not send the user to it."""
+    old = lint({"tool_parser": "kimi_k2"}, "1.0.0").errors[0]
+    assert "--tool_parser" in old.fix and "has no --tool_parser" in old.fix and "pass --tool_parser" not in old.fix
+    new = lint({"tool_parser": "kimi_k2"}, "1.2.1").errors[0]
+    assert "pass --tool_parser on the trtllm-serve command line" in new.fix
+
+
+def test_cli_reference_yaml_gives_the_serve_options() -> None:
+    from tools.trtllm_extract.cli_source import click_options_from_reference
+
+    ref = textwrap.dedent('''\
+        commands:
+          serve:
+            options:
+              tensor_parallel_size:
+                type: INT
+                default: 1
+                flags:
+                - "--tensor_parallel_size"
+                - "--tp_size"
+              tool_parser:
+                type: Choice(['auto', 'kimi_k2'])
+                default: null
+                flags:
+                - "--tool_parser"
+              telemetry:
+                is_flag: true
+                default: true
+                flags:
+                - "--no-telemetry"
+                - "--telemetry"
+              backend:
+                status: deprecated
+                flags:
+                - "--backend"
+          mm_embedding_serve:
+            options: {}
+        ''')
+    opts = click_options_from_reference(ref)["serve"]
+    assert opts["--tensor_parallel_size"]["aliases"] == ["--tp_size"]
+    assert opts["--tool_parser"]["choices"] == ["auto", "kimi_k2"]
+    assert opts["--telemetry"]["flag"] and opts["--telemetry"]["aliases"] == ["--no-telemetry"]
+    assert opts["--backend"]["deprecated"] and not opts["--tool_parser"]["deprecated"]
+    p = profile_for("main")  # main's options came from TensorRT-LLM's own reference file
+    assert p.option("--tp_size") == "--tp_size" and p.has_tool_parser("kimi_k2") and p.serve["config_flag"] == "--config"
+
+
+DISAGG_UTILS = textwrap.dedent('''\
+    from dataclasses import dataclass
+    from typing import Any, List, Literal, Optional
+
+
+    @dataclass
+    class MinimalInstances:
+        context_servers: int = 1
+
+
+    @dataclass
+    class DisaggClusterConfig:
+        cluster_uri: str
+        minimal_instances: Optional[MinimalInstances] = None
+
+
+    @dataclass
+    class RouterConfig:
+        type: str = "round_robin"
+
+
+    def extract_disagg_cfg(hostname: str = 'localhost', port: int = 8000,
+                           context_servers: Optional[dict] = None, generation_servers: Optional[dict] = None,
+                           disagg_cluster: Optional[dict] = None,
+                           schedule_style: Literal['context_first', 'generation_first'] = 'context_first',
+                           **kwargs: Any):
+        ctx = extract_router_config(context_servers)
+        if disagg_cluster:
+            cluster = extract_disagg_cluster_config(disagg_cluster)
+
+
+    def extract_ctx_gen_cfgs(type: Literal['ctx', 'gen'], num_instances: int = 1,
+                             urls: Optional[List[str]] = None, **kwargs: Any):
+        pass
+
+
+    def extract_router_config(server_cfg: dict) -> RouterConfig:
+        args = server_cfg.pop("router", {})
+        router_type = args.pop("type", "round_robin")
+        return RouterConfig(type=router_type, args=args)
+
+
+    def extract_disagg_cluster_config(cluster_config_dict) -> DisaggClusterConfig:
+        pass
+    ''')
+
+
+def test_disagg_extractor_reads_the_router_config_schema() -> None:
+    from tools.trtllm_extract.disagg_source import disagg_facts
+
+    d = disagg_facts(DISAGG_UTILS)
+    assert set(d["top"]) == {"hostname", "port", "context_servers", "generation_servers", "disagg_cluster",
+                             "schedule_style"}
+    assert d["top"]["schedule_style"]["type"] == {"k": "lit", "vals": ["context_first", "generation_first"]}
+    assert d["inherit"] is True and d["section_extra"] == "llm_args"
+    assert set(d["section"]) == {"num_instances", "urls", "router"}
+    assert d["blocks"] == {"disagg_cluster": "DisaggClusterConfig"}  # the sections keep their own schema
+    assert d["models"]["DisaggClusterConfig"]["extra"] == "forbid"
+    assert d["models"]["DisaggClusterConfig"]["fields"]["cluster_uri"]["required"] is True
+    assert "MinimalInstances" in d["models"] and "RouterConfig" not in d["models"]
+
+
+def test_k2trts_router_config_is_clean_under_every_profile() -> None:
+    from k2trt.trtllm.disagg import RoleServers, disagg_config
+    from k2trt.trtllm.disagg_lint import lint_disagg
+
+    doc = disagg_config(RoleServers(("h1:8001",), 8), RoleServers(("h2:8002", "h3:8002"), 8, 2))
+    for release in available():
+        res = lint_disagg(doc, release)
+        assert res.ok, (release, [str(i) for i in res.issues])
+        assert not [i for i in res.issues if "stale" in i.message or "unknown" in i.message], release
+        established = bool(profile_for(release).disagg)
+        assert established == (release == "main")
+        assert any("not established" in i.message for i in res.issues) != established
+
+
+def test_router_config_mistakes_are_caught_as_main_catches_them(tmp_path: Path) -> None:
+    from k2trt.trtllm.disagg_lint import lint_disagg
+
+    doc = {"hostname": "h", "port": "80a", "max_batch_size": 16, "free_gpu_memory_fraction": 0.5,
+           "conditional_disagg_config": {"max_local_prefill_len": 1},
+           "context_servers": {"num_instances": 2, "urls": ["a:1"], "max_batch_size": 8, "tp_size": 4,
+                               "router": {"type": "kv_cache_aware", "max_batch_size": 8}},
+           "generation_servers": {"urls": ["b"], "kv_cache_config": {"free_gpu_memory_fraction": 1.5}}}
+    res = lint_disagg(doc, "main")
+    assert {i.path for i in res.errors} == {
+        "port", "conditional_disagg_config.max_local_prefill_len", "context_servers.max_batch_size",
+        "context_servers.tp_size", "context_servers.urls", "generation_servers.kv_cache_config.free_gpu_memory_fraction",
+        "generation_servers.urls[0]"}
+    assert "max_local_prefill_length" in next(i for i in res.errors if i.path.startswith("conditional")).fix
+    # the same document through `k2trt config check`'s entry point is recognised as a router config
+    assert {i.path for i in lint_config_text(yaml.safe_dump(doc), "main").errors} == {i.path for i in res.errors}
+    f = tmp_path / "disagg.yml"
+    f.write_text(yaml.safe_dump(doc))
+    r = CliRunner().invoke(cli, ["config", "check", str(f), "--trtllm", "main", "--json"])
+    assert r.exit_code == 1 and {i["path"] for i in json.loads(r.output)["issues"] if i["severity"] == "error"} \
+        == {i.path for i in res.errors}

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from k2trt.trtllm.facts import EXTRACTOR, FORMAT, build_profile, dump
-from tools.trtllm_extract.cli_source import click_options_from_source, merge_rule
+from tools.trtllm_extract.cli_source import click_options_from_reference, click_options_from_source, merge_rule
+from tools.trtllm_extract.disagg_source import disagg_facts
 from tools.trtllm_extract.pages import click_options, viewcode_source
 from tools.trtllm_extract.source import extract_models
 
@@ -44,41 +45,63 @@ def _read_python(path: Path) -> str:
     return viewcode_source(text) if path.suffix in (".html", ".htm") else text
 
 
-def _source(spec: str, files: dict[str, Path], transcribed: bool = False, built_from: str | None = None) \
-        -> dict[str, Any]:
+def _source(spec: str, files: dict[str, Path], transcribed: bool = False, built_from: str | None = None,
+            notes: dict[str, str] | None = None) -> dict[str, Any]:
+    """One provenance row from ``ROLE=OWNER/REPO:PATH@COMMIT``.
+
+    The file read for it is the one given for that role whose name ends with the row's path (a raw source file paged
+    into a scratch directory keeps the repository's path under it); its sha256 is recorded. ``notes[path]`` (from
+    ``--note PATH=TEXT``) is recorded with the row: how the commit was dated, how sure that is.
+    """
     role, _, rest = spec.partition("=")
     where, _, commit = rest.rpartition("@")
     repo, _, path = where.partition(":")
     out: dict[str, Any] = {"role": role, "repo": repo, "path": path, "commit": commit}
     if built_from:
         out["built_from"] = built_from
+    local = files.get(role) if role in ("llm_args", "serve") and transcribed else \
+        next((f for f in files.values() if f.as_posix().endswith("/" + path) or f.as_posix() == path), files.get(role))
     if transcribed:
         # The file read was a transcript of the page's declaration lines (class/field/enum/validator heads), not the
         # page itself: its hash would identify nothing upstream, so none is recorded.
         out["form"] = "declarations transcribed from the rendered page"
-    elif role in files:
-        out["sha256"] = hashlib.sha256(files[role].read_bytes()).hexdigest()
-        out["form"] = "sphinx-page" if files[role].suffix in (".html", ".htm") else "python"
+    elif local is not None:
+        out["sha256"] = hashlib.sha256(local.read_bytes()).hexdigest()
+        out["form"] = {".html": "sphinx-page", ".htm": "sphinx-page", ".yaml": "yaml", ".yml": "yaml"}.get(
+            local.suffix, "python")
+    if notes and path in notes:
+        out["note"] = notes[path]
     return out
+
+
+def _serve_options(path: Path) -> dict[str, Any]:
+    """``{"options", "commands"}`` of ``trtllm-serve serve`` from its page, ``serve.py``, or TensorRT-LLM's CLI
+    stability reference YAML."""
+    text = path.read_text(encoding="utf-8")
+    cmds = click_options(text) if path.suffix in (".html", ".htm") else \
+        click_options_from_reference(text) if path.suffix in (".yaml", ".yml") else click_options_from_source(text)
+    serve_cmd = cmds.get("serve") or next(
+        (v for k, v in cmds.items() if k.endswith("serve") or k.endswith("serve-serve")), {})
+    return {"options": serve_cmd, "commands": sorted(cmds)}
 
 
 def facts(args: argparse.Namespace) -> dict[str, Any]:
     """The facts document for one release from the files named on the command line."""
     texts = [_read_python(Path(p)) for p in args.llm_args]
     models, enums = extract_models(texts)
-    serve: dict[str, Any] = {}
-    if args.serve:
-        sp = Path(args.serve)
-        cmds = click_options(sp.read_text()) if sp.suffix in (".html", ".htm") else \
-            click_options_from_source(sp.read_text())
-        serve_cmd = next((v for k, v in cmds.items() if k.endswith("serve") or k.endswith("serve-serve")), {})
-        serve = {"options": serve_cmd, "commands": sorted(cmds)}
-    files = {"llm_args": Path(args.llm_args[0])} | ({"serve": Path(args.serve)} if args.serve else {})
-    return {"format": FORMAT, "release": args.release, "extractor": EXTRACTOR,
-            "sources": [_source(s, files, args.transcribed, args.built_from) for s in args.source],
-            "root": "TorchLlmArgs",
-            "models": models, "enums": enums, "external_bases": EXTERNAL_BASES, "serve": serve,
-            "merge": merge_rule("\n".join(texts))}
+    serve: dict[str, Any] = _serve_options(Path(args.serve)) if args.serve else {}
+    files = {"llm_args": Path(args.llm_args[0])} | ({"serve": Path(args.serve)} if args.serve else {}) \
+        | {f"module{i}": Path(p) for i, p in enumerate(args.llm_args[1:], 1)} \
+        | ({"disagg": Path(args.disagg)} if getattr(args, "disagg", None) else {})
+    notes = dict(n.split("=", 1) for n in getattr(args, "note", None) or [])
+    out = {"format": FORMAT, "release": args.release, "extractor": EXTRACTOR,
+           "sources": [_source(s, files, args.transcribed, args.built_from, notes) for s in args.source],
+           "root": "TorchLlmArgs",
+           "models": models, "enums": enums, "external_bases": EXTERNAL_BASES, "serve": serve,
+           "merge": merge_rule("\n".join(texts))}
+    if getattr(args, "disagg", None):
+        out["disagg"] = disagg_facts(Path(args.disagg).read_text(encoding="utf-8"))
+    return out
 
 
 def regenerate(facts_dir: Path = FACTS_DIR, out_dir: Path = PROFILE_DIR) -> list[Path]:
@@ -103,8 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--release", required=True)
     f.add_argument("--llm-args", action="append", required=True, help="llm_args.py or its viewcode page (repeat "
                    "for the modules its config classes come from)")
-    f.add_argument("--serve", help="tensorrt_llm/commands/serve.py or the trtllm-serve documentation page")
-    f.add_argument("--source", action="append", default=[], help="ROLE=OWNER/REPO:PATH@COMMIT provenance row")
+    f.add_argument("--serve", help="tensorrt_llm/commands/serve.py, the trtllm-serve documentation page, or "
+                   "tests/unittest/api_stability/references/trtllm_serve_cli.yaml")
+    f.add_argument("--disagg", help="tensorrt_llm/llmapi/disagg_utils.py (the disaggregated router config)")
+    f.add_argument("--source", action="append", default=[], help="ROLE=OWNER/REPO:PATH@COMMIT provenance row "
+                   "(roles: llm_args, module, serve, disagg)")
+    f.add_argument("--note", action="append", default=[], help="PATH=TEXT: how that source's commit was dated")
     f.add_argument("--transcribed", action="store_true", help="the files given are transcripts of the pages' "
                    "declaration lines (recorded as such in the provenance)")
     f.add_argument("--built-from", help="the TensorRT-LLM commit the documentation pages say they were built from")

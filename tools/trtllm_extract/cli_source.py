@@ -58,6 +58,15 @@ def click_options_from_source(text: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _tests_yaml_key(test: ast.AST) -> str | None:
+    """The ``"x_config"`` of a test ``"x_config" in llm_args_dict`` (the YAML side alone), else None."""
+    if isinstance(test, ast.Compare) and isinstance(test.left, ast.Constant) and isinstance(test.left.value, str) \
+            and test.left.value.endswith("_config") and isinstance(test.ops[0], ast.In) \
+            and isinstance(test.comparators[0], ast.Name) and test.comparators[0].id == "llm_args_dict":
+        return test.left.value
+    return None
+
+
 def merge_rule(text: str) -> dict[str, Any]:
     """How ``update_llm_args_with_extra_dict`` merges the YAML into the CLI-built arguments.
 
@@ -70,6 +79,10 @@ def merge_rule(text: str) -> dict[str, Any]:
             deep: set[str] = set()
             renames: dict[str, str] = {}
             for n in ast.walk(node):
+                if isinstance(n, ast.If) and _tests_yaml_key(n.test) and \
+                        any(isinstance(b, ast.BinOp) and isinstance(b.op, ast.BitOr) for s in n.body for b in ast.walk(s)):
+                    # ``if "x_config" in llm_args_dict: … merged = base | yaml`` (main's multimodal_config)
+                    deep.add(str(_tests_yaml_key(n.test)))
                 if isinstance(n, ast.BoolOp) and isinstance(n.op, ast.And):
                     tested = [c.left.value for c in n.values if isinstance(c, ast.Compare)
                               and isinstance(c.left, ast.Constant) and isinstance(c.left.value, str)
@@ -89,3 +102,35 @@ def merge_rule(text: str) -> dict[str, Any]:
 def deep_merged_keys(text: str) -> list[str]:
     """Fields ``update_llm_args_with_extra_dict`` merges key by key (empty: it replaces whole blocks)."""
     return list(merge_rule(text)["deep"])
+
+
+def click_options_from_reference(text: str) -> dict[str, dict[str, Any]]:
+    """``{command: {option: facts}}`` from TensorRT-LLM's checked-in CLI stability reference
+    (``tests/unittest/api_stability/references/trtllm_serve_cli.yaml``).
+
+    That file is TensorRT-LLM's own record of every ``trtllm-serve`` option (its CI diffs the live click group
+    against it), keyed by the parameter name with the option's ``flags`` sorted. The primary spelling is the flag
+    named after the parameter (``--tensor_parallel_size`` for ``tensor_parallel_size``), else the first long flag
+    that is not a ``--no-`` negation; the other flags are aliases. ``type: Choice([...])`` gives the choices;
+    ``status: deprecated`` marks the option deprecated.
+    """
+    import yaml
+
+    doc = yaml.safe_load(text) or {}
+    out: dict[str, dict[str, Any]] = {}
+    for command, body in (doc.get("commands") or {}).items():
+        opts: dict[str, Any] = {}
+        for name, spec in ((body or {}).get("options") or {}).items():
+            flags = [str(f) for f in spec.get("flags") or []]
+            longs = [f for f in flags if f.startswith("--")]
+            primary = next((f for f in (f"--{name}",) if f in flags), None) or \
+                next((f for f in longs if not f.startswith("--no-")), flags[0] if flags else f"--{name}")
+            t = str(spec.get("type", ""))
+            choices = None
+            if t.startswith("Choice(") and t.endswith(")"):
+                choices = [str(c) for c in ast.literal_eval(t[len("Choice("):-1])]
+            opts[primary] = {"aliases": [f for f in flags if f != primary], "flag": bool(spec.get("is_flag")),
+                             "default": spec.get("default"), "choices": choices,
+                             "deprecated": spec.get("status") == "deprecated"}
+        out[str(command)] = opts
+    return out

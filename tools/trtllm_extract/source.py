@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 from typing import Any
 
-from k2trt.trtllm.facts import handled_keys, t_scalar, t_union, validator_info
+from k2trt.trtllm.facts import coerced_fields, handled_keys, removed_args, t_scalar, t_union, validator_info
 
 PYDANTIC_BASES = {"BaseModel", "StrictBaseModel", "BaseSettings"}
 ENUM_BASES = {"Enum", "StrEnum", "IntEnum"}
@@ -52,11 +52,15 @@ class Module:
     def __init__(self) -> None:
         self.classes: dict[str, ast.ClassDef] = {}
         self.aliases: dict[str, ast.AST] = {}
+        self.module_of: dict[str, ast.Module] = {}
+        """Class name → the parsed module that defines it (for module-level tables its validators use)."""
 
     def add(self, text: str) -> None:
         """Parse one module's text and record its classes and module-level type aliases."""
         tree = ast.parse(text)
         for node in tree.body:
+            if isinstance(node, ast.ClassDef):
+                self.module_of[node.name] = tree
             if isinstance(node, ast.ClassDef):
                 self.classes[node.name] = node
             elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None \
@@ -227,11 +231,15 @@ class Extractor:
                         extra = str(_literal(s.value)).split(".")[-1].lower()
         own_and_inherited = set(fields) | self._inherited(name)
         pre: list[str] = []
+        coerce: dict[str, str] = {}
         for stmt in c.body:
             if isinstance(stmt, ast.FunctionDef):
                 info = validator_info(stmt)
                 if info and info[0] in ("model_validator", "root_validator") and info[1] in ("before", "wrap"):
                     handled.update(handled_keys(stmt, own_and_inherited))
+                    handled.update(removed_args(stmt, self.mod.module_of[name]))
+                elif info and info[0] == "model_validator" and info[1] == "after":
+                    coerce.update({p: m for p, m in coerced_fields(stmt).items() if self.mod.kind(m) == "model"})
                 elif info and info[0] in ("field_validator", "validator") and info[1] in ("before", "plain", "wrap"):
                     pre += [a for a in (_field_validator_names(stmt)) if a not in pre]
                 if stmt.name == "from_dict":
@@ -245,6 +253,8 @@ class Extractor:
             out["pre"] = sorted(pre)
         if dispatch:
             out["dispatch"] = dispatch
+        if coerce:
+            out["coerce"] = coerce
         return out
 
     def _inherited(self, name: str, seen: tuple[str, ...] = ()) -> set[str]:
