@@ -60,8 +60,8 @@ def watch(stream: Iterable[str], grace_s: float) -> tuple[bool, int]:
     # end-of-file without "done": the supervisor is gone. Launchers first (mpirun forwards SIGTERM to its
     # remote daemons), then everything of the job on this machine.
     sids = procs.owned_sessions(starts)
-    procs.signal_all([p for p in (procs.read_proc(s) for s in sids) if p is not None], signal.SIGTERM)
     found = procs.scan(sids=sids, pgids=sids, job_id=job_id)
+    procs.signal_all([p for p in (procs.read_proc(s) for s in sids) if p is not None], signal.SIGTERM)
     procs.kill_job(sids=sids, pgids=sids, job_id=job_id, grace_s=grace_s)
     return False, len(found)
 
