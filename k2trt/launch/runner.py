@@ -252,12 +252,14 @@ def serve(target: Path, *, engine: str | None = None, launcher: LauncherKind | N
     launcher = launcher or spec.launcher
     plan = plan_launch(spec, bundle_dir, launcher=launcher, job_id=job_id)
     result: dict[str, Any] = {"url": plan.url, "spec": str(spec_path), "plan": plan.to_dict()}
+    log_dir = bundle_dir / spec.log_dir
+    state_path = log_dir / STATE_FILE
+    if launcher != "slurm":  # an earlier job of this bundle explains busy ports better than preflight can
+        check_not_running(state_path)
     if not skip_preflight:
         report = pf.run_preflight(spec, bundle_dir, launcher=launcher)
         result["preflight"] = report.to_dict()
         report.raise_if_failed()
-    log_dir = bundle_dir / spec.log_dir
-    state_path = log_dir / STATE_FILE
     if launcher == "slurm":
         script = next(iter(plan.files))
         atomic_write(script, plan.files[script], perm=0o755)
@@ -265,7 +267,6 @@ def serve(target: Path, *, engine: str | None = None, launcher: LauncherKind | N
         if not do_submit:
             return {"status": "written", **result, "script": script}
         return {"status": "submitted", **result, "script": script, "slurm_job": submit(Path(script))}
-    check_not_running(state_path)
     if detach:
         argv = child_argv(spec_path, launcher, job_id, hosts=spec.hosts if hosts or hostfile else None,
                           gateway=gateway)

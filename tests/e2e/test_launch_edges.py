@@ -184,3 +184,28 @@ def test_a_gateway_that_requires_a_key_refuses_to_start_without_one(tmp_path: Pa
     r = _serve_env("serve", str(b), "--detach", "--skip-preflight", env={"K2TRT_TEST_KEYS": ""})
     assert r.returncode == 2 and "requires an API key" in r.stderr
     assert procs_with(tok) == [] and read_state(b)["status"] == "failed"
+
+
+def test_a_job_left_without_supervisor_and_watchdog_is_refused_then_stopped(tmp_path: Path) -> None:
+    """Both the supervisor and its watchdog SIGKILLed: the ranks keep the ports. `serve` refuses to start over
+    them with a one-line error naming `k2trt stop`, which ends them (they carry the job's marker)."""
+    tok, port = token(), 18269
+    b = make_bundle(tmp_path / "b", argv=rank_server_argv(port, tok), world_size=2, http_port=port)
+    r = run_k2trt("serve", str(b), "--detach", "--json")
+    assert r.returncode == 0, r.stderr
+    sup = json.loads(r.stdout)["supervisor_pid"]
+    try:
+        dog = [d for d in Path("/proc").iterdir() if d.name.isdigit() and b"k2trt.launch.watchdog" in
+               (d / "cmdline").read_bytes() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == sup]
+        assert len(dog) == 1
+        os.kill(int(dog[0].name), signal.SIGKILL)
+        os.kill(sup, signal.SIGKILL)
+        time.sleep(1.0)
+        assert len(procs_with(tok)) >= 2  # nobody left to end them
+        r = run_k2trt("serve", str(b), "--detach")
+        assert r.returncode == 2 and "processes of an earlier job from this bundle are still running" in r.stderr
+        assert "`k2trt stop BUNDLE`" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    finally:
+        r = run_k2trt("stop", str(b))
+    assert r.returncode == 0, r.stderr
+    assert procs_with(tok) == []
