@@ -27,6 +27,7 @@ from k2trt.bundle.recipe import Recipe, recipe_to_dict
 from k2trt.errors import CheckpointError, ConfigError, PlanError
 from k2trt.fsio import atomic_dir, atomic_write
 from k2trt.launch.hosts import HostList
+from k2trt.launch.spec import GatewayOptions, is_loopback
 from k2trt.layout import Layout
 from k2trt.plan.gpus import Gpu
 from k2trt.plan.memory import convert_target, weight_format
@@ -241,8 +242,7 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: HostList | Se
         model_manifest_sha256=manifest_hash(model_dir), engine_version=version or None,
         engine_version_probe=VERSION_PROBE if version else (), gpus_per_node=gpn if version else None,
         gpu_kind=_gpu_substring(r.cluster.gpu), eplb=_eplb_online(r),
-        gateway=(GatewayOptions(r.serve.gateway_port, r.serve.host, r.serve.gateway_mode)
-                 if r.serve.gateway_port is not None else None),
+        gateway=gateway_options(r),
         slurm=SlurmOptions(gpus_per_node=gpn if version else None,
                            container_image=container_image(version) if version else None),
     )
@@ -293,6 +293,22 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: HostList | Se
         _write_atomically(out, files, force)
         result.written = True
     return result
+
+
+def gateway_options(r: Recipe) -> GatewayOptions | None:
+    """The recipe's gateway as launch options: where it listens, and where its API keys come from; a key is
+    required when ``serve.gateway_auth`` says so (``auto``: when it listens beyond loopback).
+
+    Example:
+        >>> gateway_options(load_recipe("k2-h200-2x8-tp16ep8")).require_key   # listens on 0.0.0.0
+        True
+    """
+    if r.serve.gateway_port is None:
+        return None
+    auth = r.serve.gateway_auth
+    return GatewayOptions(r.serve.gateway_port, r.serve.host, r.serve.gateway_mode,
+                          api_key_env=r.serve.gateway_api_key_env, api_key_file=r.serve.gateway_api_key_file,
+                          require_key=auth == "required" or (auth == "auto" and not is_loopback(r.serve.host)))
 
 
 def _notes_md(notes: list[str]) -> str:

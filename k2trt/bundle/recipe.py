@@ -22,6 +22,7 @@ import yaml
 from k2trt.bench.spec import BenchSpec
 from k2trt.errors import ConfigError, K2trtError
 from k2trt.fsio import read_mapping
+from k2trt.gateway.config import API_KEYS_ENV
 from k2trt.layout import Layout
 from k2trt.mapping import GPUS_PER_NODE
 from k2trt.plan.gpus import DEFAULT_GPU, Gpu
@@ -32,6 +33,7 @@ from k2trt.trtllm.render import DEFAULT_TRANSCEIVER, EngineOptions
 
 Engine = Literal["trtllm", "reference"]
 Plugins = Literal["off", "auto", "triton"]
+GatewayAuth = Literal["auto", "required", "optional"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,16 @@ class ServeSection:
     the engine on the launching host; null for none."""
     gateway_mode: str = "render"
     """``render`` (the gateway renders K2 prompts and parses tool calls) or ``passthrough`` (the engine does)."""
+    gateway_auth: GatewayAuth = "auto"
+    """``auto``: the gateway refuses to start without an API key when it listens beyond loopback (``serve.host``
+    0.0.0.0, as every GPU recipe does); ``required``: always; ``optional``: keys are used when given, and an open
+    gateway is allowed (an explicit opt-out)."""
+    gateway_api_key_env: str | None = API_KEYS_ENV
+    """Environment variable on the launching host whose whitespace-separated API keys the gateway accepts, read
+    when the job starts (never argv, which /proc shows every user); null for none."""
+    gateway_api_key_file: str | None = None
+    """Absolute path of a file on the launching host holding API keys (whitespace-separated, ``#`` comments),
+    read when the job starts, e.g. a mounted secret."""
     plugins: Plugins = "off"
     """Reference engine only: run its MoE layers through k2trt's Triton kernels (``auto``: their torch twins where
     Triton cannot run). TensorRT-LLM loads the plugin ops with ``--custom_module_dirs`` (plugins/README.md)."""
@@ -165,6 +177,10 @@ class Recipe:
         if self.serve.plugins != "off" and self.serve.engine != "reference":
             raise ConfigError(f"recipe {self.name}: serve.plugins applies to the reference engine only",
                               "remove serve.plugins (TensorRT-LLM: see plugins/README.md for --custom_module_dirs)")
+        key_file = self.serve.gateway_api_key_file
+        if key_file is not None and not Path(key_file).is_absolute():
+            raise ConfigError(f"recipe {self.name}: serve.gateway_api_key_file {key_file!r} is not an absolute path",
+                              "name the key file by its absolute path on the launching host")
         if self.serve.engine == "reference" and self.disagg:
             raise ConfigError(f"recipe {self.name}: the reference engine does not do disaggregated serving")
 

@@ -8,7 +8,7 @@ import click
 
 from k2trt.chat.families import FAMILY_NAMES
 from k2trt.cli_options import ByteSizeType, dry_run_option, echo_json
-from k2trt.gateway.config import LOG_FORMATS, MODES, GatewayConfig
+from k2trt.gateway.config import API_KEYS_ENV, LOG_FORMATS, MODES, GatewayConfig, read_api_keys
 
 _D = GatewayConfig(engine_url="http://127.0.0.1:8000")  # defaults come from the dataclass (one place)
 
@@ -22,9 +22,12 @@ _D = GatewayConfig(engine_url="http://127.0.0.1:8000")  # defaults come from the
 @click.option("--mode", type=click.Choice(MODES), default=_D.mode, show_default=True,
               help="render: the gateway renders K2 prompts and parses tool calls (engine /v1/completions); "
                    "passthrough: forward to an engine that parses K2 tool calls itself (TensorRT-LLM >= 1.2).")
-@click.option("--api-key", "api_keys", multiple=True, envvar="K2TRT_GATEWAY_API_KEYS",
-              help="Accepted API key (repeatable, or whitespace-separated in $K2TRT_GATEWAY_API_KEYS, which keeps "
+@click.option("--api-key", "api_keys", multiple=True, envvar=API_KEYS_ENV,
+              help=f"Accepted API key (repeatable, or whitespace-separated in ${API_KEYS_ENV}, which keeps "
                    "keys out of `ps`); none = no auth.")
+@click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File of accepted API keys (whitespace-separated, '#' comments), e.g. a mounted secret; "
+                   "adds to --api-key.")
 @click.option("--served-model-name", default=None, help="Model id clients see [default: the model dir name].")
 @click.option("--model-alias", "model_aliases", multiple=True,
               help="Another model id accepted as the served one (repeatable; '*' accepts any). Other ids get 404.")
@@ -63,6 +66,7 @@ _D = GatewayConfig(engine_url="http://127.0.0.1:8000")  # defaults come from the
 @click.option("--log-level", default="info", show_default=True, help="uvicorn log level.")
 @dry_run_option
 def gateway(engine_url: str, model_dir: Path | None, host: str, port: int, mode: str, api_keys: tuple[str, ...],
+            api_key_file: Path | None,
             served_model_name: str | None, model_aliases: tuple[str, ...], max_body: int, max_context: int | None,
             max_header: int, max_connections: int, header_timeout: float, body_timeout: float,
             health_timeout: float, connect_timeout: float, read_timeout: float,
@@ -71,7 +75,8 @@ def gateway(engine_url: str, model_dir: Path | None, host: str, port: int, mode:
     """Serve /v1/chat/completions (OpenAI) and /v1/messages (Anthropic) in front of a K2 engine; Prometheus
     metrics on /metrics (no API key needed, like /health)."""
     cfg = GatewayConfig(engine_url=engine_url, model_dir=str(model_dir) if model_dir else None, host=host, port=port,
-                        mode=mode, api_keys=api_keys, served_model_name=served_model_name,  # type: ignore[arg-type]
+                        mode=mode, served_model_name=served_model_name,  # type: ignore[arg-type]
+                        api_keys=api_keys + read_api_keys(key_file=api_key_file),
                         model_aliases=model_aliases, max_context_tokens=max_context, max_header_bytes=max_header,
                         max_connections=max_connections, header_timeout_s=header_timeout,
                         body_timeout_s=body_timeout, health_timeout_s=health_timeout,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, get_args
 
@@ -57,10 +58,11 @@ def serve(bundle: Path | None, spec_file: Path | None, engine: str | None, launc
                     "written": f"wrote {res.get('script')} (submit with --submit, or sbatch it)",
                     "submitted": f"submitted Slurm job {res.get('slurm_job')}: {res.get('script')}",
                     "stopped": res.get("message", "stopped")}[res["status"]])
-    if res["status"] in ("failed", "timeout"):
+    # anything but a clean result fails the command: a detached start that did not reach "ready" included
+    if res["status"] not in ("ready", "written", "submitted", "stopped", "dry-run") or res.get("exit_code", 0):
         for line in res.get("tail", []):
             click.echo(f"  | {line}", err=True)
-        raise LaunchError(res.get("message", res["status"]), f"logs in {res.get('log_dir')}")
+        raise LaunchError(res.get("message") or f"the job ended as {res['status']}", f"logs in {res.get('log_dir')}")
 
 
 @click.command()
@@ -68,16 +70,26 @@ def serve(bundle: Path | None, spec_file: Path | None, engine: str | None, launc
 @click.option("--engine", type=click.Choice(get_args(EngineKind)), default=None, help="Which launch file.")
 @json_option
 def status(bundle: Path, engine: str | None, as_json: bool) -> None:
-    """Show whether BUNDLE's server runs and answers (BUNDLE may also be its serve.state.json)."""
+    """Show whether BUNDLE's server runs and answers (BUNDLE may also be its serve.state.json).
+
+    \b
+    Exit status:
+      0  running and answering
+      1  failed: it failed, timed out, or its supervisor died
+      3  stopped on request (Ctrl-C, k2trt stop)
+      4  running, not answering (yet)
+      2  no state file, or a corrupt one
+    """
     from k2trt.launch.runner import state_path_for
     from k2trt.launch.state import status as job_status
 
     st = job_status(state_path_for(bundle, engine))
     if as_json:
         echo_json(st)
-        return
-    click.echo(f"{st['status']}: {st.get('url')} ready={st['ready']} supervisor={st.get('supervisor_pid')} "
-               f"alive={st['supervisor_alive']} processes={st['processes']} logs={st.get('log_dir')}")
+    else:
+        click.echo(f"{st['status']}: {st.get('url')} ready={st['ready']} supervisor={st.get('supervisor_pid')} "
+                   f"alive={st['supervisor_alive']} processes={st['processes']} logs={st.get('log_dir')}")
+    sys.exit(st["exit_code"])
 
 
 @click.command()

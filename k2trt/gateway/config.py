@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -15,6 +17,37 @@ UnknownTools = Literal["drop", "keep"]
 LogFormat = Literal["text", "json"]
 MODES: tuple[str, ...] = ("render", "passthrough")
 LOG_FORMATS: tuple[str, ...] = ("text", "json")
+API_KEYS_ENV = "K2TRT_GATEWAY_API_KEYS"
+"""The environment variable the gateway reads accepted API keys from (whitespace-separated)."""
+
+
+def read_api_keys(env_var: str | None = None, key_file: str | Path | None = None,
+                  environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """Accepted API keys from an environment variable and/or a secret file — never from argv, which every user of
+    the machine can read in /proc.
+
+    Args:
+        env_var: name of a variable holding whitespace-separated keys (unset or empty: none from it).
+        key_file: a file of whitespace-separated keys; lines starting with ``#`` are comments.
+        environ: the environment to read (default: this process's).
+    Returns:
+        The keys, in order, without duplicates.
+    Raises:
+        ConfigError: ``key_file`` is named but cannot be read.
+    Example:
+        >>> read_api_keys("KEYS", environ={"KEYS": "k1 k2"})
+        ('k1', 'k2')
+    """
+    environ = os.environ if environ is None else environ
+    keys = (environ.get(env_var) or "").split() if env_var else []
+    if key_file is not None:
+        try:
+            text = Path(key_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read the API key file {key_file}: {getattr(e, 'strerror', None) or e}",
+                              "give a readable file of keys, one per line") from None
+        keys += [k for line in text.splitlines() if not line.lstrip().startswith("#") for k in line.split()]
+    return tuple(dict.fromkeys(keys))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from k2trt.errors import ConfigError, LaunchError
+from k2trt.errors import ConfigError, K2trtError, LaunchError
 from k2trt.fsio import atomic_write
 from k2trt.launch import preflight as pf
 from k2trt.launch import procs
@@ -165,35 +165,52 @@ def plan_launch(spec: LaunchSpec, bundle_dir: Path, *, launcher: LauncherKind | 
                       notes + ["servers start first; the router starts once every server is ready"])
 
 
-def _start_gateway(spec: LaunchSpec, engine_url: str) -> Any:
-    """The gateway in a thread of this (supervising) process, in front of the engine at ``engine_url``."""
+def _start_gateway(spec: LaunchSpec, engine_url: str, keys: tuple[str, ...]) -> Any:
+    """The gateway in a thread of this (supervising) process, in front of the engine at ``engine_url``, accepting
+    ``keys`` (read from the environment or a file by ``preflight.gateway_keys``, never from argv)."""
     from k2trt.gateway import BackgroundGateway, GatewayConfig
 
     assert spec.gateway is not None
+    url = f"http://{spec.gateway.host}:{spec.gateway.port}"
     cfg = GatewayConfig(engine_url=engine_url, model_dir=spec.model_dir, host=spec.gateway.host,
-                        port=spec.gateway.port, mode=spec.gateway.mode)  # type: ignore[arg-type]
-    cfg.validate()
-    return BackgroundGateway(cfg).start()
+                        port=spec.gateway.port, mode=spec.gateway.mode, api_keys=keys)  # type: ignore[arg-type]
+    try:
+        return BackgroundGateway(cfg.validate()).start()
+    except (K2trtError, OSError) as e:
+        detail = str(e.args[0]) if e.args else type(e).__name__
+        raise LaunchError(f"the gateway could not start on {url}" + ("" if url in detail else f": {detail}"),
+                          f"is port {spec.gateway.port} free? free it, or rebuild with another "
+                          "serve.gateway_port") from None
 
 
 def _supervise(spec: LaunchSpec, plan: LaunchPlan, log_dir: Path, state: StateFile, job_id: str, *,
                echo: Callable[[str], None] | None, progress: bool,
                after_ready: Callable[[], None] | None = None) -> Outcome:
+    """Run the job to its end and record the outcome; a gateway that cannot start fails the whole job."""
     gateways: list[Any] = []
+    try:  # before anything starts: a gateway that needs a key and has none must not cost an engine load
+        keys = pf.gateway_keys(spec.gateway) if spec.gateway is not None else ()
+    except LaunchError as e:
+        state.update(status="failed", message=str(e), job="gateway", tail=[], leftover=[])
+        raise
 
     def on_state(status: str, info: dict[str, Any]) -> None:
         # the gateway is up before "ready" is recorded, so a detached `serve` returns only once clients can connect
         if status == "ready" and spec.gateway is not None and not gateways:
-            gateways.append(_start_gateway(spec, plan.url))
+            try:
+                gateways.append(_start_gateway(spec, plan.url, keys))
+            except LaunchError as e:  # the job cannot serve clients: the whole job fails, as when a rank dies
+                sup.fail(f"{e}; whole job torn down", job="gateway")
+                return
             info = {**info, "gateway_url": gateways[0].url}
             if echo is not None:
                 echo(f"gateway: {gateways[0].url}/v1 (OpenAI) and {gateways[0].url}/v1/messages (Anthropic)")
         state.on_state(status, info)
 
+    sup = Supervisor(plan.stages, log_dir, ready_timeout_s=spec.ready_timeout_s, grace_s=spec.stop_grace_s,
+                     job_id=job_id, echo=echo, progress=progress, on_state=on_state, ready_paths=spec.ready_paths)
     try:
-        with Supervisor(plan.stages, log_dir, ready_timeout_s=spec.ready_timeout_s, grace_s=spec.stop_grace_s,
-                        job_id=job_id, echo=echo, progress=progress, on_state=on_state,
-                        ready_paths=spec.ready_paths) as sup:
+        with sup:
             outcome = sup.run(after_ready=after_ready)
     finally:
         for gw in gateways:
@@ -235,12 +252,14 @@ def serve(target: Path, *, engine: str | None = None, launcher: LauncherKind | N
     launcher = launcher or spec.launcher
     plan = plan_launch(spec, bundle_dir, launcher=launcher, job_id=job_id)
     result: dict[str, Any] = {"url": plan.url, "spec": str(spec_path), "plan": plan.to_dict()}
+    log_dir = bundle_dir / spec.log_dir
+    state_path = log_dir / STATE_FILE
+    if launcher != "slurm":  # an earlier job of this bundle explains busy ports better than preflight can
+        check_not_running(state_path)
     if not skip_preflight:
         report = pf.run_preflight(spec, bundle_dir, launcher=launcher)
         result["preflight"] = report.to_dict()
         report.raise_if_failed()
-    log_dir = bundle_dir / spec.log_dir
-    state_path = log_dir / STATE_FILE
     if launcher == "slurm":
         script = next(iter(plan.files))
         atomic_write(script, plan.files[script], perm=0o755)
@@ -248,7 +267,6 @@ def serve(target: Path, *, engine: str | None = None, launcher: LauncherKind | N
         if not do_submit:
             return {"status": "written", **result, "script": script}
         return {"status": "submitted", **result, "script": script, "slurm_job": submit(Path(script))}
-    check_not_running(state_path)
     if detach:
         argv = child_argv(spec_path, launcher, job_id, hosts=spec.hosts if hosts or hostfile else None,
                           gateway=gateway)
@@ -287,8 +305,11 @@ def _detach(argv: list[str], log_dir: Path, state_path: Path, timeout_s: float, 
             if st in ("failed", "timeout", "stopped") or child.poll() is not None:
                 child.wait(timeout=60)
                 data = read_state(state_path) if state_path.is_file() else {}
-                return {"status": data.get("status", "failed"), "message": data.get("message",
-                        f"detached supervisor exited with {child.returncode}; see {log_dir}/supervisor.log"),
+                # anything but a recorded end (a supervisor that died before it could say why) is a failure
+                ended = data.get("status") in ("failed", "timeout", "stopped")
+                why = f"the detached supervisor exited with status {child.returncode} before the job was ready"
+                return {"status": data["status"] if ended else "failed",
+                        "message": data.get("message") if ended else f"{why}; see {log_dir}/supervisor.log",
                         "rank": data.get("rank"), "tail": data.get("tail", []), "log_dir": str(log_dir),
                         "exit_code": 1, "detached": True}
             if bar is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import types
 import typing
 from dataclasses import dataclass, field
@@ -35,6 +36,19 @@ LAUNCH_FILE = "launch.json"
 DEFAULT_READY_PATHS = ("/health_generate", "/health")
 DEFAULT_ENV_FORWARD = ("NCCL_*", "UCX_*", "HF_*", "TRTLLM_*", "TLLM_*")
 LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def is_loopback(host: str) -> bool:
+    """True when a listen address reaches only this machine (``127.0.0.0/8``, ``::1``, ``localhost``).
+
+    Example: ``is_loopback("0.0.0.0")`` → False.
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it resolves to some interface, assume beyond loopback
+        return False
 
 
 @dataclass(frozen=True)
@@ -125,6 +139,15 @@ class GatewayOptions:
     mode: str = "render"
     """``render``: the gateway renders K2 prompts and parses tool calls; ``passthrough``: the engine does both
     (TensorRT-LLM with its kimi_k2 tool parser)."""
+    api_key_env: str | None = None
+    """Environment variable on the launching host holding the accepted API keys (whitespace-separated), read when
+    the job starts. Keys never travel in argv, which every user of the machine can read in /proc."""
+    api_key_file: str | None = None
+    """Absolute path of a file on the launching host holding the accepted API keys (whitespace-separated, ``#``
+    comment lines), read when the job starts (e.g. a mounted secret)."""
+    require_key: bool = False
+    """Refuse to start the job without at least one key (the bundle builder sets it for a gateway that listens
+    beyond loopback, unless the recipe opts out)."""
 
 
 @dataclass(frozen=True)
@@ -229,6 +252,12 @@ class LaunchSpec:
             if self.gateway.port == self.http_port and self.first_probe_host() == "127.0.0.1":
                 raise ConfigError(f"gateway.port {self.gateway.port} is the engine's port on this machine",
                                   "give the gateway its own port")
+            env = self.gateway.api_key_env
+            if env is not None and (not env or not env.replace("_", "a").isalnum() or env[0].isdigit()):
+                raise ConfigError(f"gateway.api_key_env {env!r} is not a valid variable name")
+            if self.gateway.api_key_file is not None and not Path(self.gateway.api_key_file).is_absolute():
+                raise ConfigError(f"gateway.api_key_file {self.gateway.api_key_file!r} is not an absolute path",
+                                  "name the key file by its absolute path on the launching host")
             if self.model_dir is None and self.gateway.mode == "render":
                 raise ConfigError("the gateway renders K2 prompts but the spec names no model_dir",
                                   "set model_dir (the tokenizer and chat template live there)")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 import k2trt
 from k2trt import trtllm
 
@@ -27,3 +29,23 @@ def test_recipes_and_profiles_are_package_data() -> None:
     assert list((pkg / "trtllm" / "profiles").glob("*.json"))
     pyproject = (REPO / "pyproject.toml").read_text()
     assert '"recipes/*.yaml"' in pyproject and '"trtllm/profiles/*.json"' in pyproject
+
+
+def test_pyproject_reads_without_deprecation_warnings_at_the_declared_setuptools_floor() -> None:
+    """The installed setuptools reads pyproject.toml exactly as a build does; the build-system floor is the first
+    release that understands the SPDX ``license`` string (76 rejects it, 77+ read it)."""
+    import warnings
+
+    import setuptools
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    floor = re.search(r'"setuptools>=(\d+)"', (REPO / "pyproject.toml").read_text())
+    assert floor is not None and int(floor.group(1)) >= 77
+    if int(setuptools.__version__.split(".")[0]) < 77:
+        pytest.skip(f"setuptools {setuptools.__version__} here predates the declared floor")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dist = apply_configuration(Distribution(), REPO / "pyproject.toml")
+    assert [str(w.message).splitlines()[0] for w in caught if "setuptools" in type(w.message).__module__] == []
+    assert dist.metadata.license_expression == "Apache-2.0" and dist.metadata.license_files == ["LICENSE"]
