@@ -42,6 +42,7 @@ from k2trt.plan.memory import load_seconds
 from k2trt.plan.rules import Finding
 from k2trt.trtllm.deploy import project_image
 from k2trt.trtllm.disagg import RoleServers, disagg_config
+from k2trt.trtllm.disagg_lint import lint_disagg
 from k2trt.trtllm.render import dump_yaml
 
 GROUP_INDEX_ENV = "K2TRT_GROUP_INDEX"
@@ -308,7 +309,7 @@ def deployment(view: BundleView) -> K8sDeployment:
 
 def router_config(view: BundleView, groups: tuple[EngineGroup, ...]) -> str:
     """The router's YAML: the bundle's, rendered by the same function with the leader pods' addresses (instance
-    ``i`` of a role is that role's group ``i``)."""
+    ``i`` of a role is that role's group ``i``), linted as the release reads it (ConfigError on errors)."""
     r = view.recipe
     assert r.disagg is not None
     servers = []
@@ -316,6 +317,10 @@ def router_config(view: BundleView, groups: tuple[EngineGroup, ...]) -> str:
         urls = tuple(f"{g.lws}-{i}.{g.lws}.{r.k8s.namespace}:{g.port}" for i in range(g.replicas))
         servers.append(RoleServers(urls, sec.layout.tp, sec.layout.pp))
     doc = disagg_config(servers[0], servers[1], hostname=r.serve.host, port=r.serve.port)
+    res = lint_disagg(doc, view.launch.engine_version)
+    if not res.ok:
+        raise ConfigError(f"recipe {r.name}: the Kubernetes router config fails the lint: {res.errors[0]}",
+                          "k2trt config check shows every issue")
     return dump_yaml(doc, f"router config of recipe {r.name} on Kubernetes: the servers are the leader pods")
 
 

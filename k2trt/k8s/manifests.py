@@ -55,7 +55,9 @@ def manifests(d: K8sDeployment) -> list[dict[str, Any]]:
                              front_port, front_type))
     if d.gateway:
         name = f"{d.name}-gateway"
-        objs.append(_deployment(d, name, "gateway", d.opts.gateway_replicas, _gateway_pod(d)))
+        scrape = {"prometheus.io/scrape": "true", "prometheus.io/path": "/metrics",
+                  "prometheus.io/port": str(d.gateway.port)}  # the gateway's own Prometheus metrics
+        objs.append(_deployment(d, name, "gateway", d.opts.gateway_replicas, _gateway_pod(d), scrape))
         objs.append(_service(d, name, "gateway", _selector(d, "gateway"), d.gateway.port, d.opts.service_type))
     return objs
 
@@ -135,11 +137,14 @@ def _service(d: K8sDeployment, name: str, component: str, selector: dict[str, st
                      "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}]}}
 
 
-def _deployment(d: K8sDeployment, name: str, component: str, replicas: int, pod: dict[str, Any]) -> dict[str, Any]:
-    labels = _labels(d, component)
+def _deployment(d: K8sDeployment, name: str, component: str, replicas: int, pod: dict[str, Any],
+                annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"labels": _labels(d, component)}
+    if annotations:
+        meta["annotations"] = annotations
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(d, name, component),
             "spec": {"replicas": replicas, "selector": {"matchLabels": _selector(d, component)},
-                     "template": {"metadata": {"labels": labels}, "spec": pod}}}
+                     "template": {"metadata": meta, "spec": pod}}}
 
 
 # ---- pods ------------------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from k2trt.launch.hosts import HostList
 from k2trt.launch.mpi import MpiFlavor
 from k2trt.launch.runner import load_spec, plan_launch, with_hosts
 from k2trt.launch.spec import HostSlots
+from k2trt.trtllm.disagg_lint import lint_config_text
 
 from k8s_schemas import lws_source, validate
 
@@ -264,6 +265,7 @@ def test_disaggregated_servers_run_serves_argv_and_the_router_knows_the_pods(
     for section in ("context_servers", "generation_servers"):
         ours[section].pop("urls"), bundled[section].pop("urls")
     assert ours == bundled  # the bundle's router config but for the servers' addresses
+    assert lint_config_text(cm["disagg.yml"]).ok
     assert cm["ctx.yml"] == res.files["ctx.yml"] and cm["gen.yml"] == res.files["gen.yml"]
 
 
@@ -275,6 +277,8 @@ def test_gateway_command_is_the_real_gateway_cli(built: Callable[..., BuildResul
     argv = gateway_argv(d)
     (dep,) = [o for o in k.objects if o["metadata"]["name"].endswith("-gateway") and o["kind"] == "Deployment"]
     assert _container(dep["spec"]["template"]["spec"], "gateway")["command"] == argv
+    scrape = dep["spec"]["template"]["metadata"]["annotations"]
+    assert (scrape["prometheus.io/path"], scrape["prometheus.io/port"]) == ("/metrics", str(d.launch.gateway.port))
     assert argv[argv.index("--model-dir") + 1] == d.launch.model_dir
     argv[argv.index("--model-dir") + 1] = str(tiny_ckpt)
     out = CliRunner().invoke(cli, argv[1:] + ["--dry-run"])
