@@ -21,8 +21,9 @@ DNS names whole (Dynamo, k8s-nim-operator).
 
 Budgets, both from the plan in the bundle's manifest: the start-up probe allows ``STARTUP_MARGIN`` × the plan's
 load estimate (never under ``MIN_STARTUP_S``); ``/dev/shm`` is a memory ``emptyDir`` sized for the node's share of
-the weights (``SHM_WEIGHTS_HEADROOM``) plus online EPLB's host copy of the routed experts (``launch.json``
-``shm_min_bytes``).
+the weights (``SHM_WEIGHTS_HEADROOM``; per-GPU bytes × GPUs, so replicated weights count on every GPU) plus online
+EPLB's host copy of the routed experts (``launch.json`` ``shm_min_bytes``). Its ``sizeLimit`` is a cap, not a
+reservation — the pod uses only what it writes — so erring high costs nothing, while a limit too low evicts the pod.
 """
 
 from __future__ import annotations
