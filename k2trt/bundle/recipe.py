@@ -208,7 +208,9 @@ class K8sSection:
     gateway_replicas: int = 1
     """Pods of the gateway Deployment."""
     gateway_api_key_secret: str | None = None
-    """Secret whose key ``api-keys`` holds the gateway's accepted API keys (whitespace-separated); None: no auth."""
+    """Secret whose key ``api-keys`` holds the gateway's accepted API keys (whitespace-separated), passed to the
+    gateway pods in its environment; None: ``<name>-gateway-keys``. When the bundle's gateway requires a key
+    (``serve.gateway_auth``) the pods do not start without the Secret, as ``k2trt serve`` refuses to."""
 
 
 @dataclass(frozen=True)

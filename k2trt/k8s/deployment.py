@@ -145,6 +145,11 @@ class K8sDeployment:
         return self.opts.ssh_secret or f"{self.name}-ssh"
 
     @property
+    def gateway_secret(self) -> str:
+        """The Secret with the gateway's API keys (key ``api-keys``)."""
+        return self.opts.gateway_api_key_secret or f"{self.name}-gateway-keys"
+
+    @property
     def gateway(self) -> GatewayOptions | None:
         """The gateway in front (the bundle's), if any."""
         return self.launch.gateway
@@ -373,6 +378,10 @@ def preflight(view: BundleView) -> list[Finding]:
     if multi:
         out.append(_finding("ssh-secret", "info", f"create Secret {k.ssh_secret or base_name(r) + '-ssh'} (keys "
                             "id_ed25519, authorized_keys) before applying: the manifests' header shows how"))
+    if launch.gateway is not None and launch.gateway.require_key:
+        secret = k.gateway_api_key_secret or base_name(r) + "-gateway-keys"
+        out.append(_finding("gateway-keys", "info", f"the gateway requires an API key (serve.gateway_auth): its "
+                            f"pods start only once Secret {secret} (key api-keys) exists — the header shows how"))
     out.append(_finding("server-dry-run", "info", "no API server here: on the cluster, `kubectl apply "
                         "--dry-run=server -f k8s/` checks the objects against its API and the installed "
                         "LeaderWorkerSet CRD"))

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from k2trt.gateway.config import API_KEYS_ENV
 from k2trt.k8s.deployment import (GROUP_INDEX_ENV, SSH_KEY_PATH, EngineGroup, K8sDeployment, gib_quantity,
                                   group_hosts, leader_argv, leader_env)
 
@@ -36,9 +37,9 @@ PROBE_PERIOD_S = 10
 """Start-up and sshd probe period, seconds."""
 READY_PERIOD_S, READY_TIMEOUT_S = 30, 20
 """The engine's readiness probe generates a token: polled every 30 s, allowed 20 s under load."""
-GATEWAY_API_KEYS_ENV, GATEWAY_API_KEYS_KEY = "K2TRT_GATEWAY_API_KEYS", "api-keys"
-"""The gateway reads its API keys from this variable (``k2trt gateway --api-key``'s envvar), filled from this key
-of ``k8s.gateway_api_key_secret``."""
+GATEWAY_API_KEYS_KEY = "api-keys"
+"""The key of the gateway's Secret that holds its API keys; they reach ``k2trt gateway`` in its own variable
+(``API_KEYS_ENV``), never in argv."""
 
 
 def manifests(d: K8sDeployment) -> list[dict[str, Any]]:
@@ -292,9 +293,9 @@ def _router_pod(d: K8sDeployment) -> dict[str, Any]:
 def _gateway_pod(d: K8sDeployment) -> dict[str, Any]:
     assert d.gateway is not None
     c = _container(d, "gateway", gateway_argv(d), ("http", d.gateway.port))
-    if d.opts.gateway_api_key_secret:
-        c["env"] = [{"name": GATEWAY_API_KEYS_ENV, "valueFrom": {"secretKeyRef": {
-            "name": d.opts.gateway_api_key_secret, "key": GATEWAY_API_KEYS_KEY}}}]
+    # a gateway that requires a key (the bundle's serve.gateway_auth) does not start without its Secret
+    c["env"] = [{"name": API_KEYS_ENV, "valueFrom": {"secretKeyRef": {
+        "name": d.gateway_secret, "key": GATEWAY_API_KEYS_KEY, "optional": not d.gateway.require_key}}}]
     vols = []
     if d.launch.model_dir:  # the tokenizer and chat template the gateway renders with
         vol, mount = _model_volume(d)
@@ -316,9 +317,11 @@ def header(d: K8sDeployment, recipe: str) -> str:
                   "  ssh-keygen -t ed25519 -N '' -C k2trt -f k2trt-ssh",
                   f"  kubectl -n {d.namespace} create secret generic {d.ssh_secret} "
                   f"--from-file={SSH_KEY}=k2trt-ssh --from-file={AUTHORIZED_KEYS}=k2trt-ssh.pub"]
-    if d.opts.gateway_api_key_secret and d.gateway:
-        lines += [f"and the gateway's API keys: kubectl -n {d.namespace} create secret generic "
-                  f"{d.opts.gateway_api_key_secret} --from-literal={GATEWAY_API_KEYS_KEY}='KEY1 KEY2'"]
+    if d.gateway:
+        need = "required: its pods start only once it exists" if d.gateway.require_key else "optional"
+        lines += [f"The gateway's API keys ({need}):",
+                  f"  kubectl -n {d.namespace} create secret generic {d.gateway_secret} "
+                  f"--from-literal={GATEWAY_API_KEYS_KEY}='KEY1 KEY2'"]
     lines += ["Apply: kubectl apply -f manifests.yaml (kubectl apply --dry-run=server -f manifests.yaml checks it "
               "against the cluster first)."]
     return "\n".join(lines)

@@ -281,11 +281,18 @@ def test_gateway_command_is_the_real_gateway_cli(built: Callable[..., BuildResul
     assert (scrape["prometheus.io/path"], scrape["prometheus.io/port"]) == ("/metrics", str(d.launch.gateway.port))
     assert argv[argv.index("--model-dir") + 1] == d.launch.model_dir
     argv[argv.index("--model-dir") + 1] = str(tiny_ckpt)
-    out = CliRunner().invoke(cli, argv[1:] + ["--dry-run"])
+    (env,) = _container(dep["spec"]["template"]["spec"], "gateway")["env"]
+    ref = env["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"], ref["optional"]) == ("k2-h200-2x8-tp16ep8-gateway-keys", "api-keys", False)
+    out = CliRunner().invoke(cli, argv[1:] + ["--dry-run"], env={env["name"]: "key-1 key-2"})
     assert out.exit_code == 0, out.output
     cfg = json.loads(out.output)
-    assert (cfg["engine_url"], cfg["host"], cfg["port"], cfg["mode"]) == (
-        "http://k2-h200-2x8-tp16ep8-engine:8000", "0.0.0.0", 8080, "render")
+    assert (cfg["engine_url"], cfg["host"], cfg["port"], cfg["mode"], cfg["api_keys"]) == (
+        "http://k2-h200-2x8-tp16ep8-engine:8000", "0.0.0.0", 8080, "render", 2)
+    # a bundle whose gateway may run open (serve.gateway_auth: optional) does not need the Secret to start
+    _, open_ = _k8s(built, "k2-h200-2x8-tp16ep8", bundle_sets=("serve.gateway_auth=optional",))
+    (dep,) = [o for o in open_.objects if o["metadata"]["name"].endswith("-gateway") and o["kind"] == "Deployment"]
+    assert _container(dep["spec"]["template"]["spec"], "gateway")["env"][0]["valueFrom"]["secretKeyRef"]["optional"]
 
 
 # ---- probes, shared memory, replicas ---------------------------------------------------------------------------
