@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "plan": "k2trt.commands.plan:plan",
     "config": "k2trt.commands.config:config",
     "build": "k2trt.commands.build:build",
+    "k8s": "k2trt.commands.k8s:k8s",
     "doctor": "k2trt.commands.config:doctor",
     "serve": "k2trt.commands.serve:serve",
     "status": "k2trt.commands.serve:status",

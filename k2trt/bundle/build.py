@@ -90,7 +90,8 @@ def _request(r: Recipe, spec: ModelSpec, layout: Layout, gpus_per_node: int) -> 
     prof = profile_for(r.serve.trtllm) if r.serve.engine == "trtllm" else None
     return PlanRequest(spec, Cluster(r.cluster.gpu, nodes, min(gpus_per_node, layout.world_size)), r.context,
                        r.kv_dtype, r.serve.options.kv_fraction, None, prof.name if prof else None,
-                       eplb_online=_eplb_online(r), tool_parser=_use_tool_parser(r), model_name=r.name)
+                       eplb_online=_eplb_online(r), tool_parser=_use_tool_parser(r), model_name=r.name,
+                       load_gbps=r.cluster.load_gbps)
 
 
 def _eplb_online(r: Recipe) -> bool:
@@ -242,6 +243,7 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: HostList | Se
         model_manifest_sha256=manifest_hash(model_dir), engine_version=version or None,
         engine_version_probe=VERSION_PROBE if version else (), gpus_per_node=gpn if version else None,
         gpu_kind=_gpu_substring(r.cluster.gpu), eplb=_eplb_online(r),
+        shm_min_bytes=int(max(lp.memory.eplb_shm_bytes if lp.memory else 0.0 for _, lp, _ in planned)),
         gateway=gateway_options(r),
         slurm=SlurmOptions(gpus_per_node=gpn if version else None,
                            container_image=container_image(version) if version else None),
@@ -290,7 +292,7 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: HostList | Se
     }, indent=2, default=str) + "\n"
     result = BuildResult(out, files, plans, notes)
     if not dry_run:
-        _write_atomically(out, files, force)
+        write_bundle(out, files, force)
         result.written = True
     return result
 
@@ -327,7 +329,10 @@ def _launch_sh(launch: Any, out: Path, hosts: tuple[Any, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomically(out: Path, files: dict[str, str], force: bool) -> None:
+def write_bundle(out: Path, files: dict[str, str], force: bool = False) -> None:
+    """Write ``files`` (name → text; a name may hold a subdirectory, ``k8s/manifests.yaml``) as the bundle ``out``,
+    atomically as one directory. Refuses a non-empty ``out`` that is no bundle, and an existing bundle without
+    ``force`` (ConfigError)."""
     if out.exists():
         if not out.is_dir():
             raise ConfigError(f"{out} exists and is not a directory")

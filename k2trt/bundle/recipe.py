@@ -27,7 +27,7 @@ from k2trt.layout import Layout
 from k2trt.mapping import GPUS_PER_NODE
 from k2trt.plan.gpus import DEFAULT_GPU, Gpu
 from k2trt.plan.gpus import gpu as gpu_kind
-from k2trt.plan.memory import DEFAULT_KV_DTYPE, KvDtype, WeightFormat, parse_weight_format
+from k2trt.plan.memory import DEFAULT_KV_DTYPE, LOAD_GBPS, KvDtype, WeightFormat, parse_weight_format
 from k2trt.plan.planner import DEFAULT_CONTEXT, DEFAULT_PRESET
 from k2trt.trtllm.render import DEFAULT_TRANSCEIVER, EngineOptions
 
@@ -63,6 +63,9 @@ class ClusterSection:
     """Host names, first is rank 0's (empty: fill in at build/serve time)."""
     ssh_port: int | None = None
     """sshd port of the containers (Moonshot's guide uses 2233); None: the default 22."""
+    load_gbps: float = LOAD_GBPS
+    """Read bandwidth of the checkpoint storage per GPU, GB/s: the plan's load-time estimate (and the Kubernetes
+    start-up probe's budget) divide each GPU's shard by it. The default is an assumption (k2trt.plan.memory)."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,91 @@ class DisaggSection:
 
 
 @dataclass(frozen=True)
+class Toleration:
+    """One Kubernetes pod toleration (``spec.tolerations[]``), e.g. for tainted GPU nodes."""
+
+    key: str | None = None
+    """Taint key (``nvidia.com/gpu``); None with ``Exists`` tolerates every taint."""
+    operator: Literal["Exists", "Equal"] = "Exists"
+    """``Exists`` (any value) or ``Equal`` (``value`` must match)."""
+    value: str | None = None
+    """Taint value for ``Equal``."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to tolerate; None: every effect."""
+
+
+@dataclass(frozen=True)
+class ModelStorage:
+    """Where the pods find the checkpoint. It is mounted read-only at the bundle's model directory, so every rank
+    runs the bundle's argv unchanged (the same path on every node, as ``k2trt serve`` requires of hosts)."""
+
+    kind: Literal["hostPath", "pvc", "nfs"] = "hostPath"
+    """``hostPath`` (a directory on every GPU node), ``pvc`` (a ReadOnlyMany/ReadWriteMany claim) or ``nfs``."""
+    path: str | None = None
+    """hostPath: the node directory; nfs: the export path. None: the bundle's model directory."""
+    claim: str | None = None
+    """pvc: the PersistentVolumeClaim's name."""
+    server: str | None = None
+    """nfs: the server's address."""
+    sub_path: str | None = None
+    """pvc/nfs: the checkpoint's directory inside the volume; None: the volume's root."""
+
+
+@dataclass(frozen=True)
+class K8sSection:
+    """Kubernetes choices of ``k2trt build --target k8s`` / ``k2trt k8s render``: everything a cluster may need
+    to change is here, never an edit of the generated YAML."""
+
+    namespace: str = "default"
+    """Namespace of every object."""
+    name: str | None = None
+    """Base name of the objects (LeaderWorkerSet, Services, Deployments); None: the recipe name."""
+    image: str | None = None
+    """Image every pod runs: the one built from the repository's Dockerfile and pushed where the cluster pulls
+    from. None: ``k2trt.trtllm.deploy.project_image`` (``k2trt:<k2trt version>-trtllm<release>``, the tag the
+    README's ``docker build`` gives)."""
+    image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
+    """Kubernetes ``imagePullPolicy``."""
+    image_pull_secrets: tuple[str, ...] = ()
+    """Secrets for a private registry."""
+    replicas: int = 1
+    """Serving replicas: one LeaderWorkerSet group (leader + worker pods = one engine instance) each."""
+    storage: ModelStorage = field(default_factory=ModelStorage)
+    """Where the checkpoint comes from."""
+    node_selector: dict[str, str] = field(default_factory=dict, hash=False)
+    """Node labels the engine pods require, e.g. ``nvidia.com/gpu.product: NVIDIA-H200``."""
+    tolerations: tuple[Toleration, ...] = ()
+    """Taints the pods tolerate."""
+    node_gpus: int | None = None
+    """GPUs one node offers (its allocatable ``gpu_resource``); a pod cannot span nodes. None: the recipe's
+    ``cluster.gpus_per_node``."""
+    gpu_resource: str = "nvidia.com/gpu"
+    """Extended resource name of a GPU."""
+    rdma_resource: str | None = None
+    """Extended resource of an RDMA NIC (e.g. ``rdma/ib``) requested by each engine pod; None: none (NCCL/UCX
+    over TCP between pods)."""
+    rdma_per_pod: int = 1
+    """Units of ``rdma_resource`` per engine pod."""
+    ssh_port: int = 2222
+    """Port of the worker pods' sshd, which the leader's mpirun reaches them on."""
+    ssh_secret: str | None = None
+    """Secret with the SSH key pair (keys ``id_ed25519`` and ``authorized_keys``); None: ``<name>-ssh``."""
+    shm_size: str | None = None
+    """Size of each engine pod's ``/dev/shm`` (a Kubernetes quantity, ``512Gi``); None: from the plan."""
+    env: dict[str, str] = field(default_factory=dict, hash=False)
+    """Environment of every engine pod (``NCCL_IB_HCA``, ``UCX_NET_DEVICES``, …); names matching the launch
+    spec's forward patterns also reach the ranks through ``mpirun -x``."""
+    service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    """Type of the client-facing Service (the gateway's, else the engine's or router's)."""
+    gateway_replicas: int = 1
+    """Pods of the gateway Deployment."""
+    gateway_api_key_secret: str | None = None
+    """Secret whose key ``api-keys`` holds the gateway's accepted API keys (whitespace-separated), passed to the
+    gateway pods in its environment; None: ``<name>-gateway-keys``. When the bundle's gateway requires a key
+    (``serve.gateway_auth``) the pods do not start without the Secret, as ``k2trt serve`` refuses to."""
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A deployment: model × cluster × layout × serve (× disaggregation) (× bench)."""
 
@@ -149,6 +237,8 @@ class Recipe:
     """Disaggregated serving; None: one aggregated instance."""
     bench: BenchSpec | None = None
     """Benchmark sweep (``k2trt bench --recipe``); ``gpus`` defaults to the cluster's GPU count."""
+    k8s: K8sSection = field(default_factory=K8sSection)
+    """Kubernetes deployment choices (``k2trt build --target k8s``)."""
 
     def validate(self) -> None:
         """Cross-field checks; ConfigError names the field."""
@@ -183,6 +273,13 @@ class Recipe:
                               "name the key file by its absolute path on the launching host")
         if self.serve.engine == "reference" and self.disagg:
             raise ConfigError(f"recipe {self.name}: the reference engine does not do disaggregated serving")
+        if self.cluster.load_gbps <= 0:
+            raise ConfigError(f"recipe {self.name}: cluster.load_gbps must be > 0")
+        k = self.k8s
+        for what, n in (("k8s.replicas", k.replicas), ("k8s.gateway_replicas", k.gateway_replicas),
+                        ("k8s.rdma_per_pod", k.rdma_per_pod), ("k8s.node_gpus", k.node_gpus or 1)):
+            if n < 1:
+                raise ConfigError(f"recipe {self.name}: {what} must be ≥ 1, got {n}")
 
     def endpoint(self) -> str:
         """The served root URL clients (and ``k2trt bench``) use: ``serve.host``:``serve.port``, a wildcard listen
@@ -241,6 +338,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        if len(args) == 2:  # typed values (dict[str, str]: a YAML `true` or `8` is refused, not passed on)
+            return {str(k): _convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
         return dict(value)
     if tp is bool:
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):

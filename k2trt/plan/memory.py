@@ -18,6 +18,17 @@ activation reserve, in blocks of ``tokens_per_block`` (32) tokens.
 Reserve (documented assumption, k2_numbers.md E2): 8 GiB per GPU for activations at ``max_num_tokens`` 8192, the
 MoE workspace, CUDA graphs (up to ~200 MB each, TensorRT-LLM's CudaGraphConfig doc), NCCL buffers and allocator
 slack. Override with ``reserve_gib``.
+
+Load time (an estimate, used to budget start-up probes): every rank reads its own shard, so a load takes the largest
+rank's weight bytes over the per-GPU read bandwidth of the checkpoint storage (``LOAD_GBPS``, an assumption a recipe
+overrides with ``cluster.load_gbps``), plus a fixed engine start-up after the read (``ENGINE_START_S``, an assumption).
+
+EPLB host copy: with online expert load balancing TensorRT-LLM's ``HostMoeTensorSharer`` has the ranks of each node
+split *every* routed expert of every MoE layer between them and place their share in POSIX shared memory, so each node
+holds one whole copy of the routed experts in ``/dev/shm`` (NVIDIA/TensorRT-LLM
+``tensorrt_llm/_torch/modules/fused_moe/moe_load_balancer.py`` @ 000a01de: ``expert_start = local_rank *
+expert_count // local_size``, one ``SharedMemory`` per layer and local rank). ``routed_expert_bytes`` sizes it from
+the checkpoint's own tensors (its format's bytes; the release may keep them in another layout: an estimate).
 """
 
 from __future__ import annotations
@@ -38,6 +49,14 @@ KvDtype = Literal["fp8", "bf16"]
 """KV cache element type: one byte (FP8) or two (BF16) per element."""
 DEFAULT_KV_DTYPE: KvDtype = "fp8"  # K2's FP8 KV cache halves the MLA latent's bytes; the recipes' default too
 KV_BYTES: dict[str, int] = {"fp8": 1, "bf16": 2}
+LOAD_GBPS = 0.5
+"""Checkpoint read bandwidth per GPU during load, GB/s (10^9 bytes/s): 4 GB/s for an 8-GPU node reading shared
+network storage. An assumption; a recipe sets its storage's with ``cluster.load_gbps``."""
+ENGINE_START_S = 600.0
+"""TensorRT-LLM's start-up after the weights are read (model construction, weight post-processing, CUDA-graph
+capture, warm-up), seconds. An assumption: K2 start-ups of ten-odd minutes are what users report."""
+REFERENCE_START_S = 30.0
+"""The reference engine's start-up after its (CPU-sized) weights are read, seconds (assumption)."""
 
 WeightFormat = Literal["fp8_block", "bf16", "nvfp4", "w4a8"]
 """How a checkpoint stores its linear weights: K2's block FP8 (128×128 ``weight_scale_inv``), BF16, NVFP4 routed
@@ -243,6 +262,11 @@ class MemoryPlan:
     """Concurrent full-context sequences the instance can hold."""
     fits: bool
     """Weights + reserve fit and at least one full-context sequence fits."""
+    load_s: float = 0.0
+    """Estimated seconds from launch to serving: the largest shard at the storage's per-GPU bandwidth plus the
+    engine's start-up (module docstring; an estimate)."""
+    eplb_shm_bytes: float = 0.0
+    """Host shared memory each node needs for online EPLB's copy of the routed experts; 0 without online EPLB."""
 
     @property
     def system_kv_tokens(self) -> int:
@@ -257,18 +281,22 @@ class MemoryPlan:
             "kv_budget_gib": round(self.kv_budget / g, 3), "kv_bytes_per_token": self.kv_bytes_per_token,
             "kv_tokens_per_gpu": self.kv_tokens_per_gpu, "kv_pools": self.pools,
             "system_kv_tokens": self.system_kv_tokens, "seq_tokens": self.seq_tokens,
-            "max_sequences": self.max_sequences, "fits": self.fits,
+            "max_sequences": self.max_sequences, "fits": self.fits, "load_s": round(self.load_s, 1),
+            "eplb_shm_gib": round(self.eplb_shm_bytes / g, 3),
         }
 
 
 def memory_plan(spec: ModelSpec, mapping: Mapping, gpu: Gpu, context: int, kv_dtype: str = "fp8",
-                kv_fraction: float = KV_FRACTION, reserve_gib: float = RESERVE_GIB) -> MemoryPlan:
-    """Weights per GPU, the KV pool left over, and how many ``context``-token sequences fit.
+                kv_fraction: float = KV_FRACTION, reserve_gib: float = RESERVE_GIB, *,
+                load_gbps: float = LOAD_GBPS, eplb_online: bool = False) -> MemoryPlan:
+    """Weights per GPU, the KV pool left over, how many ``context``-token sequences fit, the load estimate and the
+    EPLB host copy.
 
     Args:
         spec: the model; mapping: a layout bound to it (checked); gpu: catalog entry; context: tokens per sequence;
         kv_dtype: ``fp8`` or ``bf16``; kv_fraction: TensorRT-LLM's ``free_gpu_memory_fraction``;
-        reserve_gib: activation/CUDA-graph/workspace reserve.
+        reserve_gib: activation/CUDA-graph/workspace reserve; load_gbps: checkpoint read bandwidth per GPU, GB/s;
+        eplb_online: the engine runs online expert load balancing (sizes ``eplb_shm_bytes``).
     """
     per_rank = [rank_bytes(mapping, r, spec) for r in extreme_ranks(mapping)]
     worst = max(per_rank, key=lambda rb: rb.total)
@@ -283,8 +311,39 @@ def memory_plan(spec: ModelSpec, mapping: Mapping, gpu: Gpu, context: int, kv_dt
     pools = mapping.tp if mapping.enable_attention_dp else 1
     seq = -(-context // TOKENS_PER_BLOCK) * TOKENS_PER_BLOCK
     max_seqs = pools * (tokens // seq)
+    start = REFERENCE_START_S if gpu.reference_only else ENGINE_START_S
     return MemoryPlan(worst.total, min(rb.total for rb in per_rank), worst.by_category, usable, reserve,
-                      kv_fraction, budget, kvpt, tokens, pools, seq, max_seqs, free > 0 and max_seqs >= 1)
+                      kv_fraction, budget, kvpt, tokens, pools, seq, max_seqs, free > 0 and max_seqs >= 1,
+                      load_seconds(worst.total, load_gbps, start),
+                      routed_expert_bytes(spec) if eplb_online else 0.0)
+
+
+def load_seconds(weights_per_gpu: float, gbps: float = LOAD_GBPS, start_s: float = ENGINE_START_S) -> float:
+    """Estimated seconds from launch to serving: ``weights_per_gpu`` bytes read at ``gbps`` GB/s, plus ``start_s``.
+
+    Example: ``load_seconds(60e9)`` → 720.0 (120 s of reading at 0.5 GB/s, then 600 s of start-up).
+    """
+    if gbps <= 0:
+        raise ConfigError(f"storage bandwidth {gbps} GB/s must be > 0", "set cluster.load_gbps to a positive number")
+    return weights_per_gpu / (gbps * 1e9) + start_s
+
+
+def routed_expert_bytes(spec: ModelSpec) -> float:
+    """Bytes of every routed expert of every MoE layer (weights and their scales) in the checkpoint's format: the
+    host copy online EPLB keeps in each node's ``/dev/shm`` (module docstring).
+
+    Example: K2-Instruct block FP8 → about 0.95 TiB.
+    """
+    fmt = weight_format(spec)
+    total = 0.0
+    for g in inventory(spec).groups:
+        if g.experts:
+            n = sum(len(ids) for ids in g.experts.values())
+            t = g.sample
+            total += n * tensor_bytes(t, t.numel, fmt)
+            if fmt == "nvfp4" and t.role in EXPERT_ROLES and t.scale_of is None and t.dtype != "U8":
+                total += n * NVFP4_BYTES_PER_TENSOR
+    return total
 
 
 

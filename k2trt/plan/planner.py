@@ -17,8 +17,8 @@ from k2trt.errors import K2trtError, PlanError
 from k2trt.layout import Layout
 from k2trt.mapping import GPUS_PER_NODE
 from k2trt.plan.gpus import GiB, Gpu
-from k2trt.plan.memory import (DEFAULT_KV_DTYPE, KV_BYTES, KvDtype, MemoryPlan, inventory, memory_plan,
-                               parse_weight_format, weight_format, with_weights)
+from k2trt.plan.memory import (DEFAULT_KV_DTYPE, KV_BYTES, LOAD_GBPS, KvDtype, MemoryPlan, inventory,
+                               memory_plan, parse_weight_format, weight_format, with_weights)
 from k2trt.plan.roofline import Roofline, roofline
 from k2trt.plan.rules import Finding, RuleContext, evaluate
 from k2trt.spec import ModelSpec, preset
@@ -73,6 +73,8 @@ class PlanRequest:
     """trtllm-serve runs with a tool parser."""
     model_name: str = "model"
     """Label for reports (preset name or checkpoint path)."""
+    load_gbps: float = LOAD_GBPS
+    """Checkpoint read bandwidth per GPU, GB/s, for the load-time estimate (an assumption unless measured)."""
 
     @property
     def reserve(self) -> float:
@@ -85,6 +87,8 @@ class PlanRequest:
             raise PlanError(f"kv dtype {self.kv_dtype!r} is not fp8 or bf16")
         if not 0 < self.kv_fraction <= 1:
             raise PlanError(f"KV memory fraction {self.kv_fraction} must be in (0, 1]")
+        if self.load_gbps <= 0:
+            raise PlanError(f"storage bandwidth {self.load_gbps} GB/s must be > 0")
 
 
 @dataclass
@@ -149,7 +153,7 @@ class Plan:
             "cluster": {"gpu": r.cluster.gpu.key, "gpu_name": r.cluster.gpu.name, "nodes": r.cluster.nodes,
                         "gpus_per_node": r.cluster.gpus_per_node},
             "context": r.context, "kv_dtype": r.kv_dtype, "kv_fraction": r.kv_fraction, "reserve_gib": r.reserve,
-            "release": r.release, "layouts": [lp.to_dict() for lp in self.layouts],
+            "release": r.release, "load_gbps": r.load_gbps, "layouts": [lp.to_dict() for lp in self.layouts],
         }
 
 
@@ -187,7 +191,7 @@ def plan_layout(req: PlanRequest, layout: Layout) -> LayoutPlan:
         lp.invalid = str(e)
         return lp
     lp.memory = memory_plan(req.spec, m, req.cluster.gpu, req.context, req.kv_dtype, req.kv_fraction,
-                            req.reserve)
+                            req.reserve, load_gbps=req.load_gbps, eplb_online=req.eplb_online)
     lp.roofline = roofline(req.spec, m, req.cluster.gpu, req.context, req.kv_dtype)
     lp.findings = evaluate(RuleContext(req.spec, m, req.cluster.gpu, req.context, lp.memory, req.release,
                                        req.eplb_online, req.tool_parser))
@@ -265,8 +269,14 @@ def to_markdown(p: Plan, only_first: bool = False) -> str:
         lines.append("| " + " | ".join(_row(lp)) + " |")
     for lp in judged[:1] if only_first else judged:
         if lp.memory is not None:
-            cats = ", ".join(f"{k} {v / GiB:.2f}" for k, v in sorted(lp.memory.by_category.items()) if v)
-            lines += ["", f"**{lp.layout}** weights per GPU (GiB): {cats}."]
+            m = lp.memory
+            cats = ", ".join(f"{k} {v / GiB:.2f}" for k, v in sorted(m.by_category.items()) if v)
+            lines += ["", f"**{lp.layout}** weights per GPU (GiB): {cats}.",
+                      f"Estimated load: {m.load_s / 60:.0f} min ({m.weights_max / GiB:.1f} GiB per GPU at "
+                      f"{r.load_gbps:g} GB/s per GPU, then the engine's start-up; an estimate)."]
+            if m.eplb_shm_bytes:
+                lines.append(f"Online EPLB keeps {m.eplb_shm_bytes / GiB:,.0f} GiB of routed experts in each "
+                             "node's /dev/shm.")
         for f in lp.findings:
             lines.append(f"- {f.severity}: {f.message}")
     for lp in p.layouts:

@@ -139,8 +139,10 @@ RULES: tuple[Rule, ...] = (
                    + ", so the recipe is refused — serve the FP8 checkpoint (k2-h200-2x8-*) instead"),
     Rule("eplb-needs-shm", "warning",
          lambda c: c.eplb_online,
-         lambda c: "online EPLB shares expert weights through /dev/shm (TRTLLM_EPLB_SHM_NAME=moe_shared): run "
-                   "containers with --ipc=host or a large --shm-size, and clean /dev/shm/moe_shared_* after a crash"),
+         lambda c: f"online EPLB keeps a host copy of every routed expert in each node's /dev/shm "
+                   f"({c.memory.eplb_shm_bytes / GiB:,.0f} GiB; TRTLLM_EPLB_SHM_NAME=moe_shared): run "
+                   "containers with --ipc=host or a /dev/shm that large, and clean /dev/shm/moe_shared_* after a "
+                   "crash"),
     Rule("tool-parser-multinode", "warning",
          lambda c: c.tool_parser and c.mapping.nodes > 1,
          lambda c: "multi-node trtllm-serve with --trust_remote_code --tool_parser kimi_k2 hung on builds before "

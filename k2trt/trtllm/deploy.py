@@ -9,12 +9,16 @@ Facts relied on (shared/reference/trtllm.md):
   ``trtllm-serve``: rank 0 runs the server, the others become MPI workers; without it only one node serves.
 - The installed release is ``tensorrt_llm.__version__``; preflight compares it on every node with the bundle's.
 - NGC publishes one image per release, ``nvcr.io/nvidia/tensorrt-llm/release:<version>`` (``NGC_REPO``).
+
+k2trt's own image (the repository's ``Dockerfile``: that release image plus k2trt and sshd) is named here too,
+``project_image``: Kubernetes pods and the README's ``docker build -t`` use the same name.
 """
 
 from __future__ import annotations
 
+from k2trt import __version__
 from k2trt.layout import Layout
-from k2trt.trtllm import NGC_REPO
+from k2trt.trtllm import NGC_REPO, PINNED_RELEASE
 from k2trt.trtllm.render import serve_argv
 
 LLMAPI_LAUNCH = "trtllm-llmapi-launch"
@@ -26,6 +30,26 @@ VERSION_PROBE = ("python3", "-c", "import tensorrt_llm; print(tensorrt_llm.__ver
 def container_image(version: str) -> str:
     """The NGC image of a release, e.g. ``nvcr.io/nvidia/tensorrt-llm/release:1.3.0rc7`` (Slurm/pyxis, Dockerfile)."""
     return f"{NGC_REPO}:{version}"
+
+
+PROJECT_IMAGE_REPO = "k2trt"
+"""Repository name of the image built from k2trt's Dockerfile; a cluster pushes it to its registry and names the
+full reference in a recipe's ``k8s.image``."""
+
+
+def project_image(version: str | None = None) -> str:
+    """The image built from k2trt's Dockerfile for a release: ``k2trt:<k2trt version>-trtllm<release>``.
+
+    Args:
+        version: the TensorRT-LLM release the image is built on (the Dockerfile's ``TRTLLM_RELEASE`` build
+            argument); None: the pinned one.
+    Returns:
+        The image reference, the tag the README's ``docker build -t`` gives.
+    Example:
+        >>> project_image("1.3.0rc24")
+        'k2trt:0.1.0-trtllm1.3.0rc24'
+    """
+    return f"{PROJECT_IMAGE_REPO}:{__version__.replace('+', '-')}-trtllm{version or PINNED_RELEASE}"
 
 
 def rank_argv(model_dir: str, layout: Layout, *, config_path: str, gpus_per_node: int, host: str, port: int,

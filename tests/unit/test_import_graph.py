@@ -36,7 +36,8 @@ FLOORS: list[tuple[str, ...]] = [
     ("launch",),  # hosts, mpirun/Slurm, supervision; starts the gateway in front of a ready engine
     ("reference",),  # the PyTorch K2: reads checkpoints, shards by layout, serves with chat, runs checks via launch
     ("bundle",),  # recipes and bundles: plan, trtllm, launch specs, checkpoint inspect, bench sections, reference argv
-    ("demo",),  # the whole pipeline as one library call: synth, build, serve, bench
+    ("demo",  # the whole pipeline as one library call: synth, build, serve, bench
+     "k8s"),  # Kubernetes manifests of a bundle: reads bundles and recipes, mpirun argv from launch, router from trtllm
     ("cli_options",),  # Click types over the library's parsers (layouts, host lists, weight formats)
     ("commands",),  # thin Click commands, one call into any library layer each
     ("cli",),  # the Click group; it finds commands by name (importlib), with no import statement

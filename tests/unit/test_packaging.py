@@ -49,3 +49,16 @@ def test_pyproject_reads_without_deprecation_warnings_at_the_declared_setuptools
         dist = apply_configuration(Distribution(), REPO / "pyproject.toml")
     assert [str(w.message).splitlines()[0] for w in caught if "setuptools" in type(w.message).__module__] == []
     assert dist.metadata.license_expression == "Apache-2.0" and dist.metadata.license_files == ["LICENSE"]
+
+
+def test_the_project_image_is_named_once_and_carries_sshd() -> None:
+    """k2trt's own image (what Kubernetes pods run) is named by ``trtllm.deploy.project_image`` from the pinned
+    release the Dockerfile builds on; the image has the ssh client (the leader's mpirun) and sshd (the workers)."""
+    from k2trt.trtllm.deploy import project_image
+
+    text = (REPO / "Dockerfile").read_text()
+    assert re.search(r"apt-get install .*openssh-client openssh-server", text)
+    assert project_image() == f"k2trt:{k2trt.__version__}-trtllm{trtllm.PINNED_RELEASE}"
+    assert project_image("1.2.0") == f"k2trt:{k2trt.__version__}-trtllm1.2.0"
+    readme = (REPO / "README.md").read_text()
+    assert "docker build -t k2trt:<k2trt version>-trtllm<release>" in readme

@@ -225,3 +225,39 @@ def test_plan_command_json_and_exit_codes() -> None:
     run = CliRunner().invoke(cli, ["plan", "--preset", "tiny", "--gpu", "cpu", "--gpus-per-node", "2",
                                    "--context", "2048", "--layout", "tp2"])
     assert run.exit_code == 0 and "tp2" in run.output
+
+
+def test_eplb_host_copy_is_every_routed_expert() -> None:
+    """Online EPLB's /dev/shm copy is every routed expert of every MoE layer (TensorRT-LLM's HostMoeTensorSharer):
+    for K2 FP8 a hand sum over K2's dimensions; for NVFP4 it stays under the 640 GB /dev/shm TensorRT-LLM's
+    K2-Thinking guide gives 8×B200 for its 594 GB checkpoint."""
+    from k2trt.plan.memory import routed_expert_bytes
+    from k2trt.spec import Quantization
+
+    h, i = 7168, 2048
+    fp8 = h * i + (-(-h // 128)) * (-(-i // 128)) * 4   # one FP8 expert matrix and its fp32 128×128 block scales
+    assert routed_expert_bytes(K2) == 60 * 384 * 3 * fp8  # 60 MoE layers (61 minus one dense) × 384 × gate/up/down
+    nvfp4 = routed_expert_bytes(K2.with_quantization(Quantization.requant("nvfp4")))
+    assert 0.5e12 < nvfp4 < 640e9
+    req = PlanRequest(K2, Cluster(gpu("h200"), 2, 8), 32768, eplb_online=True)
+    lp = plan_layout(req, Layout.parse("tp16ep16"))
+    assert lp.memory is not None and lp.memory.eplb_shm_bytes == routed_expert_bytes(K2)
+    assert "945 GiB" in next(f.message for f in lp.findings if f.rule == "eplb-needs-shm")
+    assert plan_layout(PlanRequest(K2, Cluster(gpu("h200"), 2, 8), 32768), Layout.parse("tp16ep16")
+                       ).memory.eplb_shm_bytes == 0  # type: ignore[union-attr]
+
+
+def test_load_estimate_is_the_largest_shard_over_the_storage_bandwidth() -> None:
+    from k2trt.plan.memory import ENGINE_START_S, LOAD_GBPS, REFERENCE_START_S
+
+    for gbps in (LOAD_GBPS, 2.0):
+        req = PlanRequest(K2, Cluster(gpu("h200"), 2, 8), 32768, load_gbps=gbps)
+        m = plan_layout(req, Layout.parse("tp16ep8")).memory
+        assert m is not None and m.load_s == pytest.approx(m.weights_max / (gbps * 1e9) + ENGINE_START_S)
+        assert m.to_dict()["load_s"] == round(m.load_s, 1)
+    p = plan(PlanRequest(K2, Cluster(gpu("h200"), 2, 8), 32768), [Layout.parse("tp16ep8")])
+    assert "Estimated load: 12 min (63.1 GiB per GPU at 0.5 GB/s per GPU" in to_markdown(p)
+    tiny = plan_layout(PlanRequest(TINY, Cluster(gpu("cpu"), 1, 2), 2048), Layout.parse("tp2")).memory
+    assert tiny is not None and REFERENCE_START_S <= tiny.load_s < REFERENCE_START_S + 1
+    with pytest.raises(PlanError, match="bandwidth"):
+        plan_layout(PlanRequest(K2, Cluster(gpu("h200"), 2, 8), 32768, load_gbps=0), Layout.parse("tp16ep8"))
