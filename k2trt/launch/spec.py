@@ -28,13 +28,16 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from k2trt.errors import ConfigError
 from k2trt.fsio import atomic_write_json, read_mapping
+from k2trt.trtllm.deploy import ENV_FORWARD
 
 EngineKind = Literal["trtllm", "reference"]
 LauncherKind = Literal["mpirun", "slurm"]
 SCHEMA_VERSION = 1
 LAUNCH_FILE = "launch.json"
 DEFAULT_READY_PATHS = ("/health_generate", "/health")
-DEFAULT_ENV_FORWARD = ("NCCL_*", "UCX_*", "HF_*", "TRTLLM_*", "TLLM_*")
+DEFAULT_ENV_FORWARD = ENV_FORWARD
+"""Launching-environment variables forwarded to every rank by default: what the production engine's ranks read
+(the engine's own list, ``k2trt.trtllm.deploy.ENV_FORWARD``)."""
 LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 

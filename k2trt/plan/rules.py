@@ -15,6 +15,7 @@ from k2trt.plan.gpus import GiB, Gpu
 from k2trt.plan.memory import MemoryPlan, weight_format
 from k2trt.spec import ModelSpec
 from k2trt.trtllm import known
+from k2trt.trtllm.deploy import EPLB_SHM_DEFAULT, EPLB_SHM_VAR
 
 MIN_VIABLE_SEQUENCES = 4  # fewer concurrent full-context sequences than this is not a serving deployment (assumption)
 MARGINAL_WEIGHT_SHARE = 0.70  # weights above 70% of usable memory leave KV room for short contexts only (assumption)
@@ -139,8 +140,9 @@ RULES: tuple[Rule, ...] = (
                    + ", so the recipe is refused — serve the FP8 checkpoint (k2-h200-2x8-*) instead"),
     Rule("eplb-needs-shm", "warning",
          lambda c: c.eplb_online,
-         lambda c: "online EPLB shares expert weights through /dev/shm (TRTLLM_EPLB_SHM_NAME=moe_shared): run "
-                   "containers with --ipc=host or a large --shm-size, and clean /dev/shm/moe_shared_* after a crash"),
+         lambda c: f"online EPLB shares expert weights through /dev/shm ({EPLB_SHM_VAR}={EPLB_SHM_DEFAULT}): run "
+                   f"containers with --ipc=host or a large --shm-size, and clean /dev/shm/{EPLB_SHM_DEFAULT}_* after a "
+                   "crash"),
     Rule("tool-parser-multinode", "warning",
          lambda c: c.tool_parser and c.mapping.nodes > 1,
          lambda c: "multi-node trtllm-serve with --trust_remote_code --tool_parser kimi_k2 hung on builds before "
