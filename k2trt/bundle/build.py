@@ -4,7 +4,8 @@ Steps: inspect the checkpoint (headers only; errors refuse) → check its weight
 conversion, if needed, is named, not run) → plan every instance's layout (refuse with the reasons when it does not
 fit) → render and lint the TensorRT-LLM YAML(s) → write, atomically as one directory:
 
-- ``config.yml`` (and ``ctx.yml``/``gen.yml``/``disagg.yml`` when disaggregated): extra-llm-api options, linted;
+- ``config.yml`` (and ``ctx.yml``/``gen.yml``/``disagg.yml`` when disaggregated): extra-llm-api options and the
+  router config, each linted as the target release reads it (an error refuses the build);
 - ``launch.json``: k2trt.launch.spec.LaunchSpec — per-rank argv, world size, hostfile, ports, versions;
 - ``hostfile``: Open MPI ``host slots=N`` lines, rank 0's host first;
 - ``launch.sh``: ``k2trt serve`` on this bundle, with the equivalent Open MPI 5 command as a comment;
@@ -37,6 +38,7 @@ from k2trt.spec import ModelSpec
 from k2trt.trtllm import PINNED_RELEASE
 from k2trt.trtllm.deploy import VERSION_PROBE, container_image, rank_argv
 from k2trt.trtllm.disagg import RoleServers, disagg_config, router_argv
+from k2trt.trtllm.disagg_lint import lint_disagg
 from k2trt.trtllm.lint import lint
 from k2trt.trtllm.profiles import profile_for
 from k2trt.trtllm.render import (DEFAULT_TRANSCEIVER, SERVER_ROLES, dump_yaml, llm_options,
@@ -270,8 +272,14 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: HostList | Se
                 roles[key].append(RoleSpec(f"{key}{i}", argv_for(lay, f"{key}.yml", port, None), lay.world_size,
                                            port, hs))
             servers[key] = RoleServers(tuple(urls), lay.tp, lay.pp)
-        files["disagg.yml"] = dump_yaml(disagg_config(servers["ctx"], servers["gen"], hostname=r.serve.host,
-                                                      port=r.serve.port), header)
+        router = disagg_config(servers["ctx"], servers["gen"], hostname=r.serve.host, port=r.serve.port)
+        res = lint_disagg(router, version)
+        if not res.ok:
+            raise ConfigError(f"recipe {r.name}: the router config (disagg.yml) fails the lint: {res.errors[0]}",
+                              "it is made from the roles' hosts and ports (--hosts, disagg.ctx/gen.port) and "
+                              "serve.host/serve.port: change those")
+        notes.extend(f"config router: {i}" for i in res.issues)
+        files["disagg.yml"] = dump_yaml(router, header)
         files[HOSTFILE] = "".join(f"{h} slots={gpn}\n" for h in names)
         launch = LaunchSpec(argv=(), world_size=1, http_port=r.serve.port,
                             disagg=DisaggSpec(tuple(roles["ctx"]), tuple(roles["gen"]),
