@@ -29,6 +29,7 @@ from k2trt.plan.gpus import DEFAULT_GPU, Gpu
 from k2trt.plan.gpus import gpu as gpu_kind
 from k2trt.plan.memory import DEFAULT_KV_DTYPE, KvDtype, WeightFormat, parse_weight_format
 from k2trt.plan.planner import DEFAULT_CONTEXT, DEFAULT_PRESET
+from k2trt.trtllm.metrics import PROMETHEUS_PATH
 from k2trt.trtllm.render import DEFAULT_TRANSCEIVER, EngineOptions
 
 Engine = Literal["trtllm", "reference"]
@@ -192,6 +193,30 @@ class Recipe:
             host = self.cluster.hosts[0] if self.cluster.hosts else "127.0.0.1"
         return f"http://{host}:{self.serve.port}"
 
+    def gateway_endpoint(self) -> str | None:
+        """The root URL of the gateway ``k2trt serve`` starts in front of the engine (as ``endpoint`` spells the
+        engine's, on ``serve.gateway_port``); None when the recipe has none."""
+        if self.serve.gateway_port is None:
+            return None
+        return f"{self.endpoint().rpartition(':')[0]}:{self.serve.gateway_port}"
+
+    def metrics_urls(self, endpoint: str) -> tuple[str, ...]:
+        """The Prometheus endpoints of this recipe's servers that ``endpoint`` itself does not expose, for a
+        benchmark of ``endpoint`` to scrape: benchmarking the engine, the gateway's ``/metrics``; benchmarking the
+        gateway, TensorRT-LLM's (the reference engine has none). Nothing for an endpoint that is not the recipe's.
+
+        Example:
+            >>> load_recipe("tiny-cpu").metrics_urls("http://127.0.0.1:18000")
+            ('http://127.0.0.1:18001/metrics',)
+        """
+        engine, gateway = self.endpoint(), self.gateway_endpoint()
+        url = endpoint.rstrip("/")
+        if url == engine and gateway is not None:
+            return (f"{gateway}/metrics",)
+        if url == gateway and self.serve.engine == "trtllm":
+            return (f"{engine}{PROMETHEUS_PATH}",)
+        return ()
+
 # ---- loading -----------------------------------------------------------------------------------------------------
 
 
@@ -341,11 +366,11 @@ def load_recipe(name_or_path: str | None = None, sets: tuple[str, ...] | list[st
     return r
 
 
-def spec_from_recipe(name_or_path: str | Path, sets: tuple[str, ...] = ()) -> tuple[BenchSpec, str]:
+def spec_from_recipe(name_or_path: str | Path | Recipe, sets: tuple[str, ...] = ()) -> tuple[BenchSpec, str]:
     """The bench sweep of a recipe and the root URL of the recipe's server (``Recipe.endpoint``).
 
     Args:
-        name_or_path: a packaged recipe name (``tiny-cpu``) or a YAML path.
+        name_or_path: a packaged recipe name (``tiny-cpu``), a YAML path, or a loaded recipe.
         sets: ``key.path=value`` overrides, as ``k2trt build --set`` takes them.
     Returns:
         (the sweep, with ``gpus`` defaulting to the cluster size; the server's root URL).
@@ -355,7 +380,7 @@ def spec_from_recipe(name_or_path: str | Path, sets: tuple[str, ...] = ()) -> tu
         >>> spec_from_recipe("tiny-cpu")[1]
         'http://127.0.0.1:18000'
     """
-    r = load_recipe(str(name_or_path), list(sets))
+    r = name_or_path if isinstance(name_or_path, Recipe) else load_recipe(str(name_or_path), list(sets))
     if r.bench is None:
         raise ConfigError(f"recipe {r.name} has no bench: section", "add one (see k2trt bench --help) or use --spec")
     return r.bench, r.endpoint()
