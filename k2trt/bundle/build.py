@@ -6,7 +6,8 @@ fit) → render and lint the TensorRT-LLM YAML(s) → write, atomically as one d
 
 - ``config.yml`` (and ``ctx.yml``/``gen.yml``/``disagg.yml`` when disaggregated): extra-llm-api options and the
   router config, each linted as the target release reads it (an error refuses the build);
-- ``launch.json``: k2trt.launch.spec.LaunchSpec — per-rank argv, world size, hostfile, ports, versions;
+- ``launch.json``: k2trt.launch.spec.LaunchSpec — per-rank argv, world size, hostfile, ports, versions, the
+  gateway's settings and the job's log format;
 - ``hostfile``: Open MPI ``host slots=N`` lines, rank 0's host first;
 - ``launch.sh``: ``k2trt serve`` on this bundle, with the equivalent Open MPI 5 command as a comment;
 - ``manifest.json``: checkpoint manifest hash, k2trt and target TensorRT-LLM versions, the resolved recipe;
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -244,7 +245,7 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: HostList | Se
         model_manifest_sha256=manifest_hash(model_dir), engine_version=version or None,
         engine_version_probe=VERSION_PROBE if version else (), gpus_per_node=gpn if version else None,
         gpu_kind=_gpu_substring(r.cluster.gpu), eplb=_eplb_online(r),
-        gateway=gateway_options(r),
+        gateway=gateway_options(r), log_format=r.serve.log_format,
         slurm=SlurmOptions(gpus_per_node=gpn if version else None,
                            container_image=container_image(version) if version else None),
     )
@@ -304,8 +305,9 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: HostList | Se
 
 
 def gateway_options(r: Recipe) -> GatewayOptions | None:
-    """The recipe's gateway as launch options: where it listens, and where its API keys come from; a key is
-    required when ``serve.gateway_auth`` says so (``auto``: when it listens beyond loopback).
+    """The recipe's gateway as launch options: where it listens, where its API keys come from (a key is required
+    when ``serve.gateway_auth`` says so; ``auto``: when it listens beyond loopback), the model name clients use, and
+    its limits (``serve.gateway_limits``; the context defaults to the recipe's).
 
     Example:
         >>> gateway_options(load_recipe("k2-h200-2x8-tp16ep8")).require_key   # listens on 0.0.0.0
@@ -314,9 +316,12 @@ def gateway_options(r: Recipe) -> GatewayOptions | None:
     if r.serve.gateway_port is None:
         return None
     auth = r.serve.gateway_auth
+    limits = r.serve.gateway_limits
     return GatewayOptions(r.serve.gateway_port, r.serve.host, r.serve.gateway_mode,
                           api_key_env=r.serve.gateway_api_key_env, api_key_file=r.serve.gateway_api_key_file,
-                          require_key=auth == "required" or (auth == "auto" and not is_loopback(r.serve.host)))
+                          require_key=auth == "required" or (auth == "auto" and not is_loopback(r.serve.host)),
+                          served_model_name=r.model.served_name,
+                          limits=replace(limits, max_context_tokens=limits.max_context_tokens or r.context))
 
 
 def _notes_md(notes: list[str]) -> str:

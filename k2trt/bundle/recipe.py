@@ -22,7 +22,8 @@ import yaml
 from k2trt.bench.spec import BenchSpec
 from k2trt.errors import ConfigError, K2trtError
 from k2trt.fsio import read_mapping
-from k2trt.gateway.config import API_KEYS_ENV
+from k2trt.gateway.config import API_KEYS_ENV, GatewayLimits
+from k2trt.jsonlog import DEFAULT_LOG_FORMAT, LogFormat
 from k2trt.layout import Layout
 from k2trt.mapping import GPUS_PER_NODE
 from k2trt.plan.gpus import DEFAULT_GPU, Gpu
@@ -95,6 +96,12 @@ class ServeSection:
     gateway_api_key_file: str | None = None
     """Absolute path of a file on the launching host holding API keys (whitespace-separated, ``#`` comments),
     read when the job starts, e.g. a mounted secret."""
+    gateway_limits: GatewayLimits = field(default_factory=GatewayLimits)
+    """The gateway's request limits, timeouts and accepted model ids (``GatewayConfig``'s fields of the same names
+    and defaults, e.g. ``max_connections: 256``); ``max_context_tokens`` null means the recipe's ``context``."""
+    log_format: LogFormat = DEFAULT_LOG_FORMAT
+    """``json``: every log the job writes (supervisor, ranks, gateway, watchdog) is JSON lines with the job id, and a
+    rank's lines its rank; ``text``: each program's usual lines (``k2trt serve --log-format`` overrides it)."""
     plugins: Plugins = "off"
     """Reference engine only: run its MoE layers through k2trt's Triton kernels (``auto``: their torch twins where
     Triton cannot run). TensorRT-LLM loads the plugin ops with ``--custom_module_dirs`` (plugins/README.md)."""
@@ -184,6 +191,14 @@ class Recipe:
                               "name the key file by its absolute path on the launching host")
         if self.serve.engine == "reference" and self.disagg:
             raise ConfigError(f"recipe {self.name}: the reference engine does not do disaggregated serving")
+        try:
+            self.serve.gateway_limits.validate()
+        except ConfigError as e:
+            raise ConfigError(f"recipe {self.name}: serve.gateway_limits: {e}") from None
+        gw_context = self.serve.gateway_limits.max_context_tokens
+        if gw_context is not None and gw_context > self.context:
+            raise ConfigError(f"recipe {self.name}: serve.gateway_limits.max_context_tokens {gw_context} is over "
+                              f"the deployment's context {self.context}", "lower it, or raise context")
 
     def endpoint(self) -> str:
         """The served root URL clients (and ``k2trt bench``) use: ``serve.host``:``serve.port``, a wildcard listen

@@ -167,13 +167,13 @@ def plan_launch(spec: LaunchSpec, bundle_dir: Path, *, launcher: LauncherKind | 
 
 def _start_gateway(spec: LaunchSpec, engine_url: str, keys: tuple[str, ...]) -> Any:
     """The gateway in a thread of this (supervising) process, in front of the engine at ``engine_url``, accepting
-    ``keys`` (read from the environment or a file by ``preflight.gateway_keys``, never from argv)."""
-    from k2trt.gateway import BackgroundGateway, GatewayConfig
+    ``keys`` (read from the environment or a file by ``preflight.gateway_keys``, never from argv), with the
+    bundle's settings (``GatewayOptions``: served name, limits, context) and the job's log format."""
+    from k2trt.gateway import BackgroundGateway
 
     assert spec.gateway is not None
     url = f"http://{spec.gateway.host}:{spec.gateway.port}"
-    cfg = GatewayConfig(engine_url=engine_url, model_dir=spec.model_dir, host=spec.gateway.host,
-                        port=spec.gateway.port, mode=spec.gateway.mode, api_keys=keys)  # type: ignore[arg-type]
+    cfg = spec.gateway.config(engine_url, spec.model_dir, keys, spec.log_format)
     try:
         return BackgroundGateway(cfg.validate()).start()
     except (K2trtError, OSError) as e:
