@@ -146,7 +146,7 @@ def read_mapping(path: str | Path, *, what: str = "file", fmt: str | None = None
         path: the file; ``fmt`` defaults to its suffix (``.json`` → JSON, anything else → YAML).
         what: how the message names the file ("recipe", "launch spec", ...).
         error: the K2trtError subclass to raise (ConfigError unless the caller owns another domain).
-        hint: the fix to append to a missing-file message.
+        hint: the fix, appended to every message (a file that is missing, unreadable, malformed or not a mapping).
     Returns:
         The parsed mapping.
     Example:
@@ -159,11 +159,11 @@ def read_mapping(path: str | Path, *, what: str = "file", fmt: str | None = None
     except FileNotFoundError:
         raise error(f"{what} {p} does not exist", hint) from None
     except IsADirectoryError:
-        raise error(f"{what} {p} is a directory, not a file") from None
+        raise error(f"{what} {p} is a directory, not a file", hint) from None
     except UnicodeDecodeError as e:
-        raise error(f"{what} {p} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise error(f"{what} {p} is not UTF-8 text ({e.reason} at byte {e.start})", hint) from None
     except OSError as e:
-        raise error(f"cannot read {what} {p}: {e.strerror}") from None
+        raise error(f"cannot read {what} {p}: {e.strerror}", hint) from None
     try:
         if kind == "json":
             data = json.loads(text)
@@ -172,11 +172,11 @@ def read_mapping(path: str | Path, *, what: str = "file", fmt: str | None = None
 
             data = yaml.safe_load(text)
     except ValueError as e:  # json.JSONDecodeError is a ValueError
-        raise error(f"{what} {p} is not valid JSON: {e}") from None
+        raise error(f"{what} {p} is not valid JSON: {e}", hint) from None
     except Exception as e:  # yaml.YAMLError, kept lazy so JSON readers never import yaml
         if type(e).__module__.startswith("yaml"):
-            raise error(f"{what} {p} is not valid YAML: {' '.join(str(e).split())}") from None
+            raise error(f"{what} {p} is not valid YAML: {' '.join(str(e).split())}", hint) from None
         raise
     if not isinstance(data, dict):
-        raise error(f"{what} {p} must hold a mapping, not {type(data).__name__}")
+        raise error(f"{what} {p} must hold a mapping, not {type(data).__name__}", hint)
     return data

@@ -11,6 +11,9 @@ A record becomes ``{"ts", "level", "logger", "msg", <static fields>, <the record
 What goes into a record is the call site's decision: this module adds nothing from the environment and never reads
 request bodies, so a line holds prompt text or a key only if a call site put it there. Standard library only, so
 any module can import it.
+
+The choice between the two formats is ``LogFormat``, defaulting to ``DEFAULT_LOG_FORMAT`` — stated here once for the
+gateway (``GatewayConfig.log_format``), recipes (``serve.log_format``) and launch specs (``LaunchSpec.log_format``).
 """
 
 from __future__ import annotations
@@ -19,9 +22,15 @@ import json
 import logging
 import sys
 from datetime import datetime, timezone
-from typing import IO, Any, Mapping
+from types import TracebackType
+from typing import IO, Any, Literal, Mapping
 
-__all__ = ["JsonFormatter", "json_handler", "use_json_logs"]
+__all__ = ["DEFAULT_LOG_FORMAT", "LOG_FORMATS", "JsonFormatter", "LogFormat", "json_handler", "use_json_logs"]
+
+LogFormat = Literal["text", "json"]
+"""``text``: each program's usual lines; ``json``: one JSON object per line (this module)."""
+LOG_FORMATS: tuple[str, ...] = ("text", "json")
+DEFAULT_LOG_FORMAT: LogFormat = "text"
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` (uvicorn adds an ANSI-coloured
 # copy of its message as color_message: not data).
@@ -67,8 +76,9 @@ def json_handler(stream: IO[str] | None = None, static: Mapping[str, Any] | None
 
 def use_json_logs(level: int | str = logging.INFO, *, stream: IO[str] | None = None,
                   static: Mapping[str, Any] | None = None) -> logging.Handler:
-    """Make this process log JSON lines: one ``json_handler`` on the root logger (replacing its handlers), and the
-    loggers that install their own handlers (uvicorn's) routed to it.
+    """Make this process log JSON lines: one ``json_handler`` on the root logger (replacing its handlers), the
+    loggers that install their own handlers (uvicorn's) routed to it, Python's warnings logged (``py.warnings``),
+    and an uncaught exception logged as one record with its traceback in ``exc`` instead of printed as text.
 
     Call it once, from the process's entry point (a library module must not configure logging).
 
@@ -94,4 +104,13 @@ def use_json_logs(level: int | str = logging.INFO, *, stream: IO[str] | None = N
         for old in list(lg.handlers):
             lg.removeHandler(old)
         lg.propagate = True
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
     return handler
+
+
+def _log_uncaught(et: type[BaseException], e: BaseException, tb: TracebackType | None) -> None:
+    if issubclass(et, KeyboardInterrupt):
+        sys.__excepthook__(et, e, tb)
+        return
+    logging.getLogger("k2trt").critical("uncaught %s, exiting", et.__name__, exc_info=(et, e, tb))

@@ -4,8 +4,10 @@ Steps: inspect the checkpoint (headers only; errors refuse) → check its weight
 conversion, if needed, is named, not run) → plan every instance's layout (refuse with the reasons when it does not
 fit) → render and lint the TensorRT-LLM YAML(s) → write, atomically as one directory:
 
-- ``config.yml`` (and ``ctx.yml``/``gen.yml``/``disagg.yml`` when disaggregated): extra-llm-api options, linted;
-- ``launch.json``: k2trt.launch.spec.LaunchSpec — per-rank argv, world size, hostfile, ports, versions;
+- ``config.yml`` (and ``ctx.yml``/``gen.yml``/``disagg.yml`` when disaggregated): extra-llm-api options and the
+  router config, each linted as the target release reads it (an error refuses the build);
+- ``launch.json``: k2trt.launch.spec.LaunchSpec — per-rank argv, world size, hostfile, ports, versions, the
+  gateway's settings and the job's log format;
 - ``hostfile``: Open MPI ``host slots=N`` lines, rank 0's host first;
 - ``launch.sh``: ``k2trt serve`` on this bundle, with the equivalent Open MPI 5 command as a comment;
 - ``manifest.json``: checkpoint manifest hash, k2trt and target TensorRT-LLM versions, the resolved recipe;
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,6 +39,7 @@ from k2trt.spec import ModelSpec
 from k2trt.trtllm import PINNED_RELEASE
 from k2trt.trtllm.deploy import VERSION_PROBE, container_image, rank_argv
 from k2trt.trtllm.disagg import RoleServers, disagg_config, router_argv
+from k2trt.trtllm.disagg_lint import lint_disagg
 from k2trt.trtllm.lint import lint
 from k2trt.trtllm.profiles import profile_for
 from k2trt.trtllm.render import (DEFAULT_TRANSCEIVER, SERVER_ROLES, dump_yaml, llm_options,
@@ -244,7 +247,7 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: HostList | Se
         engine_version_probe=VERSION_PROBE if version else (), gpus_per_node=gpn if version else None,
         gpu_kind=_gpu_substring(r.cluster.gpu), eplb=_eplb_online(r),
         shm_min_bytes=int(max(lp.memory.eplb_shm_bytes if lp.memory else 0.0 for _, lp, _ in planned)),
-        gateway=gateway_options(r),
+        gateway=gateway_options(r), log_format=r.serve.log_format,
         slurm=SlurmOptions(gpus_per_node=gpn if version else None,
                            container_image=container_image(version) if version else None),
     )
@@ -272,8 +275,14 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: HostList | Se
                 roles[key].append(RoleSpec(f"{key}{i}", argv_for(lay, f"{key}.yml", port, None), lay.world_size,
                                            port, hs))
             servers[key] = RoleServers(tuple(urls), lay.tp, lay.pp)
-        files["disagg.yml"] = dump_yaml(disagg_config(servers["ctx"], servers["gen"], hostname=r.serve.host,
-                                                      port=r.serve.port), header)
+        router = disagg_config(servers["ctx"], servers["gen"], hostname=r.serve.host, port=r.serve.port)
+        res = lint_disagg(router, version)
+        if not res.ok:
+            raise ConfigError(f"recipe {r.name}: the router config (disagg.yml) fails the lint: {res.errors[0]}",
+                              "it is made from the roles' hosts and ports (--hosts, disagg.ctx/gen.port) and "
+                              "serve.host/serve.port: change those")
+        notes.extend(f"config router: {i}" for i in res.issues)
+        files["disagg.yml"] = dump_yaml(router, header)
         files[HOSTFILE] = "".join(f"{h} slots={gpn}\n" for h in names)
         launch = LaunchSpec(argv=(), world_size=1, http_port=r.serve.port,
                             disagg=DisaggSpec(tuple(roles["ctx"]), tuple(roles["gen"]),
@@ -298,8 +307,9 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: HostList | Se
 
 
 def gateway_options(r: Recipe) -> GatewayOptions | None:
-    """The recipe's gateway as launch options: where it listens, and where its API keys come from; a key is
-    required when ``serve.gateway_auth`` says so (``auto``: when it listens beyond loopback).
+    """The recipe's gateway as launch options: where it listens, where its API keys come from (a key is required
+    when ``serve.gateway_auth`` says so; ``auto``: when it listens beyond loopback), the model name clients use, and
+    its limits (``serve.gateway_limits``; the context defaults to the recipe's).
 
     Example:
         >>> gateway_options(load_recipe("k2-h200-2x8-tp16ep8")).require_key   # listens on 0.0.0.0
@@ -308,9 +318,12 @@ def gateway_options(r: Recipe) -> GatewayOptions | None:
     if r.serve.gateway_port is None:
         return None
     auth = r.serve.gateway_auth
+    limits = r.serve.gateway_limits
     return GatewayOptions(r.serve.gateway_port, r.serve.host, r.serve.gateway_mode,
                           api_key_env=r.serve.gateway_api_key_env, api_key_file=r.serve.gateway_api_key_file,
-                          require_key=auth == "required" or (auth == "auto" and not is_loopback(r.serve.host)))
+                          require_key=auth == "required" or (auth == "auto" and not is_loopback(r.serve.host)),
+                          served_model_name=r.model.served_name,
+                          limits=replace(limits, max_context_tokens=limits.max_context_tokens or r.context))
 
 
 def _notes_md(notes: list[str]) -> str:

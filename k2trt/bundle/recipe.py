@@ -22,13 +22,15 @@ import yaml
 from k2trt.bench.spec import BenchSpec
 from k2trt.errors import ConfigError, K2trtError
 from k2trt.fsio import read_mapping
-from k2trt.gateway.config import API_KEYS_ENV
+from k2trt.gateway.config import API_KEYS_ENV, GatewayLimits
+from k2trt.jsonlog import DEFAULT_LOG_FORMAT, LogFormat
 from k2trt.layout import Layout
 from k2trt.mapping import GPUS_PER_NODE
 from k2trt.plan.gpus import DEFAULT_GPU, Gpu
 from k2trt.plan.gpus import gpu as gpu_kind
 from k2trt.plan.memory import DEFAULT_KV_DTYPE, LOAD_GBPS, KvDtype, WeightFormat, parse_weight_format
 from k2trt.plan.planner import DEFAULT_CONTEXT, DEFAULT_PRESET
+from k2trt.trtllm.metrics import PROMETHEUS_PATH
 from k2trt.trtllm.render import DEFAULT_TRANSCEIVER, EngineOptions
 
 Engine = Literal["trtllm", "reference"]
@@ -97,6 +99,12 @@ class ServeSection:
     gateway_api_key_file: str | None = None
     """Absolute path of a file on the launching host holding API keys (whitespace-separated, ``#`` comments),
     read when the job starts, e.g. a mounted secret."""
+    gateway_limits: GatewayLimits = field(default_factory=GatewayLimits)
+    """The gateway's request limits, timeouts and accepted model ids (``GatewayConfig``'s fields of the same names
+    and defaults, e.g. ``max_connections: 256``); ``max_context_tokens`` null means the recipe's ``context``."""
+    log_format: LogFormat = DEFAULT_LOG_FORMAT
+    """``json``: every log the job writes (supervisor, ranks, gateway, watchdog) is JSON lines with the job id, and a
+    rank's lines its rank; ``text``: each program's usual lines (``k2trt serve --log-format`` overrides it)."""
     plugins: Plugins = "off"
     """Reference engine only: run its MoE layers through k2trt's Triton kernels (``auto``: their torch twins where
     Triton cannot run). TensorRT-LLM loads the plugin ops with ``--custom_module_dirs`` (plugins/README.md)."""
@@ -280,6 +288,14 @@ class Recipe:
                         ("k8s.rdma_per_pod", k.rdma_per_pod), ("k8s.node_gpus", k.node_gpus or 1)):
             if n < 1:
                 raise ConfigError(f"recipe {self.name}: {what} must be ≥ 1, got {n}")
+        try:
+            self.serve.gateway_limits.validate()
+        except ConfigError as e:
+            raise ConfigError(f"recipe {self.name}: serve.gateway_limits: {e}") from None
+        gw_context = self.serve.gateway_limits.max_context_tokens
+        if gw_context is not None and gw_context > self.context:
+            raise ConfigError(f"recipe {self.name}: serve.gateway_limits.max_context_tokens {gw_context} is over "
+                              f"the deployment's context {self.context}", "lower it, or raise context")
 
     def endpoint(self) -> str:
         """The served root URL clients (and ``k2trt bench``) use: ``serve.host``:``serve.port``, a wildcard listen
@@ -288,6 +304,30 @@ class Recipe:
         if host in ("0.0.0.0", "::", ""):
             host = self.cluster.hosts[0] if self.cluster.hosts else "127.0.0.1"
         return f"http://{host}:{self.serve.port}"
+
+    def gateway_endpoint(self) -> str | None:
+        """The root URL of the gateway ``k2trt serve`` starts in front of the engine (as ``endpoint`` spells the
+        engine's, on ``serve.gateway_port``); None when the recipe has none."""
+        if self.serve.gateway_port is None:
+            return None
+        return f"{self.endpoint().rpartition(':')[0]}:{self.serve.gateway_port}"
+
+    def metrics_urls(self, endpoint: str) -> tuple[str, ...]:
+        """The Prometheus endpoints of this recipe's servers that ``endpoint`` itself does not expose, for a
+        benchmark of ``endpoint`` to scrape: benchmarking the engine, the gateway's ``/metrics``; benchmarking the
+        gateway, TensorRT-LLM's (the reference engine has none). Nothing for an endpoint that is not the recipe's.
+
+        Example:
+            >>> load_recipe("tiny-cpu").metrics_urls("http://127.0.0.1:18000")
+            ('http://127.0.0.1:18001/metrics',)
+        """
+        engine, gateway = self.endpoint(), self.gateway_endpoint()
+        url = endpoint.rstrip("/")
+        if url == engine and gateway is not None:
+            return (f"{gateway}/metrics",)
+        if url == gateway and self.serve.engine == "trtllm":
+            return (f"{engine}{PROMETHEUS_PATH}",)
+        return ()
 
 # ---- loading -----------------------------------------------------------------------------------------------------
 
@@ -440,11 +480,11 @@ def load_recipe(name_or_path: str | None = None, sets: tuple[str, ...] | list[st
     return r
 
 
-def spec_from_recipe(name_or_path: str | Path, sets: tuple[str, ...] = ()) -> tuple[BenchSpec, str]:
+def spec_from_recipe(name_or_path: str | Path | Recipe, sets: tuple[str, ...] = ()) -> tuple[BenchSpec, str]:
     """The bench sweep of a recipe and the root URL of the recipe's server (``Recipe.endpoint``).
 
     Args:
-        name_or_path: a packaged recipe name (``tiny-cpu``) or a YAML path.
+        name_or_path: a packaged recipe name (``tiny-cpu``), a YAML path, or a loaded recipe.
         sets: ``key.path=value`` overrides, as ``k2trt build --set`` takes them.
     Returns:
         (the sweep, with ``gpus`` defaulting to the cluster size; the server's root URL).
@@ -454,7 +494,7 @@ def spec_from_recipe(name_or_path: str | Path, sets: tuple[str, ...] = ()) -> tu
         >>> spec_from_recipe("tiny-cpu")[1]
         'http://127.0.0.1:18000'
     """
-    r = load_recipe(str(name_or_path), list(sets))
+    r = name_or_path if isinstance(name_or_path, Recipe) else load_recipe(str(name_or_path), list(sets))
     if r.bench is None:
         raise ConfigError(f"recipe {r.name} has no bench: section", "add one (see k2trt bench --help) or use --spec")
     return r.bench, r.endpoint()

@@ -17,6 +17,7 @@ from k2trt.trtllm.metrics import PROMETHEUS_PATH
 if TYPE_CHECKING:
     from k2trt.bench.results import BenchResult
     from k2trt.bench.spec import BenchSpec
+    from k2trt.bundle.recipe import Recipe
 
 _SPEC_HELP = f"""
 \b
@@ -31,8 +32,11 @@ The sweep is a recipe's bench: section (keys of k2trt.bench.BenchSpec), e.g.:
 \b
 Server metrics: during every point aiperf scrapes the endpoint's own /metrics (the gateway's; for trtllm-serve
 it falls back to {PROMETHEUS_PATH}) and each --server-metrics URL; the report puts the servers' figures beside
-the client's. Through the gateway, add the engine's http://ENGINE:8000{PROMETHEUS_PATH}; against the engine,
-add the gateway's http://GATEWAY:8080/metrics. The reference engine has no Prometheus endpoint.
+the client's. With --recipe, when the endpoint is one of the recipe's servers, the other's metrics are added by
+themselves: the gateway's /metrics (serve.gateway_port) against the engine, TensorRT-LLM's {PROMETHEUS_PATH}
+through the gateway. Otherwise: through the gateway, add the engine's http://ENGINE:8000{PROMETHEUS_PATH};
+against the engine, add the gateway's http://GATEWAY:8080/metrics. The reference engine has no Prometheus
+endpoint.
 \b
 Exit status: 0 all points ran and no regression; 1 a point failed or the gate found a regression;
 2 bad input.
@@ -60,7 +64,8 @@ Exit status: 0 all points ran and no regression; 1 a point failed or the gate fo
 @click.option("--server-metrics", "server_metrics", multiple=True, metavar="URL",
               help=f"A further Prometheus endpoint to scrape during each point (repeatable), e.g. trtllm-serve's "
                    f"http://HOST:8000{PROMETHEUS_PATH} when --endpoint is the gateway.")
-@click.option("--no-server-metrics", is_flag=True, help="Scrape no server metrics (not even the endpoint's).")
+@click.option("--no-server-metrics", is_flag=True,
+              help="Scrape no server metrics (not the endpoint's, nor the recipe's other server's).")
 @click.option("--force", is_flag=True, help="Overwrite an --out that already holds results.json.")
 @dry_run_option
 @json_option
@@ -81,13 +86,14 @@ def bench(recipe_name: str | None, spec_file: Path | None, endpoint: str | None,
         else:
             click.echo("\n".join(_gate_lines(gate)))
         sys.exit(0 if gate["passed"] else 1)
-    spec, recipe_endpoint = _load_spec(recipe_name, spec_file)
-    endpoint = endpoint or recipe_endpoint or DEFAULT_ENDPOINT
+    spec, recipe = _load_spec(recipe_name, spec_file)
+    endpoint = endpoint or (recipe.endpoint() if recipe is not None else DEFAULT_ENDPOINT)
     if out is None:
         raise click.UsageError("--out is required")
     if no_server_metrics and server_metrics:
         raise click.UsageError("--no-server-metrics contradicts --server-metrics")
-    scrape = None if no_server_metrics else tuple(server_metrics)
+    own = recipe.metrics_urls(endpoint) if recipe is not None else ()  # the recipe's other server, if any
+    scrape = None if no_server_metrics else tuple(dict.fromkeys((*server_metrics, *own)))
     if dry_run:
         return _dry_run(spec, endpoint, out, model_dir, tokenizer_dir, model, as_json, scrape)
     res = run_bench(spec, endpoint, out, model_dir=model_dir, tokenizer_dir=tokenizer_dir, model=model,
@@ -100,12 +106,14 @@ def bench(recipe_name: str | None, spec_file: Path | None, endpoint: str | None,
     sys.exit(0 if res.ok else 1)
 
 
-def _load_spec(recipe: str | None, spec_file: Path | None) -> "tuple[BenchSpec, str | None]":
+def _load_spec(recipe: str | None, spec_file: Path | None) -> "tuple[BenchSpec, Recipe | None]":
+    """The sweep, and the recipe it came from (None for --spec)."""
     from k2trt.bench.spec import load_bench_section
-    from k2trt.bundle.recipe import spec_from_recipe
+    from k2trt.bundle.recipe import load_recipe, spec_from_recipe
 
     if recipe is not None and spec_file is None:
-        return spec_from_recipe(recipe)
+        r = load_recipe(recipe)
+        return spec_from_recipe(r)[0], r
     if spec_file is not None and recipe is None:
         return load_bench_section(spec_file), None
     raise click.UsageError("give exactly one of --recipe and --spec")

@@ -10,6 +10,7 @@ import click
 
 from k2trt.cli_options import dry_run_option, echo_json, hosts_option, json_option
 from k2trt.errors import LaunchError
+from k2trt.jsonlog import LOG_FORMATS
 from k2trt.launch.spec import EngineKind, LauncherKind
 
 _PATH = click.Path(exists=True, path_type=Path)
@@ -31,11 +32,14 @@ _PATH = click.Path(exists=True, path_type=Path)
 @click.option("--gateway/--no-gateway", default=True, show_default=True,
               help="Start the bundle's k2trt gateway (OpenAI + Anthropic, Kimi tool calls) in front of the engine.")
 @click.option("--submit", "do_submit", is_flag=True, help="With --launcher slurm: run sbatch on the script.")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default=None,
+              help="json: every log the job writes (supervisor, ranks, gateway, watchdog) is JSON lines with the job "
+                   "id, and a rank's lines its rank [default: the bundle's serve.log_format].")
 @dry_run_option
 @json_option
 def serve(bundle: Path | None, spec_file: Path | None, engine: str | None, launcher: str | None, hosts: Any,
-          hostfile: Path | None, detach: bool, skip_preflight: bool, gateway: bool, do_submit: bool, dry_run: bool,
-          as_json: bool) -> None:
+          hostfile: Path | None, detach: bool, skip_preflight: bool, gateway: bool, do_submit: bool,
+          log_format: str | None, dry_run: bool, as_json: bool) -> None:
     """Preflight, launch and supervise BUNDLE's server until Ctrl-C (or --detach)."""
     from k2trt.launch.runner import serve as run_serve
 
@@ -45,7 +49,7 @@ def serve(bundle: Path | None, spec_file: Path | None, engine: str | None, launc
     echo = None if as_json else (lambda line: click.echo(line, err=True))
     res = run_serve(target, engine=engine, launcher=launcher, detach=detach,  # type: ignore[arg-type]
                     dry_run=dry_run, skip_preflight=skip_preflight, do_submit=do_submit, hosts=hosts,
-                    hostfile=hostfile, gateway=gateway, echo=echo,
+                    hostfile=hostfile, gateway=gateway, echo=echo, log_format=log_format,  # type: ignore[arg-type]
                     progress=not as_json, after_ready=None if as_json else
                     (lambda url: click.echo(f"ready: {url} (Ctrl-C stops the job)", err=True)))
     if as_json:

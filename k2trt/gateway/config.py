@@ -1,7 +1,13 @@
-"""The gateway's settings: one frozen dataclass, the single source of every default (the CLI reads them here)."""
+"""The gateway's settings: one frozen dataclass, the single source of every default (the CLI reads them here).
+
+``GatewayLimits`` is the part of them a deployment fixes in its bundle (request limits, timeouts, accepted model ids):
+the same fields with the same defaults, carried by a recipe's ``serve.gateway_limits`` and the bundle's
+``launch.json`` to the gateway ``k2trt serve`` starts.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -11,12 +17,13 @@ from urllib.parse import urlparse
 
 from k2trt.chat.families import FAMILY_NAMES
 from k2trt.errors import ConfigError
+from k2trt.jsonlog import DEFAULT_LOG_FORMAT, LOG_FORMATS, LogFormat
+
+__all__ = ["API_KEYS_ENV", "LOG_FORMATS", "MODES", "GatewayConfig", "GatewayLimits", "LogFormat", "read_api_keys"]
 
 Mode = Literal["render", "passthrough"]
 UnknownTools = Literal["drop", "keep"]
-LogFormat = Literal["text", "json"]
 MODES: tuple[str, ...] = ("render", "passthrough")
-LOG_FORMATS: tuple[str, ...] = ("text", "json")
 API_KEYS_ENV = "K2TRT_GATEWAY_API_KEYS"
 """The environment variable the gateway reads accepted API keys from (whitespace-separated)."""
 
@@ -115,7 +122,7 @@ class GatewayConfig:
     """Calls to tools the request did not declare: ``drop`` them (as TensorRT-LLM's parser does) or ``keep``."""
     log_prompts: bool = False
     """Log rendered prompts and outputs (off by default: prompts may hold private data)."""
-    log_format: LogFormat = "text"
+    log_format: LogFormat = DEFAULT_LOG_FORMAT
     """``json``: the gateway process logs one JSON object per line (``k2trt.jsonlog``), with one line per model
     request (request id, API, model, status, latency, token counts — never prompt text or keys); ``text``: uvicorn's
     usual lines."""
@@ -184,4 +191,49 @@ class GatewayConfig:
                 raise ConfigError(f"{name} {v} is outside [0, {hi:g}]")
         if any(not k for k in self.api_keys):
             raise ConfigError("an empty --api-key would accept every request", "remove it or give a value")
+        return self
+
+
+@dataclass(frozen=True)
+class GatewayLimits:
+    """The gateway settings a deployment fixes in its bundle: what a request may be, how long a client and the engine
+    may take, which model ids a request may name. Each field is the ``GatewayConfig`` field of the same name, with
+    its default (a unit test holds them equal); ``GatewayConfig(..., **limits.settings())`` applies them.
+
+    Example:
+        >>> GatewayLimits(max_context_tokens=4096, max_connections=256).validate().settings()["max_connections"]
+        256
+    """
+
+    max_context_tokens: int | None = GatewayConfig.max_context_tokens
+    """Tokens a request may hold (prompt + max_tokens); longer is a 400 ``context_length_exceeded`` before the
+    engine (None: the model's ``max_position_embeddings``; a bundle fills in its recipe's ``context``)."""
+    max_body_bytes: int = GatewayConfig.max_body_bytes
+    """Largest request body (413 beyond it)."""
+    max_header_bytes: int = GatewayConfig.max_header_bytes
+    """Largest request head, request line + headers (431 beyond it)."""
+    header_timeout_s: float = GatewayConfig.header_timeout_s
+    """Seconds a client has to send a request head before its connection is closed."""
+    body_timeout_s: float = GatewayConfig.body_timeout_s
+    """Seconds a client has to send the whole body after the head (408 beyond it)."""
+    max_connections: int = GatewayConfig.max_connections
+    """Open connections (and requests in flight) beyond which new requests get 503."""
+    health_timeout_s: float = GatewayConfig.health_timeout_s
+    """Seconds /health waits for the engine's /health before answering 503."""
+    connect_timeout_s: float = GatewayConfig.connect_timeout_s
+    """Seconds to open a connection to the engine before answering 503."""
+    read_timeout_s: float = GatewayConfig.read_timeout_s
+    """Seconds to wait for the engine's next byte before answering 504."""
+    model_aliases: tuple[str, ...] = GatewayConfig.model_aliases
+    """Other model ids accepted as the served one (``*``: any); other ids are a 404 ``model_not_found``."""
+
+    def settings(self) -> dict[str, object]:
+        """The fields as ``GatewayConfig`` keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def validate(self) -> "GatewayLimits":
+        """Check the values by ``GatewayConfig.validate``'s rules (one set of rules); ConfigError names the bad
+        one. Returns ``self``."""
+        probe = GatewayConfig(engine_url="http://127.0.0.1", mode="passthrough")
+        dataclasses.replace(probe, **self.settings()).validate()
         return self

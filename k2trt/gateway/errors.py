@@ -16,20 +16,20 @@ from starlette.responses import Response
 from k2trt.errors import GatewayError
 
 Kind = Literal["invalid_request", "authentication", "not_found", "model_not_found", "too_large",
-               "context_length_exceeded", "request_timeout", "engine_unavailable", "engine_error", "timeout",
-               "model_output", "internal"]
+               "context_length_exceeded", "request_timeout", "overloaded", "engine_unavailable", "engine_error",
+               "timeout", "model_output", "internal"]
 Api = Literal["openai", "anthropic"]
 
 _OPENAI_TYPE = {"invalid_request": "invalid_request_error", "authentication": "authentication_error",
                 "not_found": "not_found_error", "model_not_found": "invalid_request_error",
                 "too_large": "invalid_request_error", "context_length_exceeded": "invalid_request_error",
-                "request_timeout": "invalid_request_error",
+                "request_timeout": "invalid_request_error", "overloaded": "server_error",
                 "engine_unavailable": "server_error", "engine_error": "server_error", "timeout": "server_error",
                 "model_output": "server_error", "internal": "server_error"}
 _ANTHROPIC_TYPE = {"invalid_request": "invalid_request_error", "authentication": "authentication_error",
                    "not_found": "not_found_error", "model_not_found": "not_found_error",
                    "too_large": "request_too_large", "context_length_exceeded": "invalid_request_error",
-                   "request_timeout": "invalid_request_error",
+                   "request_timeout": "invalid_request_error", "overloaded": "overloaded_error",
                    "engine_unavailable": "api_error", "engine_error": "api_error", "timeout": "api_error",
                    "model_output": "api_error", "internal": "api_error"}
 

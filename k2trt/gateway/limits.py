@@ -8,6 +8,12 @@ response ending, and answers a head larger than ``max_header_bytes`` with 431 be
 carries both APIs' error keys (``{"type": "error", "error": {"type", "message", "code", "param"}}``), since which
 API was called is not known yet.
 
+The connection cap is counted as uvicorn's ``limit_concurrency`` counts it (the server's open connections and
+requests in flight), but answered by the gateway: uvicorn's own answer is a plain-text 503 that neither SDK can
+read as an API error. ``HeadGuardProtocol`` takes the cap over from uvicorn (which then checks nothing) and puts a
+check in front of the app: a request beyond it gets a 503 ``overloaded`` in the shape of the API its path names
+(``/v1/messages…``: Anthropic's, anything else: OpenAI's) with ``connection: close``, and never reaches the app.
+
 ``server_config`` builds the ``uvicorn.Config`` with every limit from ``GatewayConfig``:
 
 =====================  ==================================================================================
@@ -15,7 +21,7 @@ API was called is not known yet.
 ``max_header_bytes``   head larger → 431, connection closed (this module)
 ``body_timeout_s``     body not complete in time → 408 (``gateway.body``)
 ``max_body_bytes``     body larger → 413 (``gateway.body``)
-``max_connections``    more open connections or requests in flight → 503 (uvicorn's ``limit_concurrency``)
+``max_connections``    more open connections or requests in flight → 503 in the API's shape (this module)
 =====================  ==================================================================================
 """
 
@@ -30,6 +36,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from k2trt.gateway.config import GatewayConfig
+from k2trt.gateway.errors import ApiError
 
 log = logging.getLogger("k2trt.gateway")
 
@@ -52,6 +59,28 @@ class HeadGuardProtocol(H11Protocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_seen = 0  # bytes of the current request head so far
         self._head_tail = b""  # its last 3 bytes: a blank line may straddle two reads
+        if self.limit_concurrency is not None:  # the cap is checked by _capped, which answers in the API's shape
+            self.app = self._capped(self.app, self.limit_concurrency)
+            self.limit_concurrency = None
+
+    def _capped(self, app: Any, cap: int) -> Any:
+        """``app`` behind the connection cap. It runs as the request's task, so this connection and this task are
+        already counted: over the cap means more than ``cap`` of either."""
+
+        async def capped(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http" and (len(self.connections) > cap or len(self.tasks) > cap):
+                log.warning("refused a request: %d connections open, %d requests in flight (limit %d)",
+                            len(self.connections), len(self.tasks), cap)
+                api = "anthropic" if scope["path"].startswith("/v1/messages") else "openai"
+                err = ApiError(503, f"the gateway is at its limit of {cap} open connections; retry later",
+                               "overloaded")
+                response = err.response(api)
+                response.headers["connection"] = "close"
+                await response(scope, receive, send)
+                return
+            await app(scope, receive, send)
+
+        return capped
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

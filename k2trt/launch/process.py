@@ -12,12 +12,15 @@ Rules it enforces:
   process of the job, SIGKILL after the grace period) and the outcome names the failing rank with its last lines;
 - SIGINT/SIGTERM to k2trt request a clean stop; handlers are restored in ``finally``;
 - the job dies with its supervisor even when that is SIGKILLed: a watchdog process (``watchdog``) holds a pipe
-  only the supervisor writes to, and ends the job when the pipe closes without a clean ``done``.
+  only the supervisor writes to, and ends the job when the pipe closes without a clean ``done``;
+- with ``log_format="json"`` every line it writes is a JSON object with the job id (``joblog``): the commands'
+  lines (a rank's own JSON kept, anything else wrapped), and its own messages through ``logging``.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import re
 import signal
@@ -33,7 +36,9 @@ from types import FrameType, TracebackType
 from typing import IO, Any, Callable, Literal
 
 from k2trt.errors import LaunchError
+from k2trt.jsonlog import DEFAULT_LOG_FORMAT, LogFormat
 from k2trt.launch import procs
+from k2trt.launch.joblog import OutputLines
 from k2trt.launch.mpi import JOB_ID_VAR
 from k2trt.launch.watchdog import watchdog_argv
 
@@ -41,6 +46,7 @@ _TAG = re.compile(r"^\[(\d+),(\d+)\]<(stdout|stderr)>:\s?(.*)$")
 # Open MPI's own report of which rank ended the job (4.x says "mpirun noticed", 5.x "prterun noticed").
 _NOTICED = re.compile(r"process rank (\d+) with PID|Process name:\s*\[\[\d+,\d+\],(\d+)\]")
 TAIL_LINES = 30
+log = logging.getLogger("k2trt.launch")
 
 
 @dataclass(frozen=True)
@@ -115,8 +121,8 @@ class _Running:
     """A started JobCommand: its Popen, log files and per-rank tails."""
 
     def __init__(self, cmd: JobCommand, popen: subprocess.Popen[bytes], log_dir: Path,
-                 echo: Callable[[str], None] | None) -> None:
-        self.cmd, self.popen, self.log_dir, self.echo = cmd, popen, log_dir, echo
+                 echo: Callable[[str], None] | None, lines: OutputLines) -> None:
+        self.cmd, self.popen, self.log_dir, self.echo, self.lines = cmd, popen, log_dir, echo, lines
         self.tails: dict[int | None, collections.deque[str]] = collections.defaultdict(
             lambda: collections.deque(maxlen=TAIL_LINES))
         self.files: dict[int | None, IO[str]] = {}
@@ -142,16 +148,17 @@ class _Running:
         for raw in iter(stream.readline, b""):
             line = raw.decode(errors="replace").rstrip("\n")
             m = _TAG.match(line) if self.cmd.tagged else None
-            rank, text = (int(m.group(2)), m.group(4)) if m else (None, line)
+            rank, stream_name, text = (int(m.group(2)), m.group(3), m.group(4)) if m else (None, None, line)
             if rank is None and (n := _NOTICED.search(text)):
                 found = n.group(1) or n.group(2)
                 if found is not None and self.noticed_rank is None:
                     self.noticed_rank = int(found)
+            out = self.lines(text, rank, stream_name)
             with self.lock:
                 self.tails[rank].append(text)
-                self._file(rank).write(text + "\n")
+                self._file(rank).write(out + "\n")
             if self.echo is not None:
-                self.echo(f"[{self.cmd.name}{'' if rank is None else f':{rank}'}] {text}")
+                self.echo(out if self.lines.json else f"[{self.cmd.name}{'' if rank is None else f':{rank}'}] {text}")
         stream.close()
 
     def watch_ranks(self) -> list[int]:
@@ -189,6 +196,8 @@ class Supervisor:
         progress: show a progress bar while waiting for readiness.
         on_state: called with ("ready" | "stopped" | "failed" | "timeout", info) as the job changes state.
         ready_paths: readiness URL paths in preference order.
+        log_format: ``json``: log files (and echoed lines) are JSON objects with the job id, the supervisor's own
+            messages go to ``logging`` (the process's entry installs the handler), no progress bar.
 
     Example::
 
@@ -200,8 +209,9 @@ class Supervisor:
                  grace_s: float = 20.0, job_id: str | None = None, echo: Callable[[str], None] | None = None,
                  progress: bool = True, on_state: Callable[[str, dict[str, Any]], None] | None = None,
                  ready_paths: tuple[str, ...] = ("/health_generate", "/health"), poll_s: float = 0.25,
-                 probe_every_s: float = 1.0) -> None:
+                 probe_every_s: float = 1.0, log_format: LogFormat = DEFAULT_LOG_FORMAT) -> None:
         self.stages, self.log_dir, self.job_id = stages, Path(log_dir), job_id
+        self.log_format = log_format
         self.ready_timeout_s, self.grace_s, self.echo, self.progress = ready_timeout_s, grace_s, echo, progress
         self.on_state, self.ready_paths, self.poll_s, self.probe_every_s = on_state, ready_paths, poll_s, probe_every_s
         self.running: list[_Running] = []
@@ -236,10 +246,10 @@ class Supervisor:
         read_fd, write_fd = os.pipe()  # both non-inheritable: only the watchdog gets the read end, explicitly
         env = {k: v for k, v in os.environ.items() if k != JOB_ID_VAR}  # it is not a process of the job
         try:
-            with open(self.log_dir / "watchdog.log", "ab") as log:
-                self._watchdog = subprocess.Popen(watchdog_argv(read_fd, self.grace_s), pass_fds=(read_fd,),
-                                                  env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                                  start_new_session=True)
+            with open(self.log_dir / "watchdog.log", "ab") as out:
+                self._watchdog = subprocess.Popen(watchdog_argv(read_fd, self.grace_s, self.log_format, self.job_id),
+                                                  pass_fds=(read_fd,), env=env, stdin=subprocess.DEVNULL,
+                                                  stdout=out, stderr=out, start_new_session=True)
         except OSError as e:
             os.close(write_fd)
             raise LaunchError(f"could not start the job's watchdog: {e}", "check the Python environment") from None
@@ -291,7 +301,7 @@ class Supervisor:
                                  stderr=subprocess.PIPE, start_new_session=True)
         started = procs.start_time(popen.pid) or 0
         self._tell_watchdog(f"sid {popen.pid} {started}")
-        run = _Running(cmd, popen, self.log_dir, self._write)
+        run = _Running(cmd, popen, self.log_dir, self._write, OutputLines(self.log_format, self.job_id, cmd.name))
         run.started = started
         self.running.append(run)
         self._notify("started", {"pids": self.pids(), "pid_starts": {str(r.popen.pid): r.started
@@ -419,7 +429,7 @@ class Supervisor:
 
     def _open_bar(self) -> None:
         self._last_line = 0.0
-        if self.progress and sys.stderr.isatty():
+        if self.progress and sys.stderr.isatty() and self.log_format == "text":
             from tqdm import tqdm
 
             self._bar = tqdm(total=int(self.ready_timeout_s), unit="s", desc="waiting for readiness",
@@ -431,9 +441,13 @@ class Supervisor:
             self._bar.set_description_str(f"{name}: {note}", refresh=False)
             self._bar.n = min(int(elapsed), self._bar.total)
             self._bar.refresh()
-        elif self.progress and self.echo is not None and elapsed - self._last_line >= 30:  # not a terminal
+        elif self.progress and elapsed - self._last_line >= 30:  # not a terminal
             self._last_line = elapsed
-            self.echo(f"[k2trt] waiting for {name}: {note} ({elapsed:.0f}/{self.ready_timeout_s:.0f}s)")
+            if self.log_format == "json":
+                log.info("waiting for %s: %s (%.0f/%.0fs)", name, note, elapsed, self.ready_timeout_s,
+                         extra={"job": name})
+            elif self.echo is not None:
+                self.echo(f"[k2trt] waiting for {name}: {note} ({elapsed:.0f}/{self.ready_timeout_s:.0f}s)")
 
     def _close_bar(self) -> None:
         if self._bar is not None:

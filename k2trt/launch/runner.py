@@ -3,13 +3,15 @@
 ``plan_launch`` turns the spec into exact commands and files for the chosen launcher without running anything
 (``--dry-run`` prints it). ``serve`` runs preflight, then either supervises in the foreground, hands the job to
 a detached supervisor process (``python -m k2trt.launch.runner``, its own session, same code) or writes and
-submits the sbatch script.
+submits the sbatch script. With the job's log format ``json`` the supervising process logs JSON lines
+(``joblog.use_job_logs``); the command's own result (stdout) and a failure's one-line error stay as they are.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import shlex
 import subprocess
@@ -23,14 +25,18 @@ from typing import Any
 
 from k2trt.errors import ConfigError, K2trtError, LaunchError
 from k2trt.fsio import atomic_write
+from k2trt.jsonlog import LOG_FORMATS, LogFormat
 from k2trt.launch import preflight as pf
 from k2trt.launch import procs
+from k2trt.launch.joblog import use_job_logs
 from k2trt.launch.mpi import MpiFlavor, detect_mpi, job_hosts, launch_environ, mpirun_argv, resolve_mpirun
 from k2trt.launch.hosts import HostList, format_hosts, parse_host_list, read_hostfile
 from k2trt.launch.process import JobCommand, Outcome, Supervisor
 from k2trt.launch.slurm import SBATCH_FILE, default_mounts, sbatch_script, submit
 from k2trt.launch.spec import LAUNCH_FILE, HostSlots, LauncherKind, LaunchSpec, probe_address
 from k2trt.launch.state import STATE_FILE, StateFile, check_not_running, read_state
+
+log = logging.getLogger("k2trt.launch")
 
 
 def find_spec(target: Path, engine: str | None = None) -> Path:
@@ -167,13 +173,13 @@ def plan_launch(spec: LaunchSpec, bundle_dir: Path, *, launcher: LauncherKind | 
 
 def _start_gateway(spec: LaunchSpec, engine_url: str, keys: tuple[str, ...]) -> Any:
     """The gateway in a thread of this (supervising) process, in front of the engine at ``engine_url``, accepting
-    ``keys`` (read from the environment or a file by ``preflight.gateway_keys``, never from argv)."""
-    from k2trt.gateway import BackgroundGateway, GatewayConfig
+    ``keys`` (read from the environment or a file by ``preflight.gateway_keys``, never from argv), with the
+    bundle's settings (``GatewayOptions``: served name, limits, context) and the job's log format."""
+    from k2trt.gateway import BackgroundGateway
 
     assert spec.gateway is not None
     url = f"http://{spec.gateway.host}:{spec.gateway.port}"
-    cfg = GatewayConfig(engine_url=engine_url, model_dir=spec.model_dir, host=spec.gateway.host,
-                        port=spec.gateway.port, mode=spec.gateway.mode, api_keys=keys)  # type: ignore[arg-type]
+    cfg = spec.gateway.config(engine_url, spec.model_dir, keys, spec.log_format)
     try:
         return BackgroundGateway(cfg.validate()).start()
     except (K2trtError, OSError) as e:
@@ -203,20 +209,33 @@ def _supervise(spec: LaunchSpec, plan: LaunchPlan, log_dir: Path, state: StateFi
                 sup.fail(f"{e}; whole job torn down", job="gateway")
                 return
             info = {**info, "gateway_url": gateways[0].url}
-            if echo is not None:
-                echo(f"gateway: {gateways[0].url}/v1 (OpenAI) and {gateways[0].url}/v1/messages (Anthropic)")
+            say(f"gateway: {gateways[0].url}/v1 (OpenAI) and {gateways[0].url}/v1/messages (Anthropic)")
         state.on_state(status, info)
 
+    def say(line: str) -> None:  # the supervisor's own messages: echoed as text, logged as JSON
+        if spec.log_format == "json":
+            log.info(line)
+        elif echo is not None:
+            echo(line)
+
     sup = Supervisor(plan.stages, log_dir, ready_timeout_s=spec.ready_timeout_s, grace_s=spec.stop_grace_s,
-                     job_id=job_id, echo=echo, progress=progress, on_state=on_state, ready_paths=spec.ready_paths)
+                     job_id=job_id, echo=echo, progress=progress, on_state=on_state, ready_paths=spec.ready_paths,
+                     log_format=spec.log_format)
+
+    def log_ready() -> None:  # as JSON, a caller's text "ready" line would be the one line that is not JSON
+        log.info("ready: %s", plan.url, extra={"url": plan.url})
+
     try:
         with sup:
-            outcome = sup.run(after_ready=after_ready)
+            outcome = sup.run(after_ready=log_ready if spec.log_format == "json" else after_ready)
     finally:
         for gw in gateways:
             gw.stop()
     state.update(status=outcome.status, message=outcome.message, rank=outcome.rank, job=outcome.job,
                  tail=outcome.tail, leftover=outcome.leftover)
+    if spec.log_format == "json":
+        log.log(logging.INFO if outcome.status == "stopped" else logging.ERROR, "%s: %s", outcome.status,
+                outcome.message, extra={"status": outcome.status, "rank": outcome.rank, "job": outcome.job})
     return outcome
 
 
@@ -225,17 +244,21 @@ def serve(target: Path, *, engine: str | None = None, launcher: LauncherKind | N
           hosts: HostList | str | None = None,
           hostfile: Path | None = None, gateway: bool = True,
           echo: Callable[[str], None] | None = print, progress: bool = True,
-          after_ready: Callable[[str], None] | None = None) -> dict[str, Any]:
+          after_ready: Callable[[str], None] | None = None, log_format: LogFormat | None = None) -> dict[str, Any]:
     """Preflight, then launch (foreground, detached, or a Slurm submit); the body of ``k2trt serve``.
 
     Returns a result dict: ``{"status", "url", "plan", "preflight", ...}``; foreground runs return when the job
     ends (``status`` stopped / failed / timeout, with ``message``, ``rank``, ``tail``). Raises LaunchError when
-    preflight finds problems (unless ``skip_preflight``). ``gateway=False`` skips the bundle's gateway.
+    preflight finds problems (unless ``skip_preflight``). ``gateway=False`` skips the bundle's gateway;
+    ``log_format`` replaces the bundle's (``json``: a foreground run makes this process log JSON lines, and logs
+    its "ready" line instead of calling ``after_ready``).
     """
     spec, spec_path, bundle_dir = load_spec(target, engine)
     spec = with_hosts(spec, hosts, hostfile, bundle_dir)
     if not gateway:
         spec = dataclasses.replace(spec, gateway=None)
+    if log_format is not None:
+        spec = dataclasses.replace(spec, log_format=log_format).validate()
     job_id = uuid.uuid4().hex[:16]
     if dry_run:  # without --launcher: show what every launcher would do
         plans: dict[str, Any] = {}
@@ -269,8 +292,9 @@ def serve(target: Path, *, engine: str | None = None, launcher: LauncherKind | N
         return {"status": "submitted", **result, "script": script, "slurm_job": submit(Path(script))}
     if detach:
         argv = child_argv(spec_path, launcher, job_id, hosts=spec.hosts if hosts or hostfile else None,
-                          gateway=gateway)
+                          gateway=gateway, log_format=spec.log_format)
         return {**result, **_detach(argv, log_dir, state_path, spec.ready_timeout_s, progress)}
+    use_job_logs(spec.log_format, job_id)
     state = StateFile(state_path, supervisor_pid=os.getpid(), pids=[], job_id=job_id, url=plan.url,
                       bundle=str(bundle_dir), spec=str(spec_path), log_dir=str(log_dir), launcher=launcher,
                       ready_paths=list(spec.ready_paths), detached=False)
@@ -329,40 +353,56 @@ def child_parser() -> argparse.ArgumentParser:
     ap.add_argument("--job-id", required=True)
     ap.add_argument("--hosts", default=None)
     ap.add_argument("--no-gateway", action="store_true")
+    ap.add_argument("--log-format", choices=LOG_FORMATS, default=None)
     return ap
 
 
 def child_argv(spec_path: Path, launcher: str, job_id: str, *, hosts: tuple[HostSlots, ...] | None = None,
-               gateway: bool = True) -> list[str]:
+               gateway: bool = True, log_format: LogFormat | None = None) -> list[str]:
     """The detached supervisor's command, spelled for :func:`child_parser`.
 
     Args:
         spec_path: the launch file; launcher and job_id: as the foreground run resolved them.
         hosts: a command-line placement to keep (written with explicit slots), else None.
         gateway: start the bundle's gateway.
+        log_format: the job's log format (None: the bundle's).
     Returns:
         ``[python, "-m", "k2trt.launch.runner", "--spec", …]``.
     """
     argv = [sys.executable, "-m", "k2trt.launch.runner", "--spec", str(spec_path), "--launcher", launcher,
             "--job-id", job_id]
     argv += ["--hosts", format_hosts(hosts)] if hosts else []
+    argv += ["--log-format", log_format] if log_format else []
     return argv + ([] if gateway else ["--no-gateway"])
 
 
 def _child_main(argv: list[str] | None = None) -> int:
-    """Entry of the detached supervisor: same plan and supervision, logs to files only."""
+    """Entry of the detached supervisor: same plan and supervision, logs to files only (its own lines to stderr,
+    which ``_detach`` points at ``supervisor.log``)."""
     a = child_parser().parse_args(argv)
-    spec, spec_path, bundle_dir = load_spec(a.spec)
-    spec = with_hosts(spec, a.hosts, bundle_dir=bundle_dir)
-    if a.no_gateway:
-        spec = dataclasses.replace(spec, gateway=None)
-    log_dir = bundle_dir / spec.log_dir
-    plan = plan_launch(spec, bundle_dir, launcher=a.launcher, job_id=a.job_id)
-    state = StateFile(log_dir / STATE_FILE, supervisor_pid=os.getpid(), pids=[], job_id=a.job_id, url=plan.url,
-                      bundle=str(bundle_dir), spec=str(spec_path), log_dir=str(log_dir), launcher=a.launcher,
-                      ready_paths=list(spec.ready_paths), detached=True)
-    outcome = _supervise(spec, plan, log_dir, state, a.job_id, echo=None, progress=False)
-    print(f"{outcome.status}: {outcome.message}", flush=True)
+    if a.log_format == "json":  # first, so that whatever follows (an error included) is JSON
+        use_job_logs("json", a.job_id)
+    try:
+        spec, spec_path, bundle_dir = load_spec(a.spec)
+        spec = with_hosts(spec, a.hosts, bundle_dir=bundle_dir)
+        if a.no_gateway:
+            spec = dataclasses.replace(spec, gateway=None)
+        if a.log_format is not None:
+            spec = dataclasses.replace(spec, log_format=a.log_format)
+        log_dir = bundle_dir / spec.log_dir
+        plan = plan_launch(spec, bundle_dir, launcher=a.launcher, job_id=a.job_id)
+        state = StateFile(log_dir / STATE_FILE, supervisor_pid=os.getpid(), pids=[], job_id=a.job_id,
+                          url=plan.url, bundle=str(bundle_dir), spec=str(spec_path), log_dir=str(log_dir),
+                          launcher=a.launcher, ready_paths=list(spec.ready_paths), detached=True)
+        outcome = _supervise(spec, plan, log_dir, state, a.job_id, echo=None, progress=False)
+    except (LaunchError, ConfigError) as e:
+        if a.log_format == "json":
+            log.error("error: %s", e)
+        else:
+            print(f"error: {e}", file=sys.stderr)
+        return 2
+    if spec.log_format != "json":  # as JSON, _supervise logged the end
+        print(f"{outcome.status}: {outcome.message}", flush=True)
     return outcome.exit_code
 
 
@@ -382,8 +422,4 @@ def leftover_processes(state_path: Path) -> list[procs.ProcInfo]:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(_child_main())
-    except (LaunchError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(_child_main())

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from k2trt.errors import LaunchError
-from k2trt.launch.mpi import JOB_ID_VAR
+from k2trt.launch.mpi import JOB_ID_VAR, LOG_FORMAT_VAR
 from k2trt.launch.spec import LaunchSpec
 
 SBATCH_FILE = "serve.sbatch"
@@ -107,6 +107,8 @@ def sbatch_script(spec: LaunchSpec, bundle_dir: Path) -> str:
     lines += list(s.setup)
     lines += [f"export {k}={q(v)}" for k, v in spec.env.items()]
     lines.append(f'export {JOB_ID_VAR}="slurm-${{SLURM_JOB_ID}}"')
+    if spec.log_format == "json":  # ranks that can log JSON do (srun's own lines stay text)
+        lines.append(f"export {LOG_FORMAT_VAR}={spec.log_format}")
     srun = ["srun", f"--nodes={nodes}", f"--ntasks={spec.world_size}", f"--ntasks-per-node={per_node}",
             f"--mpi={s.mpi}", "--kill-on-bad-exit=1", "--export=ALL",
             f"--output={log_dir / 'server.rank%t.log'}"]

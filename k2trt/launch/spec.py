@@ -28,13 +28,18 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from k2trt.errors import ConfigError
 from k2trt.fsio import atomic_write_json, read_mapping
+from k2trt.gateway.config import GatewayConfig, GatewayLimits
+from k2trt.jsonlog import DEFAULT_LOG_FORMAT, LogFormat
+from k2trt.trtllm.deploy import ENV_FORWARD
 
 EngineKind = Literal["trtllm", "reference"]
 LauncherKind = Literal["mpirun", "slurm"]
 SCHEMA_VERSION = 1
 LAUNCH_FILE = "launch.json"
 DEFAULT_READY_PATHS = ("/health_generate", "/health")
-DEFAULT_ENV_FORWARD = ("NCCL_*", "UCX_*", "HF_*", "TRTLLM_*", "TLLM_*")
+DEFAULT_ENV_FORWARD = ENV_FORWARD
+"""Launching-environment variables forwarded to every rank by default: what the production engine's ranks read
+(the engine's own list, ``k2trt.trtllm.deploy.ENV_FORWARD``)."""
 LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
@@ -148,6 +153,31 @@ class GatewayOptions:
     require_key: bool = False
     """Refuse to start the job without at least one key (the bundle builder sets it for a gateway that listens
     beyond loopback, unless the recipe opts out)."""
+    served_model_name: str | None = None
+    """Model id clients use (the recipe's ``model.served_name``); None: the model directory's name."""
+    limits: GatewayLimits = field(default_factory=GatewayLimits)
+    """Request limits, timeouts and accepted model ids (``GatewayConfig``'s fields of the same names and defaults;
+    the bundle builder sets ``max_context_tokens`` to the recipe's context)."""
+
+    def config(self, engine_url: str, model_dir: str | None, api_keys: tuple[str, ...] = (),
+               log_format: LogFormat = DEFAULT_LOG_FORMAT) -> GatewayConfig:
+        """The settings of this gateway in front of the engine at ``engine_url`` (not yet validated).
+
+        Args:
+            engine_url: the engine's base URL (probed ready by the launcher).
+            model_dir: the model directory (tokenizer, chat template, context).
+            api_keys: the accepted keys, read when the job starts (``preflight.gateway_keys``).
+            log_format: the job's log format.
+        Returns:
+            A ``GatewayConfig``.
+        Example:
+            >>> GatewayOptions(8080).config("http://127.0.0.1:8000", "/m").max_connections
+            1024
+        """
+        return GatewayConfig(engine_url=engine_url, model_dir=model_dir, host=self.host, port=self.port,
+                             mode=self.mode, api_keys=api_keys,  # type: ignore[arg-type]
+                             served_model_name=self.served_model_name, log_format=log_format,
+                             **self.limits.settings())  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -216,6 +246,10 @@ class LaunchSpec:
     """Disaggregated roles; when set, ``argv`` is empty and the router is the client-facing server."""
     gateway: GatewayOptions | None = None
     """The gateway to start in front of the engine once it is ready (None: clients talk to the engine)."""
+    log_format: LogFormat = DEFAULT_LOG_FORMAT
+    """``json``: every log the job writes is JSON lines carrying the job id (and a rank's lines its rank): the
+    supervisor, the watchdog, the gateway, and the ranks (the launcher exports ``K2TRT_LOG_FORMAT``; lines a rank
+    prints in any other form are wrapped by the supervisor); ``text``: each program's usual lines."""
     schema_version: int = SCHEMA_VERSION
     """Version of this file format; a newer one than this k2trt knows is refused."""
 
@@ -244,6 +278,8 @@ class LaunchSpec:
             raise ConfigError(f"engine {self.engine!r} is not one of {get_args(EngineKind)}")
         if self.launcher not in get_args(LauncherKind):
             raise ConfigError(f"launcher {self.launcher!r} is not one of {get_args(LauncherKind)}")
+        if self.log_format not in get_args(LogFormat):
+            raise ConfigError(f"log_format {self.log_format!r} is not one of {get_args(LogFormat)}")
         _check_port("http_port", self.http_port)
         if self.gateway is not None:
             _check_port("gateway.port", self.gateway.port)
@@ -261,6 +297,10 @@ class LaunchSpec:
             if self.model_dir is None and self.gateway.mode == "render":
                 raise ConfigError("the gateway renders K2 prompts but the spec names no model_dir",
                                   "set model_dir (the tokenizer and chat template live there)")
+            try:
+                self.gateway.limits.validate()
+            except ConfigError as e:
+                raise ConfigError(f"gateway.limits: {e}") from None
         if self.ssh_port is not None:
             _check_port("ssh_port", self.ssh_port)
         if self.ready_timeout_s <= 0 or self.stop_grace_s < 0:

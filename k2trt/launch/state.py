@@ -34,12 +34,17 @@ STATUS_EXIT = {"ready": 0, "failed": 1, "timeout": 1, "dead": 1, "stopped": 3, "
 """``k2trt status`` exit code per status (``ready`` counts only while the job answers; otherwise 4)."""
 
 
+CORRUPT_FIX = "delete it once no job from this bundle runs"
+"""The fix a corrupt state file's error names: without it neither ``status`` nor ``stop`` can tell the job's
+processes apart from others, so only the user can say the job is gone."""
+
+
 def read_state(path: Path) -> dict[str, Any]:
     """Load a state file; a missing one is a LaunchError saying nothing runs from this bundle, a corrupt one a
-    LaunchError naming what is wrong with it."""
+    LaunchError naming what is wrong with it and the fix (``CORRUPT_FIX``)."""
     if not path.is_file():
         raise LaunchError(f"no serve state at {path}", "nothing was started from this bundle (k2trt serve BUNDLE)")
-    return read_mapping(path, what="state file", fmt="json", error=LaunchError)
+    return read_mapping(path, what="state file", fmt="json", error=LaunchError, hint=CORRUPT_FIX)
 
 
 class StateFile:

@@ -15,6 +15,7 @@ from k2trt.plan.gpus import GiB, Gpu
 from k2trt.plan.memory import MemoryPlan, weight_format
 from k2trt.spec import ModelSpec
 from k2trt.trtllm import known
+from k2trt.trtllm.deploy import EPLB_SHM_DEFAULT, EPLB_SHM_VAR
 
 MIN_VIABLE_SEQUENCES = 4  # fewer concurrent full-context sequences than this is not a serving deployment (assumption)
 MARGINAL_WEIGHT_SHARE = 0.70  # weights above 70% of usable memory leave KV room for short contexts only (assumption)
@@ -140,8 +141,8 @@ RULES: tuple[Rule, ...] = (
     Rule("eplb-needs-shm", "warning",
          lambda c: c.eplb_online,
          lambda c: f"online EPLB keeps a host copy of every routed expert in each node's /dev/shm "
-                   f"({c.memory.eplb_shm_bytes / GiB:,.0f} GiB; TRTLLM_EPLB_SHM_NAME=moe_shared): run "
-                   "containers with --ipc=host or a /dev/shm that large, and clean /dev/shm/moe_shared_* after a "
+                   f"({c.memory.eplb_shm_bytes / GiB:,.0f} GiB; {EPLB_SHM_VAR}={EPLB_SHM_DEFAULT}): run "
+                   f"containers with --ipc=host or a /dev/shm that large, and clean /dev/shm/{EPLB_SHM_DEFAULT}_* after a "
                    "crash"),
     Rule("tool-parser-multinode", "warning",
          lambda c: c.tool_parser and c.mapping.nodes > 1,

@@ -27,6 +27,9 @@ it at the same step and the batch (and the queue behind it) moves on.
 Failure policy: a rank that fails ends the job. Collectives have a timeout; rank 0 broadcasts a heartbeat while idle,
 so a dead peer is noticed within seconds; an engine error on rank 0 outside a request (a collective, the forward
 pass) exits the process (and with it the HTTP loop), and mpirun then takes the other ranks down.
+
+Logs: text lines naming the rank, or (``--log-format json``, or ``K2TRT_LOG_FORMAT=json`` as the launcher exports it)
+one JSON object per line carrying the job id (``K2TRT_JOB_ID``) and the rank (``k2trt.jsonlog``).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
 
 from k2trt.errors import ConfigError
+from k2trt.jsonlog import DEFAULT_LOG_FORMAT, LOG_FORMATS, use_json_logs
 from k2trt.layout import Layout
 from k2trt.reference import DEFAULT_TIMEOUT_S
 
@@ -488,6 +492,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--plugins", choices=["off", "auto", "triton"], default="off",
                     help="route the MoE through k2trt's Triton kernels (auto: fall back to their torch references)")
     ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="collective timeout (s)")
+    ap.add_argument("--log-format", choices=LOG_FORMATS, default=None,
+                    help="json: one JSON object per line with the job id and this rank [default: $K2TRT_LOG_FORMAT, "
+                         f"which the launcher exports, else {DEFAULT_LOG_FORMAT}]")
     return ap
 
 
@@ -522,14 +529,18 @@ def serve_argv(model_dir: str, layout: Layout, *, host: str, port: int, plugins:
     return tuple(a)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    import torch
+def _setup_logging(requested: str | None, rank: int) -> str:
+    """Log as ``requested`` (else as the launcher's ``K2TRT_LOG_FORMAT`` says): JSON lines carrying the job id
+    (``K2TRT_JOB_ID``) and this rank, or text lines naming the rank. Returns the format used."""
+    from k2trt.launch.mpi import JOB_ID_VAR, LOG_FORMAT_VAR
 
-    from k2trt.reference.parallel import DistCollectives, build_rank_model, env_rank, init_distributed
-
-    a = parser().parse_args(argv)
+    fmt = requested or os.environ.get(LOG_FORMAT_VAR) or DEFAULT_LOG_FORMAT
+    if fmt == "json":
+        job_id = os.environ.get(JOB_ID_VAR)
+        use_json_logs(logging.INFO, static={**({"job_id": job_id} if job_id else {}), "rank": rank,
+                                            "component": "engine"})
+        return fmt
     logging.basicConfig(level=logging.INFO, format="%(asctime)s rank%(rank)s %(levelname)s %(message)s")
-    rank, world, _ = env_rank()
     old = logging.getLogRecordFactory()
 
     def factory(*args: Any, **kw: Any) -> logging.LogRecord:
@@ -538,6 +549,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return rec
 
     logging.setLogRecordFactory(factory)
+    return "text"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import torch
+
+    from k2trt.reference.parallel import DistCollectives, build_rank_model, env_rank, init_distributed
+
+    a = parser().parse_args(argv)
+    rank, world, _ = env_rank()
+    log_format = _setup_logging(a.log_format, rank)
     layout = Layout(a.tp, a.ep, adp=a.adp)
     if world != layout.tp:
         log.error("layout %s needs %d ranks but the job has %d (launch with mpirun -np %d)", layout, layout.tp,
@@ -565,7 +587,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     engine = Engine(model, comm, max_batch=a.max_batch)
     engine.thread.start()
     app = build_app(engine, tok, model.spec, a.served_model_name or a.model_dir)
-    server = uvicorn.Server(uvicorn.Config(app, host=a.host, port=a.port, log_level="warning"))
+    # as JSON, uvicorn keeps the handlers _setup_logging installed (its own config would print text)
+    quiet: dict[str, Any] = {"log_config": None, "access_log": False} if log_format == "json" else {}
+    server = uvicorn.Server(uvicorn.Config(app, host=a.host, port=a.port, log_level="warning", **quiet))
     log.info("serving %s on http://%s:%d", layout, a.host, a.port)
     server.run()
     engine.stopping.set()

@@ -1,4 +1,5 @@
-"""Starting TensorRT-LLM on a cluster, in its own words: the per-rank command, the version probe, the container image.
+"""Starting TensorRT-LLM on a cluster, in its own words: the per-rank command, the version probe, the container image,
+the environment its ranks read.
 
 The bundle builder decides what a deployment is (k2trt's recipe, layout, hosts); this module spells how each rank of
 a TensorRT-LLM instance is started and checked, so that no TensorRT-LLM name appears outside ``k2trt/trtllm/``.
@@ -25,6 +26,13 @@ LLMAPI_LAUNCH = "trtllm-llmapi-launch"
 """The wrapper every rank of a TensorRT-LLM instance runs under (trtllm.md §3.1)."""
 VERSION_PROBE = ("python3", "-c", "import tensorrt_llm; print(tensorrt_llm.__version__)")
 """A command that prints the TensorRT-LLM version installed on a node (run by preflight over ssh)."""
+ENV_FORWARD = ("NCCL_*", "UCX_*", "HF_*", "TRTLLM_*", "TLLM_*")
+"""Launching-environment variables (``PREFIX_*`` patterns) every rank gets: TensorRT-LLM's own switches
+(``TRTLLM_*``, ``TLLM_*``), those of the libraries it runs its collectives and KV transfers on (NCCL, UCX), and Hugging
+Face's (model loading). The launcher's default ``env_forward`` (``k2trt.launch.spec.DEFAULT_ENV_FORWARD``)."""
+EPLB_SHM_VAR, EPLB_SHM_DEFAULT = "TRTLLM_EPLB_SHM_NAME", "moe_shared"
+"""The variable naming the /dev/shm segments online EPLB shares expert weights through, and its default (trtllm.md
+§3.4: segments ``/dev/shm/moe_shared_*`` outlive a crash)."""
 
 
 def container_image(version: str) -> str:

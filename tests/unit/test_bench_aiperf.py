@@ -12,6 +12,7 @@ from k2trt.bench.aiperf import (DEAD_HUB, EXPORT_JSON, SERVER_EXPORT_JSON, Point
 from k2trt.bench.results import PointResult, export_counts, metrics_from_export
 from k2trt.bench.spec import BenchSpec
 from k2trt.bench.sweep import PlannedPoint, _point_result, normalize_endpoint
+from k2trt.bundle.recipe import load_recipe
 from k2trt.errors import ConfigError
 
 TINY = BenchSpec.from_dict({"endpoint": "completions", "isl_osl": [[16, 8]], "concurrency": [1, 2],
@@ -311,3 +312,38 @@ def test_cli_server_metrics_options(tmp_path: Path) -> None:
     r = CliRunner().invoke(bench, [*args, "--no-server-metrics", "--server-metrics", engine])
     assert r.exit_code == 2 and "--no-server-metrics contradicts --server-metrics" in r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_recipe_bench_scrapes_the_recipes_other_server(tmp_path: Path) -> None:
+    """``k2trt bench --recipe R``: benchmarking the recipe's engine adds its gateway's /metrics; benchmarking its
+    gateway adds TensorRT-LLM's /prometheus/metrics (the reference engine has none); any other endpoint, or
+    --no-server-metrics, adds nothing. Shown by the dry run's aiperf argv."""
+    from click.testing import CliRunner
+
+    from k2trt.commands.bench import bench
+
+    def scraped(recipe: str, *args: str) -> list[list[str]]:
+        r = CliRunner().invoke(bench, ["--recipe", recipe, "--out", str(tmp_path / "o"), "--model", "m", "-n",
+                                       "--json", *args])
+        assert r.exit_code == 0, r.output
+        out = []
+        for p in json.loads(r.output)["points"]:
+            argv = p["argv"]
+            i = argv.index("--server-metrics") if "--server-metrics" in argv else None
+            out.append(argv[i + 1:argv.index("--server-metrics-formats")] if i is not None else
+                       (["off"] if "--no-server-metrics" in argv else []))
+        return out
+
+    gateway = "http://127.0.0.1:18001/metrics"
+    assert scraped("tiny-cpu") == [[gateway], [gateway]]  # the default endpoint is the engine, :18000
+    assert scraped("tiny-cpu", "--endpoint", "http://127.0.0.1:18000/") == [[gateway], [gateway]]
+    assert scraped("tiny-cpu", "--endpoint", "http://127.0.0.1:18001") == [[], []]  # reference: no engine metrics
+    assert scraped("tiny-cpu", "--endpoint", "http://10.0.0.9:8000") == [[], []]  # not the recipe's servers
+    assert scraped("tiny-cpu", "--no-server-metrics") == [["off"], ["off"]]
+    extra = "http://10.0.0.9:9400/metrics"
+    assert scraped("tiny-cpu", "--server-metrics", extra)[0] == [extra, gateway]
+    recipe = load_recipe("k2-h200-2x8-tp16ep8")
+    engine, gw = recipe.endpoint(), recipe.gateway_endpoint()
+    assert gw is not None and scraped("k2-h200-2x8-tp16ep8", "--endpoint", gw)[0] == [f"{engine}/prometheus/metrics"]
+    assert scraped("k2-h200-2x8-tp16ep8")[0] == [f"{gw}/metrics"]
+    assert load_recipe("tiny-cpu", ["serve.gateway_port=null"]).metrics_urls("http://127.0.0.1:18000") == ()

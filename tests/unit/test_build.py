@@ -131,6 +131,21 @@ def test_disaggregated_bundle(sparse_k2: Path, tmp_path: Path) -> None:
     assert lint_text(ctx_yml).ok and lint_text((out / "gen.yml").read_text()).ok
 
 
+def test_the_router_config_is_linted_as_the_release_reads_it(sparse_k2: Path, tmp_path: Path) -> None:
+    """disagg.yml is judged like the workers' YAML: its notes land in PLAN.md, and a router config the release
+    rejects (an IPv6 host: TensorRT-LLM splits each URL on ':' into one host and one port) refuses the build."""
+    res = build_bundle(load_recipe("k2-h200-disagg"), sparse_k2, tmp_path / "ok", hosts=("a", "b", "c", "d"))
+    assert any(n.startswith("config router: ") for n in res.notes), res.notes
+    assert "config router: " in (tmp_path / "ok" / "PLAN.md").read_text()
+    for version in (None, "main"):  # judged by the pinned release, and fully where disagg_utils.py was read
+        sets = [] if version is None else [f"serve.trtllm={version}"]
+        with pytest.raises(ConfigError, match=r"router config \(disagg.yml\) fails the lint: .*context_servers"
+                                              r"\.urls\[0\]: 'fd00::a:8001' is not host:port"):
+            build_bundle(load_recipe("k2-h200-disagg", sets), sparse_k2, tmp_path / "bad",
+                         hosts=("fd00::a", "fd00::b", "fd00::c", "fd00::d"))
+        assert not (tmp_path / "bad").exists()
+
+
 def test_reference_plugins_reach_the_engine_argv(tiny_ckpt: Path, tmp_path: Path) -> None:
     res_dir = tmp_path / "b"
     build_bundle(load_recipe("tiny-cpu", ["serve.plugins=triton"]), tiny_ckpt, res_dir)

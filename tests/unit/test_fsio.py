@@ -62,6 +62,20 @@ def test_read_mapping_missing_file_uses_the_callers_error_and_hint(tmp_path):
     assert read_mapping(tmp_path / "ok.yml") == {"a": 1}
 
 
+@pytest.mark.parametrize("name, text, needle", [("s.json", "{trunc", "not valid JSON"),
+                                                ("s.json", "[1]", "must hold a mapping, not list"),
+                                                ("s.yml", "a: [1", "not valid YAML"),
+                                                ("s.json", b"\xff\xfe", "not UTF-8 text")])
+def test_read_mapping_gives_the_callers_fix_for_a_bad_file_too(tmp_path, name, text, needle):
+    path = tmp_path / name
+    path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
+    with pytest.raises(LaunchError) as e:
+        read_mapping(path, what="state file", error=LaunchError, hint="delete it")
+    assert needle in str(e.value) and str(e.value).endswith("(delete it)") and "\n" not in str(e.value)
+    with pytest.raises(LaunchError, match=r"is a directory, not a file \(delete it\)"):
+        read_mapping(tmp_path, what="state file", error=LaunchError, hint="delete it")
+
+
 def test_atomic_dir_replaces_a_directory_whole_or_not_at_all(tmp_path):
     from k2trt.fsio import atomic_dir
 

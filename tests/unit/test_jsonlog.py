@@ -6,6 +6,8 @@ import io
 import json
 import logging
 import re
+import subprocess
+import sys
 
 from k2trt.jsonlog import JsonFormatter, json_handler, use_json_logs
 
@@ -52,3 +54,13 @@ def test_use_json_logs_routes_the_root_and_uvicorn_loggers() -> None:
     objs = [json.loads(x) for x in buf.getvalue().splitlines()]
     assert [(o["logger"], o["msg"]) for o in objs] == [("k2trt.anything", "a"), ("uvicorn.error", "b")]
     assert objs[0]["n"] == 1 and all(o["component"] == "x" for o in objs)
+
+
+def test_an_uncaught_exception_and_a_warning_are_json_lines() -> None:
+    code = ("import warnings\nfrom k2trt.jsonlog import use_json_logs\nuse_json_logs(static={'rank': 1})\n"
+            "warnings.warn('old API')\nraise ValueError('boom')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    objs = [json.loads(x) for x in r.stderr.splitlines()]  # every line is JSON: no bare traceback
+    assert r.returncode == 1 and len(objs) == 2 and all(o["rank"] == 1 for o in objs)
+    assert objs[0]["logger"] == "py.warnings" and "old API" in objs[0]["msg"]
+    assert objs[1]["level"] == "CRITICAL" and "ValueError: boom" in objs[1]["exc"]

@@ -5,6 +5,7 @@ supervisor of a real mpirun job)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,10 +19,11 @@ def _sleeper() -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
 
 
-def _watchdog(lines: list[str]) -> subprocess.Popen[bytes]:
+def _watchdog(lines: list[str], log_format: str = "text") -> subprocess.Popen[bytes]:
     """Start the watchdog, write ``lines`` to it, and close the write end (as a dying supervisor's kernel does)."""
     r, w = os.pipe()
-    dog = subprocess.Popen(watchdog_argv(r, 2.0), pass_fds=(r,), stderr=subprocess.PIPE, start_new_session=True)
+    dog = subprocess.Popen(watchdog_argv(r, 2.0, log_format, "0123456789abcdef"),  # type: ignore[arg-type]
+                           pass_fds=(r,), stderr=subprocess.PIPE, start_new_session=True)
     os.close(r)
     with os.fdopen(w, "w") as pipe:
         pipe.write("".join(line + "\n" for line in lines))
@@ -59,3 +61,16 @@ def test_a_recycled_session_leader_is_left_alone() -> None:
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_the_json_line_carries_the_job_id() -> None:
+    job = _sleeper()
+    try:
+        dog = _watchdog(["job 0123456789abcdef", f"sid {job.pid} {procs.start_time(job.pid)}"], "json")
+        assert _gone(job) and dog.wait(timeout=10) == 0
+        (line,) = [json.loads(x) for x in dog.stderr.read().decode().splitlines()]  # type: ignore[union-attr]
+        assert (line["job_id"], line["component"], line["killed"], line["level"]) == ("0123456789abcdef", "watchdog",
+                                                                                      1, "WARNING")
+    finally:
+        job.kill()
+        job.wait()
