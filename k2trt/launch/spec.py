@@ -176,6 +176,7 @@ class GatewayOptions:
         """
         return GatewayConfig(engine_url=engine_url, model_dir=model_dir, host=self.host, port=self.port,
                              mode=self.mode, api_keys=api_keys,  # type: ignore[arg-type]
+                             require_api_key=self.require_key,
                              served_model_name=self.served_model_name, log_format=log_format,
                              **self.limits.settings())  # type: ignore[arg-type]
 
