@@ -19,7 +19,9 @@ import errno
 import hashlib
 import json
 import os
+import queue
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -201,7 +203,8 @@ class ShardWriter:
         self.path = Path(path)
         header, self.offsets = layout(tensors, metadata if metadata is not None else {"format": "pt"})
         self.size = max((e for _b, e in self.offsets.values()), default=len(header))
-        self._sha = hashlib.sha256() if hashing else None
+        self._sha = _Hasher() if hashing else None
+        self._digest: str | None = None
         self._pending = set(self.offsets)
         self._ends = sorted((e, n) for n, (_b, e) in self.offsets.items())
         self.tmp = partial_name(self.path)
@@ -211,8 +214,8 @@ class ShardWriter:
 
     @property
     def sha256(self) -> str | None:
-        """The file's sha256 (hex), if hashing, once every byte is written."""
-        return self._sha.hexdigest() if self._sha is not None else None
+        """The file's sha256 (hex), if hashing, once committed."""
+        return self._digest
 
     def append(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes at the current position (the next bytes of the layout)."""
@@ -285,6 +288,8 @@ class ShardWriter:
                                   f"(first: {first})")
         fd, self._fd = self._fd, None
         assert fd is not None
+        if self._sha is not None:
+            self._digest = self._sha.hexdigest()
         try:
             os.ftruncate(fd, self.size)
             os.fsync(fd)
@@ -299,6 +304,8 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Remove the temporary file (after an error)."""
+        if self._sha is not None:
+            self._sha.hexdigest()  # stops its thread
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -312,6 +319,32 @@ class ShardWriter:
             self.abort()
         elif self._fd is not None:
             self.commit()
+
+
+class _Hasher:
+    """sha256 of a byte stream on its own thread, so hashing overlaps the writes (hashlib releases the GIL; the
+    writes wait on the disk). Buffers must not change after ``update``: the converter hands over fresh ones."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=16)
+        self._t = threading.Thread(target=self._run, name="k2trt-sha256", daemon=True)
+        self._t.start()
+        self._hex: str | None = None
+
+    def _run(self) -> None:
+        while (b := self._q.get()) is not None:
+            self._sha.update(b)
+
+    def update(self, data: memoryview) -> None:
+        self._q.put(data)
+
+    def hexdigest(self) -> str:
+        if self._hex is None:
+            self._q.put(None)
+            self._t.join()
+            self._hex = self._sha.hexdigest()
+        return self._hex
 
 
 def write_error(path: Path, err: OSError, what: str = "") -> CheckpointError:
@@ -364,7 +397,7 @@ def copy_file(src: Path, dst: Path, *, hashing: bool, on_bytes: Callable[[int], 
     progress. On any error the temporary file is removed and nothing appears under ``dst``.
     """
     tmp = partial_name(dst)
-    h = hashlib.sha256() if hashing else None
+    h = _Hasher() if hashing else None
     try:
         with open(src, "rb", buffering=0) as fi, open(tmp, "xb", buffering=0) as fo:
             size = os.fstat(fi.fileno()).st_size
@@ -376,18 +409,21 @@ def copy_file(src: Path, dst: Path, *, hashing: bool, on_bytes: Callable[[int], 
                     if on_bytes is not None:
                         on_bytes(n)
             else:
-                buf = bytearray(CHUNK)
-                mv = memoryview(buf)
-                while n := fi.readinto(buf):
-                    view = mv[:n]
+                while True:
+                    buf = bytearray(CHUNK)  # a fresh buffer: the hasher thread may still be reading the last one
+                    if not (n := fi.readinto(buf)):
+                        break
+                    view = memoryview(buf)[:n]
+                    h.update(view)
                     while view:
                         view = view[fo.write(view):]
-                    h.update(mv[:n])
                     if on_bytes is not None:
                         on_bytes(n)
             os.fsync(fo.fileno())
         os.replace(tmp, dst)
     except BaseException:
+        if h is not None:
+            h.hexdigest()  # stops its thread
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(dst.parent)

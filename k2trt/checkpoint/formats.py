@@ -9,7 +9,7 @@ math that encodes a float32 weight into them:
 format   parts (suffix after the module name)                        decode / encode
 =======  ==========================================================  ===========================================
 bf16     ``weight`` (BF16; F16/F32 read the same way)               cast / round to bfloat16
-fp8      ``weight`` F8_E4M3, ``weight_scale_inv`` F32 per 128×128     ``fp8.dequantize`` / ``fp8.quantize``
+fp8      ``weight`` F8_E4M3, ``weight_scale_inv`` F32 per 128×128     ``fp8.dequantize_rows`` / ``fp8.quantize``
 nvfp4    ``weight`` U8 (2 codes/byte), ``weight_scale`` e4m3 per 16,  ``quant4`` (modelopt's NVFP4QTensor)
          ``weight_scale_2`` F32 [], ``input_scale`` F32 []
 int4     ``weight`` I8 (2 codes/byte), ``weight_scale_inv`` F32 per   ``quant4`` (W4A8_CUSTOM layout)
@@ -92,9 +92,18 @@ def _encode_bf16(w: "torch.Tensor", _extra: dict[str, Any]) -> "list[torch.Tenso
 
 
 def _decode_fp8(p: Parts) -> "torch.Tensor":
-    from k2trt.checkpoint.fp8 import dequantize
+    """``fp8.dequantize`` to float32, through the per-block lookup table (the same product, several times faster
+    than torch's fp8 cast)."""
+    import numpy as np
+    import torch
 
-    return dequantize(p["weight"], p["scale"])
+    from k2trt.checkpoint.fp8 import check_scale_shape, dequantize_rows
+
+    w, s = p["weight"], p["scale"]
+    check_scale_shape("weight", tuple(w.shape), tuple(s.shape))
+    out = np.empty(tuple(w.shape), dtype=np.float32)
+    dequantize_rows(w.contiguous().view(torch.uint8).numpy(), s.to(torch.float32).contiguous().numpy(), 0, out)
+    return torch.from_numpy(out)
 
 
 def _encode_fp8(w: "torch.Tensor", _extra: dict[str, Any]) -> "list[torch.Tensor]":

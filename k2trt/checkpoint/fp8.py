@@ -10,7 +10,7 @@ Quantisation (BF16 → FP8) zero-pads partial blocks to 128 before taking the bl
 fp8 → bf16 → fp8 reproduces the original bytes exactly: the block maximum maps to ±448, dequantises to the original
 bf16 amax, and so gives back the same scale; every other element moves by far less than half an e4m3 step.
 The block constants and the scale grid are ``k2trt.spec``'s (``BLOCK``, ``FP8_MAX``, ``scale_shape``). Besides the
-torch reference math, ``dequantize_bf16_bits`` is the converter's numpy path: an e4m3 byte has 256 values, so each
+torch reference math, ``dequantize_rows`` is the converter's numpy path: an e4m3 byte has 256 values, so each
 128×128 block has only 256 possible outputs ``bf16(f32(v) × scale)``; they are computed once per block with the
 same float32 product and single rounding, then gathered per element — bit-identical to ``dequantize(…, bfloat16)``
 and several times faster than torch's (unvectorised) fp8 → float cast, without importing torch at all.
@@ -19,6 +19,7 @@ torch is imported inside functions so that ``k2trt.checkpoint`` stays importable
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from k2trt.spec import BLOCK, FP8_MAX
@@ -85,12 +86,16 @@ def quantize(weight: "torch.Tensor", block: int = BLOCK) -> "tuple[torch.Tensor,
     m, n = weight.shape
     mb, nb = grid_shape((m, n), block)
     w = weight.to(torch.float32)
-    padded = torch.zeros(mb * block, nb * block, dtype=torch.float32)
-    padded[:m, :n] = w
-    amax = padded.view(mb, block, nb, block).abs().amax(dim=(1, 3))  # [Mb, Nb]
+    ragged = bool(m % block or n % block)
+    if ragged:
+        padded = torch.zeros(mb * block, nb * block, dtype=torch.float32)
+        padded[:m, :n] = w
+        w = padded
+    v = w.view(mb, block, nb, block)                                      # [Mb, 128, Nb, 128]
+    amax = v.abs().amax(dim=(1, 3))                                      # [Mb, Nb]
     scale = amax.clamp_min(_MIN_AMAX) / FP8_MAX
-    q = (w / _expand(scale, m, n, block)).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-    return q, scale.contiguous()
+    q = (v / scale[:, None, :, None]).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).view(mb * block, -1)
+    return (q[:m, :n].contiguous() if ragged else q), scale.contiguous()
 
 
 def scale_problems(scale_inv: Any) -> str | None:
@@ -108,17 +113,21 @@ def scale_problems(scale_inv: Any) -> str | None:
     return None
 
 
-# ---- numpy: FP8 → BF16 bits by table, bit-identical to dequantize(…, bfloat16) --------------------------------
+# ---- numpy: FP8 → float32 or BF16 bits by table, bit-identical to dequantize(…) ------------------------------
 
+@functools.lru_cache(maxsize=1)
 def e4m3_values() -> "np.ndarray":
-    """The float32 value of each of the 256 float8_e4m3fn bytes (0x7F and 0xFF are NaN; no infinities)."""
+    """The float32 value of each of the 256 float8_e4m3fn bytes (0x7F and 0xFF are NaN; no infinities);
+    read-only, computed once."""
     import numpy as np
 
     b = np.arange(256, dtype=np.int32)
     e, m = (b >> 3) & 0xF, (b & 7).astype(np.float64)
     mag = np.where(e == 0, m / 8 * 2.0 ** -6, (1 + m / 8) * np.exp2(e - 7.0))
     mag[(b & 0x7F) == 0x7F] = np.nan
-    return np.where(b & 0x80, -mag, mag).astype(np.float32)
+    out = np.where(b & 0x80, -mag, mag).astype(np.float32)
+    out.flags.writeable = False
+    return out
 
 
 def bf16_bits(x: "np.ndarray") -> "np.ndarray":
@@ -134,16 +143,17 @@ def bf16_bits(x: "np.ndarray") -> "np.ndarray":
 _SUB_ROWS = 16  # rows per gather: the intp index of 16 × 7168 elements (~0.9 MB) stays in cache
 
 
-def dequantize_bf16_bits(u8: "np.ndarray", scale: "np.ndarray", first_row: int, out: "np.ndarray") -> None:
-    """FP8 bytes → BF16 bits into ``out``, for rows ``first_row…`` of a weight, with its whole scale grid.
+def dequantize_rows(u8: "np.ndarray", scale: "np.ndarray", first_row: int, out: "np.ndarray") -> None:
+    """FP8 bytes → ``out`` by per-block lookup table, for rows ``first_row…`` of a weight with its whole scale grid.
 
     Args:
-        u8: uint8 ``[R, N]``, rows ``first_row .. first_row+R`` of the weight (``first_row`` a multiple of 128).
+        u8: uint8 ``[R, N]``, rows ``first_row .. first_row+R`` of the weight (``first_row`` a multiple of 16).
         scale: float32 ``[ceil(M/128), ceil(N/128)]``, the weight's scale grid.
         first_row: the weight row ``u8[0]`` is.
-        out: uint16/int16 ``[R, N]`` to fill.
-    Example: ``dequantize_bf16_bits(raw, s, 0, out)``; ``torch.from_numpy(out).view(torch.bfloat16)`` equals
-    ``dequantize(w, s, torch.bfloat16)``.
+        out: ``[R, N]`` to fill: float32 (the exact float32 product ``f32(v) × scale``) or uint16/int16 (its
+            BF16 bits, rounded once).
+    Example: ``dequantize_rows(raw, s, 0, out)``; for a uint16 ``out``, ``torch.from_numpy(out).view(
+    torch.bfloat16)`` equals ``dequantize(w, s, torch.bfloat16)``.
     """
     import numpy as np
 
@@ -157,7 +167,8 @@ def dequantize_bf16_bits(u8: "np.ndarray", scale: "np.ndarray", first_row: int, 
     for r in range(0, rows, _SUB_ROWS):   # 16-row stripes never cross a 128-row block
         if table is None or (first_row + r) % BLOCK == 0:
             b = (first_row + r) // BLOCK
-            table = bf16_bits(values[None, :] * scale[b][:, None]).view(out.dtype).reshape(-1)  # [Nb * 256]
+            prod = values[None, :] * scale[b][:, None]                              # [Nb, 256] float32
+            table = (prod if out.dtype == np.float32 else bf16_bits(prod).view(out.dtype)).reshape(-1)
         k = min(rows, r + _SUB_ROWS) - r
         np.add(u8[r:r + k], col, out=idx[:k])
         np.take(table, idx[:k], out=out[r:r + k])

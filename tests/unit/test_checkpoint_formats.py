@@ -9,7 +9,7 @@ import torch
 
 from k2trt.checkpoint import formats, names
 from k2trt.checkpoint.files import TensorEntry
-from k2trt.checkpoint.fp8 import bf16_bits, dequantize, dequantize_bf16_bits, e4m3_values, quantize
+from k2trt.checkpoint.fp8 import bf16_bits, dequantize, dequantize_rows, e4m3_values, quantize
 from k2trt.errors import CheckpointError
 from k2trt.spec import LINEAR_FORMATS, Quantization, preset
 
@@ -71,7 +71,7 @@ def test_numpy_dequantisation_is_bit_identical_to_torch(m: int, n: int, chunk: i
     u8, grid = q.view(torch.uint8).numpy(), s.numpy()
     got = np.empty((m, n), dtype=np.int16)
     for r0 in range(0, m, chunk):
-        dequantize_bf16_bits(u8[r0:r0 + chunk], grid, r0, got[r0:r0 + chunk])
+        dequantize_rows(u8[r0:r0 + chunk], grid, r0, got[r0:r0 + chunk])
     assert np.array_equal(got, want)
     with pytest.raises(ValueError, match="multiple of 16"):
-        dequantize_bf16_bits(u8[8:16], grid, 8, got[8:16])
+        dequantize_rows(u8[8:16], grid, 8, got[8:16])

@@ -183,6 +183,31 @@ def test_nibble_layouts_are_the_loaders() -> None:
     assert torch.equal(R.dequantize_w4a8(q4, sc), w)
 
 
+def test_4bit_encoders_give_modelopts_bytes() -> None:
+    """quant4 computes NVFP4 and W4A8 on group views; modelopt's own functions (NVFP4QTensor.quantize,
+    get_scaling_factor_from_weight + pack_int4_in_uint8) are the reference, ties and all-zero groups included."""
+    nvfp4, qu = R._modelopt()
+    g = torch.Generator().manual_seed(0)
+    for shape in ((256, 256), (512, 1024), (2, 128)):
+        w = torch.randn(*shape, generator=g) / 45
+        w[0, :128] = 0  # all-zero groups: scale 1
+        if shape[0] > 2:  # magnitudes exactly on modelopt's e2m1 bounds (ties) once scaled by 1/448 · 448
+            w[1, :16] = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5, 6, -0.75, -1.75, -3.5, 0.5, 1, 1.5, 2, 3])
+            w[2, :128] = torch.arange(128) / 7 * 0.5  # W4A8: codes exactly halfway between integers
+        for s2 in (None, torch.tensor(1 / 448)):
+            q, s, s2_ = R.quantize_nvfp4(w, s2)
+            want_s2 = nvfp4.get_weights_scaling_factor_2(w).reshape(()) if s2 is None else s2
+            qt, ws, ws2 = nvfp4.quantize(w, 16, None, want_s2, try_tensorrt=False)
+            assert torch.equal(q, qt._quantized_data) and torch.equal(s.view(torch.uint8), ws.view(torch.uint8))
+            assert torch.equal(s2_, ws2.float().reshape(())), shape
+        scale = qu.get_scaling_factor_from_weight(w, 128).to(torch.bfloat16).float()
+        rows = qu.pack_int4_in_uint8(w, scale, 128)  # modelopt packs two output rows per byte
+        lo, hi = R._unpack_nibbles(rows)
+        want = R.pack_int4_along_input(torch.stack([lo, hi], dim=1).reshape(w.shape))
+        q4, s4 = R.quantize_w4a8(w)
+        assert torch.equal(q4, want) and torch.equal(s4, scale), shape
+
+
 def test_expert_round_trip_error_bounds(ckpts: dict[str, Path]) -> None:
     src, nv, w4 = ckpts["src"], ckpts["nvfp4"], ckpts["w4a8"]
     rel_nv, rel_w4 = [], []
