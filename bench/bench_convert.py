@@ -143,8 +143,10 @@ def run(work: Path, repeat: int, sizes: list[str], cases: list[str]) -> dict[str
                          "x_stream": cp / best["stream"], "x_wall": cp / best["wall"]})
             print(_line(rows[-1]), file=sys.stderr)
         shutil.rmtree(work / "out", ignore_errors=True)
+    sparse = _sparse(work)
+    # last: it imports torch here, and a child's peak RSS starts at its parent's (ru_maxrss survives fork + exec)
     return {"base_rss": base_rss, "load_before": load0, "load_after": os.getloadavg(), "rows": rows,
-            "kernel": _kernel(), "sparse": _sparse(work)}
+            "sparse": sparse, "kernel": _kernel()}
 
 
 def _sparse(work: Path) -> dict[str, float]:

@@ -109,7 +109,7 @@ suffix of each part and the dequantisation math are ``checkpoint.formats``'s row
 SUPPORTED_MODEL_TYPES = ("kimi_k2", "deepseek_v3")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorInfo:
     """One stored tensor of a checkpoint: what it is (role/layer/expert and, for a linear weight, its storage
     format and part), its shape and safetensors dtype. The Hugging Face name is ``checkpoint.formats``'s to spell

@@ -172,10 +172,21 @@ def inventory(spec: ModelSpec) -> dict[str, TensorInfo]:
     Example: ``inventory(preset("k2-instruct"))["model.layers.0.self_attn.kv_a_proj_with_mqa.weight_scale_inv"]
     .shape`` → ``(5, 56)``.
     """
-    return {tensor_name(t): t for t in spec.tensors()}
+    out: dict[str, TensorInfo] = {}
+    last: tuple[str, int | None, int | None] | None = None
+    module = ""
+    for t in spec.tensors():  # 139,644 tensors for K2: each module's name is spelled once for all its parts
+        if t.fmt is None:
+            out[names.name_of(t.role, t.layer, t.expert)] = t
+            continue
+        if (t.role, t.layer, t.expert) != last:
+            last = (t.role, t.layer, t.expert)
+            module = names.module_name(names.name_of(*last))
+        out[FORMATS[t.fmt].part_name(module, t.part)] = t
+    return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Stored:
     """A linear weight as a checkpoint stores it: its name (``….weight``, whatever the stored suffix), format,
     logical ``[out, in]`` shape and part entries."""
@@ -217,7 +228,7 @@ def stored(entries: dict[str, TensorEntry], weight_name: str, required: bool = T
     """
     module = names.module_name(weight_name)
     for f in FORMATS.values():
-        e = entries.get(f.part_name(module, "weight"))
+        e = entries.get(weight_name if f.suffixes["weight"] == "weight" else f.part_name(module, "weight"))
         if e is None or not f.identifies(e.dtype):
             continue
         parts = {"weight": e}

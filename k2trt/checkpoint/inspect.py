@@ -185,29 +185,38 @@ def _check_index(d: Path, rep: Report, present: dict[str, files.TensorEntry]) ->
 
 def _check_tensors(spec: ModelSpec, rep: Report, present: dict[str, files.TensorEntry]) -> None:
     expected = {n: t for n, t in formats.inventory(spec).items() if t.role not in names.IGNORED_ROLES}
-    by_key = {t.name: t for t in expected.values()}
+    by_name: dict[str, TensorInfo] = {}  # spec name → tensor, built only if a scale's shape is wrong
     fp8_params = lin_params = 0
     by_fmt: dict[str, int] = {}
+    fmt_of: dict[str, str] = {}  # stored dtype → storage format name
     layers: dict[int, LayerSummary] = {}
     for name, t in expected.items():
         e = present.get(name)
+        is_scale = t.part != "weight"
         if e is None:
             fix = ("the quantized weight cannot be used without it; re-download or re-convert the shard"
-                   if t.scale_of else "re-download the checkpoint")
+                   if is_scale else "re-download the checkpoint")
             rep.problems.append(Problem("error", name, f"missing ({t.dtype}{list(t.shape)} expected)", fix))
             continue
-        _compare(name, t, e, rep, by_key.get(t.scale_of) if t.scale_of else None)
-        if t.scale_of is None:
-            rep.params += t.params
+        if e.shape != t.shape or e.dtype != t.dtype:
+            if is_scale and not by_name:
+                by_name.update((x.name, x) for x in expected.values())
+            _compare(name, t, e, rep, by_name.get(t.scale_of or "") if is_scale else None)
+        params = 0 if is_scale else t.params
+        if not is_scale:
+            rep.params += params
             if t.role in LINEAR_ROLES:
-                lin_params += t.params
-                fp8_params += t.params if e.dtype == "F8_E4M3" else 0
-                fmt = next((f.name for f in formats.FORMATS.values() if f.identifies(e.dtype)), e.dtype.lower())
-                by_fmt[fmt] = by_fmt.get(fmt, 0) + t.params
+                lin_params += params
+                fp8_params += params if e.dtype == "F8_E4M3" else 0
+                fmt = fmt_of.get(e.dtype) or fmt_of.setdefault(e.dtype, next(
+                    (f.name for f in formats.FORMATS.values() if f.identifies(e.dtype)), e.dtype.lower()))
+                by_fmt[fmt] = by_fmt.get(fmt, 0) + params
         if t.layer is not None:
-            s = layers.setdefault(t.layer, LayerSummary(t.layer, "moe" if spec.is_moe_layer(t.layer) else "dense"))
+            s = layers.get(t.layer)
+            if s is None:
+                s = layers[t.layer] = LayerSummary(t.layer, "moe" if spec.is_moe_layer(t.layer) else "dense")
             s.tensors += 1
-            s.params += t.params if t.scale_of is None else 0
+            s.params += params
             s.bytes += e.nbytes
     rep.layers = [layers[k] for k in sorted(layers)]
     rep.fp8_coverage = fp8_params / lin_params if lin_params else 0.0

@@ -261,12 +261,15 @@ def _source_shards(src: Path) -> list[str]:
     return [p.name for p in files.shard_files(src) if p.name in listed]
 
 
+Linear = tuple[formats.Stored, "names.ParsedName | None"]
+
+
 def _linears(entries: dict[str, files.TensorEntry]
-             ) -> tuple[dict[str, formats.Stored], dict[str, str], list[files.TensorEntry]]:
-    """Every linear weight of the source, checked part by part: stored weight entry name → how it is stored, each
-    other part's name → its weight entry's name, and the F32 scales among the parts. Any FP8 weight counts, known
-    role or not: an FP8 weight without its scale is unusable whatever its name."""
-    out: dict[str, formats.Stored] = {}
+             ) -> tuple[dict[str, Linear], dict[str, str], list[files.TensorEntry]]:
+    """Every linear weight of the source, checked part by part: stored weight entry name → (how it is stored, its
+    role), each other part's name → its weight entry's name, and the F32 scales among the parts. Any FP8 weight
+    counts, known role or not: an FP8 weight without its scale is unusable whatever its name."""
+    out: dict[str, Linear] = {}
     part_of: dict[str, str] = {}
     scales: list[files.TensorEntry] = []
     for name, e in entries.items():
@@ -293,23 +296,23 @@ def _linears(entries: dict[str, files.TensorEntry]
             part_of[pe.name] = name
             if pe.dtype == "F32" and part.part in ("scale", "scale_2"):
                 scales.append(pe)
-        out[name] = st
+        out[name] = (st, p)
     return out, part_of, scales
 
 
-def _op_for(e: files.TensorEntry, linears: dict[str, formats.Stored], part_of: dict[str, str], out: ModelSpec,
+def _op_for(e: files.TensorEntry, linears: dict[str, Linear], part_of: dict[str, str], out: ModelSpec,
             whole: bool) -> Op:
     copy = Op("copy", e, ((e.name, e.dtype, e.shape),))
     if whole:
         return copy
-    st = linears.get(e.name)
-    if st is None:  # a part of a linear: dropped when its weight is re-encoded, else copied with it
+    lin = linears.get(e.name)
+    if lin is None:  # a part of a linear: dropped when its weight is re-encoded, else copied with it
         w = linears.get(part_of.get(e.name, ""))
-        return Op("drop", e, ()) if w is not None and _out_fmt(w, out) != w.fmt.name else copy
-    fmt = _out_fmt(st, out)
+        return Op("drop", e, ()) if w is not None and _out_fmt(*w, out) != w[0].fmt.name else copy
+    st, p = lin
+    fmt = _out_fmt(st, p, out)
     if fmt == st.fmt.name:
         return copy
-    p = names.parse(st.name)
     module = names.module_name(st.name)
     f = formats.FORMATS[fmt]
     outs = tuple((f.part_name(module, part.part), part.dtype, part.shape_for(*st.shape)) for part in f.parts)
@@ -317,8 +320,7 @@ def _op_for(e: files.TensorEntry, linears: dict[str, formats.Stored], part_of: d
               p.expert if p else None)
 
 
-def _out_fmt(st: formats.Stored, out: ModelSpec) -> str:
-    p = names.parse(st.name)
+def _out_fmt(st: formats.Stored, p: "names.ParsedName | None", out: ModelSpec) -> str:
     if p is not None and p.role in LINEAR_ROLES:
         return out.linear_format(p.role)
     return "bf16" if out.quantization is None else st.fmt.name  # an unknown linear: dequantised for bf16 only
