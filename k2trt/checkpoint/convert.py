@@ -33,7 +33,6 @@ from k2trt.checkpoint import files, names
 from k2trt.checkpoint.manifest import MANIFEST_FILE, FileRecord, Manifest, file_matches, require_empty_or_ours
 from k2trt.checkpoint.plan import ConvertOptions, Plan, ShardPlan, plan_conversion
 from k2trt.checkpoint.quantcfg import FILES as META_FILES
-from k2trt.checkpoint.targets import KV_CACHE_DTYPES, MODEL_TYPES, TARGETS  # noqa: F401  (the CLI's choices)
 from k2trt.errors import CheckpointError
 from k2trt.fsio import atomic_write_json
 

@@ -207,6 +207,7 @@ class ShardWriter:
         self._digest: str | None = None
         self._pending = set(self.offsets)
         self._ends = sorted((e, n) for n, (_b, e) in self.offsets.items())
+        self._next = 0  # first entry of _ends not yet complete
         self.tmp = partial_name(self.path)
         self._fd: int | None = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         self.pos = 0
@@ -229,8 +230,7 @@ class ShardWriter:
         if self._sha is not None:
             self._sha.update(mv)
         self.pos += len(mv)
-        while self._ends and self._ends[0][0] <= self.pos:
-            self._pending.discard(self._ends.pop(0)[1])
+        self._advance()
 
     def copy_range(self, src_fd: int, offset: int, n: int) -> None:
         """Append ``n`` bytes of another file from ``offset``: copied by the kernel unless hashing needs them."""
@@ -241,8 +241,7 @@ class ShardWriter:
                 raise write_error(self.path, err, self._tensor_at(self.pos)) from None
             self.pos += n
             os.lseek(self._fd, self.pos, os.SEEK_SET)  # type: ignore[arg-type]
-            while self._ends and self._ends[0][0] <= self.pos:
-                self._pending.discard(self._ends.pop(0)[1])
+            self._advance()
             return
         buf = bytearray(min(CHUNK, n))
         mv = memoryview(buf)
@@ -255,6 +254,12 @@ class ShardWriter:
                                       "the source changed during the conversion; run it again")
             self.append(mv[:k])
             done += k
+
+    def _advance(self) -> None:
+        """Mark the tensors that appended bytes have completed."""
+        while self._next < len(self._ends) and self._ends[self._next][0] <= self.pos:
+            self._pending.discard(self._ends[self._next][1])
+            self._next += 1
 
     def _tensor_at(self, pos: int) -> str:
         name = next((n for n, (b, e) in self.offsets.items() if b <= pos < e), None)

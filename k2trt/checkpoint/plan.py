@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from k2trt import __version__
-from k2trt.checkpoint import files, formats, names, targets
+from k2trt.checkpoint import files, formats, names, quantcfg, targets
 from k2trt.checkpoint.fp8 import check_scale_shape
 from k2trt.checkpoint.manifest import MANIFEST_FILE, digest
 from k2trt.errors import CheckpointError
@@ -35,7 +35,7 @@ ENCODE_KIND = {"bf16": "dequant", "fp8": "quant", "nvfp4": "nvfp4", "int4": "int
 """Op kind of a re-encode, by output storage format."""
 # Weight formats that must not ride along as "side files": a loader could pick them up instead of the shards.
 _NOT_CARRIED = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".partial")
-_OWN_FILES = (names.INDEX_FILE, "config.json", MANIFEST_FILE) + targets.quantcfg.FILES
+_OWN_FILES = (names.INDEX_FILE, "config.json", MANIFEST_FILE) + quantcfg.FILES
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ class Context:
     hashing: bool
     calib: dict[str, float] = field(default_factory=dict)
     meter: Meter = field(default_factory=Meter)
-    experts: "Experts | None" = None
+    experts: "Experts" = field(init=False)
 
     def __post_init__(self) -> None:
         self.experts = Experts(self)
@@ -185,7 +185,7 @@ def _quant_rows(st: formats.Stored, ctx: Context) -> Iterator[Item]:
 def _reencode(op: Op, ctx: Context) -> list[Any]:
     """Decode the whole source weight to float32, encode it in the output format (one chunk)."""
     st = op.stored
-    assert st is not None and op.out_fmt is not None and ctx.experts is not None
+    assert st is not None and op.out_fmt is not None
     extra: dict[str, Any] = {}
     if op.out_fmt in ("nvfp4", "int4"):  # statistics first: they decode gate and up once, for their ops too
         if op.role not in EXPERT_ROLES or op.layer is None or op.expert is None:
