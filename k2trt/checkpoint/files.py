@@ -398,41 +398,46 @@ def sha256_file(path: str | Path, chunk: int = CHUNK) -> str:
 def copy_file(src: Path, dst: Path, *, hashing: bool, on_bytes: Callable[[int], None] | None = None) -> str | None:
     """Copy ``src`` to ``dst`` atomically (temporary name, fsync, rename, directory fsync); return its sha256.
 
-    Without ``hashing`` the kernel copies (``copy_file_range``) and None is returned. ``on_bytes(n)`` reports
-    progress. On any error the temporary file is removed and nothing appears under ``dst``.
+    The kernel copies the bytes (``copy_file_range``, what ``cp`` does: no pass through user space). With
+    ``hashing``, a second thread reads ``src`` (from the page cache the copy fills) and hashes it meanwhile, so a
+    hashed copy costs one read and the hash on top of ``cp``. ``on_bytes(n)`` reports progress. On any error the
+    temporary file is removed and nothing appears under ``dst``; None is returned without ``hashing``.
     """
     tmp = partial_name(dst)
-    h = _Hasher() if hashing else None
+    result: list[Any] = []
+    hasher = threading.Thread(target=lambda: result.append(_sha256_or_error(src)), name="k2trt-sha256",
+                              daemon=True) if hashing else None
     try:
         with open(src, "rb", buffering=0) as fi, open(tmp, "xb", buffering=0) as fo:
+            if hasher is not None:
+                hasher.start()
             size = os.fstat(fi.fileno()).st_size
-            if h is None:
-                for off in range(0, size, 4 * CHUNK):
-                    n = min(4 * CHUNK, size - off)
-                    _kernel_copy(fi.fileno(), fo.fileno(), off, n)
-                    os.lseek(fo.fileno(), off + n, os.SEEK_SET)
-                    if on_bytes is not None:
-                        on_bytes(n)
-            else:
-                while True:
-                    buf = bytearray(CHUNK)  # a fresh buffer: the hasher thread may still be reading the last one
-                    if not (n := fi.readinto(buf)):
-                        break
-                    view = memoryview(buf)[:n]
-                    h.update(view)
-                    while view:
-                        view = view[fo.write(view):]
-                    if on_bytes is not None:
-                        on_bytes(n)
+            for off in range(0, size, 4 * CHUNK):
+                n = min(4 * CHUNK, size - off)
+                _kernel_copy(fi.fileno(), fo.fileno(), off, n)
+                os.lseek(fo.fileno(), off + n, os.SEEK_SET)
+                if on_bytes is not None:
+                    on_bytes(n)
             os.fsync(fo.fileno())
+        if hasher is not None:
+            hasher.join()
+            if isinstance(result[0], BaseException):
+                raise result[0]
         os.replace(tmp, dst)
     except BaseException:
-        if h is not None:
-            h.hexdigest()  # stops its thread
+        if hasher is not None and hasher.ident is not None:
+            hasher.join()
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(dst.parent)
-    return h.hexdigest() if h is not None else None
+    return result[0] if hashing else None
+
+
+def _sha256_or_error(path: Path) -> str | BaseException:
+    try:
+        return sha256_file(path)
+    except BaseException as e:  # re-raised by the copying thread
+        return e
 
 
 def link_file(src: Path, dst: Path) -> bool:
