@@ -64,9 +64,7 @@ class Part:
 
     def shape_for(self, out: int, inp: int) -> tuple[int, ...]:
         """The stored shape for an ``[out, in]`` weight. Example: fp8 scale of (576, 7168) → (5, 56)."""
-        if self.per is None:
-            return self.shape
-        return (-(-out // self.per[0]), -(-inp // self.per[1]))
+        return self.shape if self.per is None else scale_shape((out, inp), self.per)
 
 
 @dataclass(frozen=True)
@@ -634,12 +632,15 @@ def _modelopt_quantization(hq: dict[str, Any], where: str) -> Quantization | Non
                       "k2trt reads FP8_BLOCK_SCALES, NVFP4 and W4A8 (MIXED_PRECISION with W4A8_AWQ experts)")
 
 
-def scale_shape(shape: tuple[int, ...], block: int = BLOCK) -> tuple[int, ...]:
-    """Shape of the block-FP8 scale grid of a weight: ceil(rows/128) × ceil(cols/128) (partial blocks included).
+def scale_shape(shape: tuple[int, ...], block: int | tuple[int, ...] = BLOCK) -> tuple[int, ...]:
+    """Shape of the scale grid of a weight: ceil(rows/128) × ceil(cols/128) for block FP8 (partial blocks
+    included), or per axis for other groupings (``block=(1, 16)``: NVFP4's per-16 scales).
 
-    The one place this grid is computed. Example: ``scale_shape((576, 7168))`` → ``(5, 56)``.
+    The one place a scale grid is computed (``Part.shape_for`` and the converters use it).
+    Example: ``scale_shape((576, 7168))`` → ``(5, 56)``.
     """
-    return tuple(-(-d // block) for d in shape)
+    blocks = (block,) * len(shape) if isinstance(block, int) else block
+    return tuple(-(-d // b) for d, b in zip(shape, blocks))
 
 
 # The 2-D linear weights: the tensors K2 stores in block FP8 (kimi_formats.md §2.3).

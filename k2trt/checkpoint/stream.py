@@ -166,7 +166,7 @@ def _quant_rows(st: formats.Stored, ctx: Context) -> Iterator[Item]:
 
     def chunk(r0: int, r1: int) -> list[Any]:
         q, s = quantize(ctx.reader.tensor(w, r0, r1))
-        grid[r0 // BLOCK: -(-r1 // BLOCK)] = s.numpy()
+        grid[r0 // BLOCK: r0 // BLOCK + s.shape[0]] = s.numpy()
         return [_bytes(q)]
 
     def tail() -> list[Any]:
