@@ -10,6 +10,10 @@ are ``checkpoint.names``'s): spec sits below every package that reads checkpoint
 Presets: ``k2-instruct`` (0711, 128K), ``k2-instruct-0905`` (256K) and ``tiny`` — K2's exact structure at small
 sizes (1 dense + 2 MoE layers, 16 routed experts, 1 shared, n_group 1, MLA with q_lora and kv_lora, and a ragged
 ``kv_a_proj_with_mqa`` of 320 rows so partial 128×128 scale blocks are exercised, as K2's 576 rows are).
+
+Length: ~780 lines, over the 600 soft cap: the storage-format geometry (``LINEAR_FORMATS``, ~100 lines) lives here
+because the inventory and the byte math need it and spec must not import ``checkpoint``; the presets' config.json
+(~120 lines) are data.
 """
 
 from __future__ import annotations
