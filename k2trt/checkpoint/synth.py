@@ -170,7 +170,8 @@ def _write_all(spec: ModelSpec, tmp: Path, seed: int, shards: int | None, sparse
         fname = shard_name(i, n)
         group_names = hf[at: at + len(group)]
         at += len(group)
-        with ShardWriter(tmp / fname, [(nm, t.dtype, t.shape) for nm, t in zip(group_names, group)]) as w:
+        with ShardWriter(tmp / fname, [(nm, t.dtype, t.shape) for nm, t in zip(group_names, group)],
+                         preallocate=not sparse) as w:
             for nm, t in zip(group_names, group):
                 weight_map[nm] = fname
                 if values is not None:
