@@ -50,6 +50,13 @@ REQUANT_TARGETS = ("nvfp4", "w4a8")
 """ModelOpt layouts ``k2trt convert`` writes (routed experts in 4 bits)."""
 QUANT_ALGO = {"nvfp4": "NVFP4", "w4a8": "W4A8_AWQ"}
 """ModelOpt/TensorRT-LLM ``quant_algo`` of the routed experts per requant target."""
+QUANT_LAYOUTS: dict[str, tuple[str, str]] = {
+    "bf16": ("bf16", "bf16"),
+    "fp8": ("fp8", "fp8"),       # K2-Instruct / K2-0905: every linear in 128×128 block FP8
+    "nvfp4": ("nvfp4", "bf16"),  # what nvidia/Kimi-K2-Thinking-NVFP4 ships
+    "w4a8": ("int4", "fp8"),     # TensorRT-LLM's DeepSeek W4A8 recipe
+}
+"""A checkpoint's quantization → the ``LINEAR_FORMATS`` of (its routed experts, every other linear)."""
 
 
 @dataclass(frozen=True)
@@ -196,14 +203,9 @@ class Quantization:
         return {v: k for k, v in QUANT_ALGO.items()}.get(self.quant_algo or "")
 
     def linear_format(self, role: str) -> str:
-        """The ``LINEAR_FORMATS`` name a linear role is stored in: block FP8, or for a requantized checkpoint
-        the 4-bit format of the routed experts and BF16 (NVFP4) / block FP8 (W4A8) for the rest."""
-        t = self.target
-        if t is None:
-            return "fp8" if self.quant_method == "fp8" else "bf16"
-        if role in EXPERT_ROLES:
-            return "nvfp4" if t == "nvfp4" else "int4"
-        return "bf16" if t == "nvfp4" else "fp8"
+        """The ``LINEAR_FORMATS`` name a linear role is stored in (``QUANT_LAYOUTS``)."""
+        experts, rest = QUANT_LAYOUTS[self.target or ("fp8" if self.quant_method == "fp8" else "bf16")]
+        return experts if role in EXPERT_ROLES else rest
 
     def describe(self) -> str:
         """One line for reports: ``fp8 e4m3 [128, 128]``, ``modelopt NVFP4 experts (group 16), rest bf16``."""

@@ -10,17 +10,19 @@ format   parts (suffix after the module name)                        decode / en
 =======  ==========================================================  ===========================================
 bf16     ``weight`` (BF16; F16/F32 read the same way)               cast / round to bfloat16
 fp8      ``weight`` F8_E4M3, ``weight_scale_inv`` F32 per 128×128     ``fp8.dequantize_rows`` / ``fp8.quantize``
-nvfp4    ``weight`` U8 (2 codes/byte), ``weight_scale`` e4m3 per 16,  ``quant4`` (modelopt's NVFP4QTensor)
+nvfp4    ``weight`` U8 (2 codes/byte), ``weight_scale`` e4m3 per 16,  ``quant4`` (modelopt's NVFP4 arithmetic)
          ``weight_scale_2`` F32 [], ``input_scale`` F32 []
 int4     ``weight`` I8 (2 codes/byte), ``weight_scale_inv`` F32 per   ``quant4`` (W4A8_CUSTOM layout)
          128, ``input_scale`` F32 [1]
 =======  ==========================================================  ===========================================
 
-Adding a source format (e.g. compressed-tensors ``pack-quantized`` INT4: ``weight_packed`` I32, ``weight_scale``
-per 32, ``weight_shape``) is its geometry in ``spec.LINEAR_FORMATS`` plus one row here with its suffixes and a
-decode function; the reader, inspect and every conversion target then handle it (a format without ``encode`` can
-be read and converted from, not written). ``detect`` tells a weight's format from the tensors present, so one
-checkpoint may mix formats (W4A8: INT4 experts, block-FP8 attention).
+Adding a source format — next, compressed-tensors ``pack-quantized`` INT4 (K2-Thinking/K2.5: routed experts
+only, ``weight_packed`` I32 holding 8 int4 codes each, ``weight_scale`` per 32 inputs, ``weight_shape``) — is
+its geometry in ``spec.LINEAR_FORMATS``, one row here (its suffixes and a decode function), and a
+``spec.QUANT_LAYOUTS`` row for the checkpoints that use it (which roles carry it; ``ModelSpec.from_config`` maps
+their ``quantization_config`` there). The reader, inspect, plan, verify and every target then handle it (a format
+without ``encode`` can be read and converted from, not written). ``stored`` tells a weight's format from the
+tensors present, so one checkpoint may mix formats (W4A8: INT4 experts, block-FP8 attention).
 
 torch (and modelopt, for the 4-bit math) is imported inside the decode/encode functions only.
 """
