@@ -10,7 +10,9 @@ layers) and ``large`` (~1 GiB: 32 experts × 5 MoE layers). For each target, in 
 - the baseline: ``cp`` of exactly the shard files that conversion wrote into a new directory on the same
   filesystem, then ``sync -f`` (convert fsyncs every shard, so the baseline writes durably too) — the same
   number of output bytes, the same disk, measured right after the conversion;
-- peak RSS of the child (``os.wait4``), next to the RSS of a child that only imports numpy and k2trt.
+- peak RSS and CPU seconds (all threads, user + system) of the child (``os.wait4``), next to the RSS of a child
+  that only imports numpy and k2trt. CPU seconds do not depend on the load: on a shared machine they show what
+  the conversion needs where the wall-clock ratio shows what it got.
 
 ``× cp`` = cp seconds / convert seconds, on the conversion's streaming time (``timings.stream`` from ``--json``:
 shards and metadata written, fsynced and hashed) and on its whole wall time (process start-up, header validation,
@@ -63,8 +65,8 @@ def specs() -> dict[str, tuple[ModelSpec, int]]:
     return {"small": (base, 4), "large": (dataclasses.replace(base, n_routed_experts=32, num_hidden_layers=6), 12)}
 
 
-def _child(argv: list[str], ok: tuple[int, ...] = (0,)) -> tuple[float, int, str]:
-    """Run argv; return (wall seconds, peak RSS bytes, stdout)."""
+def _child(argv: list[str], ok: tuple[int, ...] = (0,)) -> tuple[float, int, str, float]:
+    """Run argv; return (wall seconds, peak RSS bytes, stdout, CPU seconds of all its threads)."""
     t = time.perf_counter()
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out = p.stdout.read() if p.stdout else ""
@@ -74,7 +76,7 @@ def _child(argv: list[str], ok: tuple[int, ...] = (0,)) -> tuple[float, int, str
     code = os.waitstatus_to_exitcode(status)
     if code not in ok:
         raise SystemExit(f"{argv[:6]} failed ({code}): {err.strip()[-2000:]}")
-    return wall, ru.ru_maxrss * 1024, out
+    return wall, ru.ru_maxrss * 1024, out, ru.ru_utime + ru.ru_stime
 
 
 def _synth_in_child(spec: ModelSpec, d: Path, shards: int | None, sparse: bool = False) -> None:
@@ -113,13 +115,14 @@ def _cp(src: Path, dst: Path) -> float:
 def _convert(src: Path, dst: Path, args: tuple[str, ...], cp_dir: Path) -> dict[str, Any]:
     shutil.rmtree(dst, ignore_errors=True)
     subprocess.run(["sync"], check=True)  # start each case with no dirty pages of the one before
-    wall, rss, out = _child([sys.executable, "-m", "k2trt.cli", "convert", str(src), str(dst), "--json", *args])
+    argv = [sys.executable, "-m", "k2trt.cli", "convert", str(src), str(dst), "--json", *args]
+    wall, rss, out, cpu = _child(argv)
     d = json.loads(out)
     written = sum(p.stat().st_size for p in dst.glob("*.safetensors"))
     linked = d["bytes_written"] == 0
     cp = _cp(dst, cp_dir) if not linked else float("nan")
     stream = d.get("timings", {}).get("stream", d["seconds"])  # (older 4-bit runs reported only the whole)
-    return {"wall": wall, "rss": rss, "stream": stream, "written": written, "cp": cp, "linked": linked}
+    return {"wall": wall, "rss": rss, "stream": stream, "written": written, "cp": cp, "linked": linked, "cpu": cpu}
 
 
 def run(work: Path, repeat: int, sizes: list[str], cases: list[str]) -> dict[str, Any]:
@@ -197,7 +200,7 @@ def _line(r: dict[str, Any]) -> str:
     xs = "" if r["linked"] else f"{r['x_stream']:5.2f}"
     xw = "" if r["linked"] else f"{r['x_wall']:5.2f}"
     return (f"{r['ckpt']:5} {r['src_bytes'] / mib:5.0f} {r['case']:30} {out:>7} {r['stream']:7.2f} {rate:>6} "
-            f"{cp:>6} {xs:>5} {r['wall']:6.2f} {xw:>5} {r['rss'] / mib:5.0f}  {_verdict(r)}")
+            f"{cp:>6} {xs:>5} {r['wall']:6.2f} {xw:>5} {r['cpu']:5.1f} {r['rss'] / mib:5.0f}  {_verdict(r)}")
 
 
 def _print(res: dict[str, Any]) -> None:
@@ -207,7 +210,7 @@ def _print(res: dict[str, Any]) -> None:
           f"({os.cpu_count()} cores); child baseline RSS (python + numpy + k2trt imported): "
           f"{res['base_rss'] / mib:.0f} MiB")
     print(f"{'ckpt':5} {'MiB':>5} {'case':30} {'out MiB':>7} {'stream':>7} {'MiB/s':>6} {'cp s':>6} {'×cp':>5} "
-          f"{'wall':>6} {'×cp':>5} {'RSS':>5}  bar (stream)")
+          f"{'wall':>6} {'×cp':>5} {'CPU s':>5} {'RSS':>5}  bar (stream)")
     for r in res["rows"]:
         print(_line(r))
     k = res["kernel"]
