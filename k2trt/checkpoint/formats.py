@@ -238,7 +238,8 @@ def stored(entries: dict[str, TensorEntry], weight_name: str, required: bool = T
             pe = entries.get(f.part_name(module, p.part))
             if pe is None:
                 if p.part in f.needs:
-                    raise CheckpointError(f"{e.name} in {e.file} is {f.name.upper()} but has no {f.part_name(module, p.part)}",
+                    missing = f.part_name(module, p.part)
+                    raise CheckpointError(f"{e.name} in {e.file} is {f.name.upper()} but has no {missing}",
                                           "the weight is unusable without it; re-download or re-convert the shard")
                 continue
             parts[p.part] = pe

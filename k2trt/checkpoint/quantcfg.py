@@ -25,7 +25,8 @@ from typing import Any
 from k2trt import __version__
 from k2trt.checkpoint import formats, names
 from k2trt.checkpoint.quant4 import _modelopt, modelopt_version
-from k2trt.spec import BLOCK, EXPERT_ROLES, HF_QUANT_CONFIG, LINEAR_ROLES, NVFP4_GROUP, QUANT_ALGO, W4A8_GROUP, ModelSpec
+from k2trt.spec import (BLOCK, EXPERT_ROLES, HF_QUANT_CONFIG, LINEAR_ROLES, NVFP4_GROUP, QUANT_ALGO, W4A8_GROUP,
+                        ModelSpec)
 
 QUANT_CFG_FILE = "quant_cfg.json"
 FILES = (HF_QUANT_CONFIG, QUANT_CFG_FILE)

@@ -10,8 +10,9 @@ One check per op kind, each by a different path from the converter's:
   unit, ``weight_scale · weight_scale_2``; INT4: half a group scale), and gate/up sharing ``weight_scale_2`` /
   ``input_scale`` (TensorRT-LLM fuses them). A transposed or mis-blocked scale breaks the bound.
 
-Then, once every value is right, the structure: each shard's header lists exactly the planned tensors in order, every file's size and sha256
-match the manifest, and the index matches the plan. Raises CheckpointError naming the first bad tensor or file.
+Then, once every value is right, the structure: each shard's header lists exactly the planned tensors in order,
+every file's size and sha256 match the manifest, and the index matches the plan. Raises CheckpointError naming
+the first bad tensor or file.
 """
 
 from __future__ import annotations
