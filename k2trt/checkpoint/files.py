@@ -338,7 +338,7 @@ class _Hasher:
 
     def __init__(self) -> None:
         self._sha = hashlib.sha256()
-        self._q: queue.Queue[Any] = queue.Queue(maxsize=16)
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=4)  # bounds the bytes waiting for the hash
         self._t = threading.Thread(target=self._run, name="k2trt-sha256", daemon=True)
         self._t.start()
         self._hex: str | None = None
