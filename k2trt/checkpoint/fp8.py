@@ -85,16 +85,19 @@ def quantize(weight: "torch.Tensor", block: int = BLOCK) -> "tuple[torch.Tensor,
         raise ValueError(f"quantize expects a 2-D weight, got shape {tuple(weight.shape)}")
     m, n = weight.shape
     mb, nb = grid_shape((m, n), block)
-    w = weight.to(torch.float32)
+    # abs and max are exact in the input's own float dtype, and the division promotes to float32 as it goes:
+    # the same values as converting first, with half the memory traffic for a BF16 input
+    w = weight if weight.is_floating_point() and weight.element_size() >= 2 else weight.to(torch.float32)
     ragged = bool(m % block or n % block)
     if ragged:
         padded = torch.zeros(mb * block, nb * block, dtype=torch.float32)
         padded[:m, :n] = w
         w = padded
     v = w.view(mb, block, nb, block)                                      # [Mb, 128, Nb, 128]
-    amax = v.abs().amax(dim=(1, 3))                                      # [Mb, Nb]
+    amax = v.abs().amax(dim=3).amax(dim=1).to(torch.float32)             # [Mb, Nb]
     scale = amax.clamp_min(_MIN_AMAX) / FP8_MAX
-    q = (v / scale[:, None, :, None]).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).view(mb * block, -1)
+    x = v / scale[:, None, :, None]                                       # float32
+    q = x.clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).view(mb * block, -1)
     return (q[:m, :n].contiguous() if ragged else q), scale.contiguous()
 
 
