@@ -208,8 +208,12 @@ def _rewrite_shard(sp: ShardPlan, plan: Plan, ctx: Any, pool: ThreadPoolExecutor
     from k2trt.checkpoint.stream import Copy, Tail, items
 
     work = (it for op in sp.ops for it in items(op, ctx))
+    trimmed = 0
     with files.ShardWriter(plan.dst / sp.name, sp.out_tensors, sp.metadata, hashing=plan.options.hash) as w:
         for it, out in _ordered(pool, work, window=2 * max(1, plan.options.workers) + 2):
+            if w.pos - trimmed >= _TRIM_BYTES:
+                _release_free_memory()
+                trimmed = w.pos
             if isinstance(it, Copy):
                 w.copy_range(ctx.reader.fd(it.entry.file), it.entry.begin + it.offset, it.n)
                 tick(it.n)
@@ -269,6 +273,28 @@ def _torch_threads(needed: bool) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+_TRIM_BYTES = 64 * 2**20
+
+
+def _release_free_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc's ``malloc_trim``; a no-op elsewhere), every ``_TRIM_BYTES``
+    written.
+
+    The workers' tensors are freed in other threads' arenas, and glibc keeps such memory mapped: without this,
+    resident memory creeps up as a conversion goes (measured: NVFP4 of a 1 GiB checkpoint peaked 130 MiB above a
+    250 MiB one)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+    except OSError:
+        pass
 
 
 def _guard(sp: ShardPlan, plan: Plan, fn: Callable[[], Any]) -> Any:
