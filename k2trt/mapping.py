@@ -1,13 +1,13 @@
 """TensorRT-LLM's ``Mapping`` semantics for K2: which rank holds which slice of which tensor. No torch.
 
 Shared by the planner (per-GPU bytes), checkpoint sharding and the reference engine (each rank reads only its
-slice with safetensors ``get_slice``). Usage::
+slice through ``checkpoint.reader``). Usage::
 
     m = Mapping(world_size=4, tp=4, moe_ep=2, spec=spec)    # moe_tp resolves to 2
     for t in spec.tensors():
         s = m.shard(t, rank)
         if s.held:
-            x = f.get_slice(t.name)[s.index]                # exactly this rank's shard, shape s.shape
+            x = weights[t.key][s.index]                     # exactly this rank's shard, shape s.shape
 
 Facts relied on (NVIDIA/TensorRT-LLM, read 2025-2026; shared/reference/trtllm.md §4 for the formulas):
 

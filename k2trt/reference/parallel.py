@@ -1,8 +1,8 @@
 """The reference K2 sharded across ranks exactly as TensorRT-LLM's ``Mapping`` shards it, over torch.distributed.
 
 Each rank reads only its own slice of every tensor straight from the checkpoint (``k2trt.mapping.Mapping.shard`` →
-``CheckpointReader.get(rows=, cols=)`` → safetensors ``get_slice``); no rank ever materialises a full copy of a
-sharded weight. Collectives use gloo (CPU), with a timeout so a dead peer ends the job instead of hanging it.
+``CheckpointReader.get(rows=, cols=)``: positional reads of those rows, columns cut from bounded row chunks); no
+rank ever materialises a full copy of a sharded weight. Collectives use gloo (CPU), with a timeout so a dead peer ends the job instead of hanging it.
 What is summed or gathered follows TensorRT-LLM's DeepseekV3 (trtllm.md §4–5, ``modeling_deepseekv3.py``):
 
 - attention: q_b/kv_b column-split by heads, o_proj row-split → all-reduce; q_a/kv_a and the norms replicated;
@@ -164,7 +164,7 @@ def placement_for(spec: ModelSpec, mapping: Mapping, rank: int) -> Placement:
 
 def shard_weights(reader: CheckpointReader, spec: ModelSpec, mapping: Mapping, rank: int,
                   dtype: torch.dtype = torch.float32) -> WeightFn:
-    """A weight function that reads exactly ``rank``'s shard of each tensor (Mapping.shard → get_slice)."""
+    """A weight function that reads exactly ``rank``'s shard of each tensor (Mapping.shard → CheckpointReader.get)."""
     inventory = {(t.role, t.layer, t.expert): t for t in spec.tensors() if t.scale_of is None}
 
     def get(role: str, layer: int | None, expert: int | None) -> torch.Tensor:
