@@ -339,6 +339,10 @@ def test_startup_budget_and_shm_come_from_the_plan(built: Callable[..., BuildRes
     assert probe["httpGet"]["path"] == "/health" and c["readinessProbe"]["httpGet"]["path"] == "/health_generate"
     assert probe["failureThreshold"] * probe["periodSeconds"] >= 2 * mem["load_s"] > 0
     assert (probe["failureThreshold"] - 1) * probe["periodSeconds"] < 2 * mem["load_s"]
+    # k2trt serve waits as long for the same bundle (one budget: plan.memory.ready_budget_s)
+    wait = json.loads(res.files["launch.json"])["ready_timeout_s"]
+    assert abs(wait - 2 * mem["load_s"]) <= 1 and wait <= probe["failureThreshold"] * probe["periodSeconds"] < \
+        wait + probe["periodSeconds"]
     shm = next(v for v in _leader(k)[1]["volumes"] if v["name"] == "shm")["emptyDir"]
     assert shm["medium"] == "Memory"
     assert quantity_bytes(shm["sizeLimit"]) >= mem["weights_gib_max"] * 2**30 * 8 * 1.1
@@ -346,6 +350,7 @@ def test_startup_budget_and_shm_come_from_the_plan(built: Callable[..., BuildRes
     slow_res, slow = _k8s(built, "k2-h200-2x8-tp16ep8", bundle_sets=("cluster.load_gbps=0.1",))
     assert json.loads(slow_res.files["manifest.json"])["plan"]["server"]["memory"]["load_s"] > mem["load_s"]
     assert _container(_leader(slow)[1], "engine")["startupProbe"]["failureThreshold"] > probe["failureThreshold"]
+    assert json.loads(slow_res.files["launch.json"])["ready_timeout_s"] > wait
 
 
 def test_eplb_sizes_shm_and_a_smaller_one_is_refused(built: Callable[..., BuildResult]) -> None:
