@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
+from k2trt.configcheck import check_config, check_quantization_config
 from k2trt.errors import ConfigError
 
 Dtype = Literal["F8_E4M3", "BF16", "F32", "F16", "U8", "I8", "F8_E8M0", "I32"]
@@ -311,20 +312,25 @@ class ModelSpec:
             if path.is_dir():
                 path = path / "config.json"
             where = str(path)
+            if path.exists() and not path.is_file():  # a FIFO would block the read forever
+                raise ConfigError(f"{path}: not a regular file", "point at a Hugging Face checkpoint directory")
             try:
                 cfg = json.loads(path.read_text())
             except FileNotFoundError:
                 raise ConfigError(f"{path}: no config.json", "point at a Hugging Face checkpoint directory") from None
             except json.JSONDecodeError as e:
                 raise ConfigError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+            except (UnicodeDecodeError, RecursionError):  # not UTF-8; nested past the parser's depth
+                raise ConfigError(f"{path}: not a JSON config file") from None
         if not isinstance(cfg, dict):
             raise ConfigError(f"{where}: expected a JSON object")
         mt = cfg.get("model_type")
-        if mt not in SUPPORTED_MODEL_TYPES:
+        if not isinstance(mt, str) or mt not in SUPPORTED_MODEL_TYPES:
             raise ConfigError(
                 f"{where}: model_type {mt!r} is not supported",
                 f"k2trt reads {' and '.join(SUPPORTED_MODEL_TYPES)} (DeepseekV3ForCausalLM) checkpoints",
             )
+        check_config(cfg, where)  # types and bounds first: nothing below sizes anything from an absurd number
         q = cfg.get("quantization_config")
         quant = None
         hq = _hf_quant_config(path.parent) if not isinstance(source, dict) else None
@@ -616,8 +622,7 @@ def _modelopt_quantization(hq: dict[str, Any], where: str) -> Quantization | Non
     ``FP8_BLOCK_SCALES`` / ``fp8_pb_wo`` → K2's block FP8. Anything else raises ConfigError naming the algorithm.
     """
     q = hq.get("quantization", hq)
-    if not isinstance(q, dict):
-        raise ConfigError(f"{where}: hf_quant_config.json 'quantization' is not an object")
+    check_quantization_config(q, f"{where}: quantization")
     algo = q.get("quant_algo")
     kv = q.get("kv_cache_quant_algo")
     if kv is None and isinstance(q.get("kv_cache_scheme"), dict):
