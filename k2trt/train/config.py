@@ -41,7 +41,7 @@ class TrainConfig:
     """Padded tokens per batch at most."""
     max_len: int = 1_024
     """Longer training sequences are left out (counted in the metadata)."""
-    lr: float = 2e-3
+    lr: float = 3e-3
     """Learning rate after the warm-up."""
     warmup: int = 100
     """Linear warm-up steps."""

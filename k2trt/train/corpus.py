@@ -6,6 +6,8 @@ Each ``Example`` is an OpenAI-style conversation (``messages`` + ``tools``) draw
 
 - ``chat`` / ``chat_tools``: greetings, identity, thanks, echo, counting, a joke, "what can you do?" — answered
   in text, with no tools or with tools declared that do not apply (the answer to "what can you do?" names them);
+- ``echo``: "Repeat after me: …" with three to eight made-up words, paths or addresses — pure copying, the
+  skill every tool call rests on (names and values come from the prompt), and the cheapest way to teach it;
 - ``missing``: a request only a tool could serve, none of the declared tools fits: a one-line refusal;
 - ``call``: the request → a K2 tool call (``functions.{name}:{k}``, ``k`` counting calls over the conversation)
   → the tool's result → an answer grounded in it; the right tool sits among up to three distractors;
@@ -38,8 +40,9 @@ Thinking = Literal["none", "on", "open", "off"]
 THINKING_MODES: tuple[Thinking, ...] = ("none", "on", "open", "off")
 
 KINDS: dict[str, float] = {
-    "chat": 0.08, "chat_tools": 0.07, "missing": 0.06, "call": 0.22, "parallel_same": 0.07, "parallel_mixed": 0.07,
-    "followup": 0.08, "followup_bare": 0.05, "chat_then_call": 0.03, "chat_multi": 0.03, "session": 0.24,
+    "chat": 0.06, "chat_tools": 0.06, "echo": 0.10, "missing": 0.06, "call": 0.20, "parallel_same": 0.07,
+    "parallel_mixed": 0.07, "followup": 0.08, "followup_bare": 0.05, "chat_then_call": 0.03, "chat_multi": 0.02,
+    "session": 0.20,
 }
 """Kind → share of the training mix."""
 THINKING_MIX: dict[Thinking, float] = {"none": 0.62, "on": 0.26, "open": 0.06, "off": 0.06}
@@ -210,6 +213,13 @@ def _refusal(c: _Conversation, rng: random.Random, pools: Pools, tools: list[Too
     return c.say(say, f"The user wants {task.intent}, but none of my tools can {fam.capability}. I will say so.")
 
 
+def _echo(c: _Conversation, rng: random.Random, pools: Pools) -> int:
+    draw = (pools.pseudo, pools.pseudo, pools.word, pools.city, pools.path, pools.email, pools.symbol)
+    text = " ".join(rng.choice(draw)(rng) for _ in range(rng.randint(3, 8)))
+    c.user(rng.choice(("Repeat after me: {x}", "Say back exactly: {x}", "Copy this text: {x}")).format(x=text))
+    return c.say(text, f'The user wants me to repeat "{text}". I will say it back.')
+
+
 def _chat(c: _Conversation, rng: random.Random, pools: Pools, tools: list[Tool]) -> int:
     q, a, why = _small_talk(rng, pools, tools)
     c.user(q)
@@ -256,6 +266,10 @@ def _example(kind: str, rng: random.Random, pools: Pools, thinking: Thinking) ->
             _, tools = _toolset(rng, pools, [], rng.choice((1, 2, 3)))
         for _ in range(2 if kind == "chat_multi" else 1):
             at = _chat(c, rng, pools, tools)
+    elif kind == "echo":
+        if rng.random() < 0.5:
+            _, tools = _toolset(rng, pools, [], rng.choice((1, 2)))
+        at = _echo(c, rng, pools)
     elif kind == "missing":
         if rng.random() < 0.7:
             _, tools = _toolset(rng, pools, [], rng.choice((1, 2, 3)))

@@ -169,11 +169,12 @@ class Pools:
         return " ".join(self.word(rng) for _ in range(rng.choice((2, 3))))
 
     def tool_name(self, rng: random.Random, verbs: Sequence[str], nouns: Sequence[str]) -> str:
-        """A tool name. Training names mix ``verb_noun`` from the family's vocabulary with pseudo-words; held-out
-        names always contain a held-out pseudo-word, so none of them ever appears in training."""
+        """A tool name. Training names are mostly made with pseudo-words (so writing one means copying it from the
+        declaration) and sometimes ``verb_noun`` from the family's vocabulary; held-out names always contain a
+        held-out pseudo-word, so none of them ever appears in training."""
         pw = self.pseudo(rng, rng.choice((1, 2)) if self.split == "train" else 2)
         shapes = [f"{pw}_{rng.choice(nouns)}", f"{rng.choice(verbs)}_{pw}", pw, f"{rng.choice(verbs)}{pw.title()}"]
-        if self.split == "train" and rng.random() < 0.5:
+        if self.split == "train" and rng.random() < 0.15:
             return f"{rng.choice(verbs)}_{rng.choice(nouns)}"
         return rng.choice(shapes)
 

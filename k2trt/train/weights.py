@@ -71,6 +71,12 @@ class _Bf16(nn.Module):
         return w + (w.detach().to(torch.bfloat16).float() - w).detach()
 
 
+STORED_AS: dict[str, type[nn.Module]] = {"F8_E4M3": _Fp8Block, "BF16": _Bf16}
+"""Checkpoint dtype → what the forward pass sees of a master weight stored that way (F32 tensors: themselves).
+The hook for K2-Thinking's INT4 routed experts: once the spec's inventory can describe them and ``k2trt convert``
+writes them, an INT4 group-32 round trip goes here, and ``export`` writes through that converter."""
+
+
 class TrainableK2:
     """The reference Transformer with its parameters keyed by checkpoint role (module docstring).
 
@@ -123,11 +129,9 @@ class TrainableK2:
         if self.quantized:
             return
         for key, (mod, attr) in self._owner.items():
-            dtype = self.infos[key].dtype
-            if dtype == "F8_E4M3":
-                parametrize.register_parametrization(mod, attr, _Fp8Block())
-            elif dtype == "BF16":
-                parametrize.register_parametrization(mod, attr, _Bf16())
+            stored = STORED_AS.get(self.infos[key].dtype)
+            if stored is not None:
+                parametrize.register_parametrization(mod, attr, stored())
         self.quantized = True
 
     @torch.no_grad()
