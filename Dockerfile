@@ -1,11 +1,16 @@
 # k2trt on TensorRT-LLM: the production image.
 # The base is the pinned TensorRT-LLM release; the tag is named here once, and
 # tests/unit/test_packaging.py checks it equals k2trt.trtllm.PINNED_RELEASE.
-ARG TRTLLM_RELEASE=1.3.0rc7
+ARG TRTLLM_RELEASE=1.3.0rc24
 FROM nvcr.io/nvidia/tensorrt-llm/release:${TRTLLM_RELEASE}
 
 # K2's tokenizer loads tiktoken.model through tiktoken.load, which needs blobfile.
 RUN pip install --no-cache-dir blobfile
+# A multi-node instance on Kubernetes is one mpirun on the leader pod reaching its worker pods over ssh: the leader
+# needs the ssh client, the workers sshd (k2trt/k8s).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends openssh-client openssh-server \
+ && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/k2trt
 COPY pyproject.toml README.md LICENSE ./

@@ -123,7 +123,7 @@ def main() -> None:
                                           env=env))
             procs.append(subprocess.Popen([sys.executable, "-m", "k2trt.cli", "gateway", "--engine-url", engine,
                                            "--model-dir", model_dir, "--port", str(a.port + 1),
-                                           "--log-level", "warning"], env=env))
+                                           "--model-alias", "m", "--log-level", "warning"], env=env))
             _wait(engine, procs[0], "engine double")
             _wait(gateway, procs[1], "gateway")
             direct_body = {"model": "m", "prompt": ids, "temperature": 0.6, "stop_token_ids": list(tok.stop_ids),

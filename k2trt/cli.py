@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "plan": "k2trt.commands.plan:plan",
     "config": "k2trt.commands.config:config",
     "build": "k2trt.commands.build:build",
+    "k8s": "k2trt.commands.k8s:k8s",
     "doctor": "k2trt.commands.config:doctor",
     "serve": "k2trt.commands.serve:serve",
     "status": "k2trt.commands.serve:status",
@@ -33,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "gateway": "k2trt.commands.gateway:gateway",
     "chat": "k2trt.commands.chat:chat",
     "bench": "k2trt.commands.bench:bench",
+    "toolcheck": "k2trt.commands.toolcheck:toolcheck",
     "demo": "k2trt.commands.demo:demo",
 }
 

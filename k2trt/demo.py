@@ -4,7 +4,11 @@ synth → inspect → convert (trtllm passthrough) → inspect → plan + build 
 PyTorch reference engine under real ``mpirun``, the gateway in front) → a chat request and a tool-calling request
 through the openai SDK → a short aiperf sweep → stop. Every step is the library call behind the matching command;
 nothing here is demo-only except the choreography. Whatever happens — an error, Ctrl-C, SIGTERM — the job is
-stopped and no process is left behind (checked by scanning the process table).
+stopped and no process is left behind (checked by scanning the process table). A demo killed outright (SIGKILL)
+cannot stop its detached job, which keeps the recipe's fixed ports: the next run in the same workdir finds that
+job through the bundle's state file and stops it first — only processes the state file proves are that job's
+(pids with their start times, the job marker). A demo still running in the workdir is refused instead
+(``WORKDIR/.demo.json`` names it by pid and start time).
 
 The tiny K2's weights are random, so its replies are noise; the point is that every layer of the stack runs for
 real. The tool-calling request sends K2's full round trip (a declared tool, an earlier call and its result) through
@@ -15,6 +19,7 @@ is reported as is.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +31,7 @@ from typing import Any
 from k2trt.errors import K2trtError, LaunchError
 
 RECIPE = "tiny-cpu"
+OWNER_FILE = ".demo.json"
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Get the current weather for a city.",
     "parameters": {"type": "object", "required": ["city"],
@@ -83,6 +89,7 @@ def run_demo(workdir: str | Path, *, bench: bool = True, baseline: str | Path | 
     work.mkdir(parents=True, exist_ok=True)
     res = DemoResult(str(work))
     state_path: Path | None = None
+    _claim(work, echo)
     with _sigterm_as_interrupt():
         try:
             ckpt, served = _prepare(work, res, echo)
@@ -100,9 +107,41 @@ def run_demo(workdir: str | Path, *, bench: bool = True, baseline: str | Path | 
             res.ok = False
             raise
         finally:
-            if state_path is not None:
-                _stop(state_path, res, echo)
+            try:
+                if state_path is not None:
+                    _stop(state_path, res, echo)
+            finally:
+                (work / OWNER_FILE).unlink(missing_ok=True)
     return res
+
+
+def _claim(work: Path, echo: Callable[[str], None]) -> None:
+    """Take ``work`` for this run: refuse while another demo runs there; stop the job a killed one left behind."""
+    from k2trt.fsio import atomic_write_json
+    from k2trt.launch import procs
+    from k2trt.launch.state import STATE_FILE, job_processes, read_state, stop, supervisor_of
+
+    owner = work / OWNER_FILE
+    if owner.is_file():
+        try:
+            data = json.loads(owner.read_text())
+        except (OSError, ValueError):
+            data = {}
+        pid = data.get("pid")
+        if isinstance(pid, int) and pid != os.getpid() and procs.is_process(pid, data.get("start")):
+            raise LaunchError(f"another k2trt demo (pid {pid}) is running in {work}",
+                              "wait for it to finish, or give this one another --workdir")
+    state_path = work / "bundle" / "logs" / STATE_FILE
+    if state_path.is_file():
+        try:
+            data = read_state(state_path)
+        except LaunchError:
+            data = {}
+        sup = supervisor_of(data)
+        if sup is not None or job_processes(data):
+            stop(state_path)
+            echo(f"stopped the job an earlier demo left running (supervisor pid {data.get('supervisor_pid')})")
+    atomic_write_json(owner, {"pid": os.getpid(), "start": procs.start_time(os.getpid())})
 
 
 @contextmanager
@@ -155,7 +194,9 @@ def _build(work: Path, served: Path, res: DemoResult, echo: Callable[[str], None
 
     bundle = work / "bundle"
     with _step(res, f"plan and build the {RECIPE} bundle", echo) as info:
-        out = build_bundle(load_recipe(RECIPE), served, bundle, force=True)
+        # the demo's gateway listens on loopback and its clients send no key: a key exported for another
+        # gateway ($K2TRT_GATEWAY_API_KEYS) must not lock the demo's own requests out
+        out = build_bundle(load_recipe(RECIPE, ["serve.gateway_api_key_env=null"]), served, bundle, force=True)
         info.update(files=len(out.files))
     res.paths.update(bundle=str(bundle), plan=str(bundle / "PLAN.md"), logs=str(bundle / "logs"))
     return bundle
@@ -213,11 +254,10 @@ def _requests(gateway: str, res: DemoResult, echo: Callable[[str], None]) -> Non
 
 def _bench(gateway: str, served: Path, work: Path, res: DemoResult, echo: Callable[[str], None],
            baseline: str | Path | None, tolerance: float | None) -> None:
-    from k2trt.bench.spec import BenchSpec
     from k2trt.bench.sweep import run_bench
-    from k2trt.bundle.recipe import load_recipe
+    from k2trt.bundle.recipe import spec_from_recipe
 
-    spec = BenchSpec.from_dict(load_recipe(RECIPE).bench, where=f"recipe {RECIPE}: bench")
+    spec, _ = spec_from_recipe(RECIPE)
     out = work / "bench"
     kw: dict[str, Any] = {} if tolerance is None else {"tolerance": tolerance}
     with _step(res, "bench: aiperf sweep through the gateway", echo) as info:

@@ -1,13 +1,13 @@
 """TensorRT-LLM's ``Mapping`` semantics for K2: which rank holds which slice of which tensor. No torch.
 
 Shared by the planner (per-GPU bytes), checkpoint sharding and the reference engine (each rank reads only its
-slice with safetensors ``get_slice``). Usage::
+slice through ``checkpoint.reader``). Usage::
 
     m = Mapping(world_size=4, tp=4, moe_ep=2, spec=spec)    # moe_tp resolves to 2
     for t in spec.tensors():
         s = m.shard(t, rank)
         if s.held:
-            x = f.get_slice(t.name)[s.index]                # exactly this rank's shard, shape s.shape
+            x = weights[t.key][s.index]                     # exactly this rank's shard, shape s.shape
 
 Facts relied on (NVIDIA/TensorRT-LLM, read 2025-2026; shared/reference/trtllm.md §4 for the formulas):
 
@@ -60,6 +60,7 @@ ATTN_COLUMN_ROLES = frozenset({"q_b", "q", "kv_b"})
 EXPERT_ROLES = frozenset({"expert_gate", "expert_up", "expert_down"})
 FFN_ROLES = frozenset({"dense_gate", "dense_up", "dense_down", "shared_gate", "shared_up", "shared_down"})
 COLUMN, ROW = 0, 1  # split axis of a [out, in] weight
+GPUS_PER_NODE = 8  # TensorRT-LLM Mapping's gpus_per_node default, and an HGX/DGX node: the one default k2trt uses
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ class Mapping:
     moe_ep: int | None = None
     moe_tp: int | None = None
     enable_attention_dp: bool = False
-    gpus_per_node: int = 8
+    gpus_per_node: int = GPUS_PER_NODE
     spec: ModelSpec | None = field(default=None, repr=False, compare=False)
     """The model whose tensors are sharded (expert/head/layer counts); optional for pure layout questions."""
     _resolved: tuple[int, int] = field(default=(0, 0), init=False, repr=False, compare=False)

@@ -2,12 +2,18 @@
 
 A ModelSpec is read from a checkpoint's ``config.json`` (``model_type`` ``kimi_k2`` or ``deepseek_v3``) or from a
 preset, validated, and then answers every dimensional question the rest of k2trt asks: head dims, which layers are
-MoE, the YaRN softmax scale, the full tensor inventory (``tensors()``) and the parameter/byte math built on it.
-No torch here: plan and launch run on login nodes.
+MoE, the YaRN softmax scale, the full tensor inventory (``tensors()``: roles, shapes, dtypes, in each linear's
+storage format from ``LINEAR_FORMATS``) and the parameter/byte math built on it. It also owns the block-FP8
+constants and the scale grid (``BLOCK``, ``FP8_MAX``, ``scale_shape``). No torch here, and no tensor names (those
+are ``checkpoint.names``'s): spec sits below every package that reads checkpoints.
 
 Presets: ``k2-instruct`` (0711, 128K), ``k2-instruct-0905`` (256K) and ``tiny`` — K2's exact structure at small
 sizes (1 dense + 2 MoE layers, 16 routed experts, 1 shared, n_group 1, MLA with q_lora and kv_lora, and a ragged
 ``kv_a_proj_with_mqa`` of 320 rows so partial 128×128 scale blocks are exercised, as K2's 576 rows are).
+
+Length: ~780 lines, over the 600 soft cap: the storage-format geometry (``LINEAR_FORMATS``, ~100 lines) lives here
+because the inventory and the byte math need it and spec must not import ``checkpoint``; the presets' config.json
+(~120 lines) are data.
 """
 
 from __future__ import annotations
@@ -19,35 +25,129 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-from k2trt.checkpoint import names
-from k2trt.checkpoint import requant_layout as rq
 from k2trt.errors import ConfigError
 
 Dtype = Literal["F8_E4M3", "BF16", "F32", "F16", "U8", "I8", "F8_E8M0", "I32"]
 DTYPE_BYTES: dict[str, float] = {
-    "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "U8": 1, "I8": 1, "BF16": 2, "F16": 2, "F32": 4, "I32": 4,
-    "I64": 8, "F64": 8, "BOOL": 1,
+    "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "U8": 1, "I8": 1, "BOOL": 1, "BF16": 2, "F16": 2, "I16": 2, "U16": 2,
+    "F32": 4, "I32": 4, "U32": 4, "I64": 8, "F64": 8, "U64": 8, "F4": 0.5,
 }
-BLOCK = 128  # K2's weight_block_size, both axes
+"""Bytes per element of every safetensors dtype (the one table; ``checkpoint.files`` validates headers with it)."""
+
+# ---- storage formats of a linear weight (geometry only: dtypes and shapes, no tensor names) ----------------------
+
+BLOCK = 128
+"""K2's ``weight_block_size``, both axes: one FP8 scale per 128×128 block."""
+FP8_MAX = 448.0
+"""Largest finite float8_e4m3fn."""
+NVFP4_GROUP = 16
+"""Input elements per NVFP4 block scale (fixed by the format)."""
+W4A8_GROUP = 128
+"""Input elements per INT4 group scale of the W4A8 experts (TensorRT-LLM's W4A8_CUSTOM kernels' group)."""
+HF_QUANT_CONFIG = "hf_quant_config.json"
+"""ModelOpt's quantization file, which TensorRT-LLM reads before config.json's ``quantization_config``."""
+REQUANT_TARGETS = ("nvfp4", "w4a8")
+"""ModelOpt layouts ``k2trt convert`` writes (routed experts in 4 bits)."""
+QUANT_ALGO = {"nvfp4": "NVFP4", "w4a8": "W4A8_AWQ"}
+"""ModelOpt/TensorRT-LLM ``quant_algo`` of the routed experts per requant target."""
+QUANT_LAYOUTS: dict[str, tuple[str, str]] = {
+    "bf16": ("bf16", "bf16"),
+    "fp8": ("fp8", "fp8"),       # K2-Instruct / K2-0905: every linear in 128×128 block FP8
+    "nvfp4": ("nvfp4", "bf16"),  # what nvidia/Kimi-K2-Thinking-NVFP4 ships
+    "w4a8": ("int4", "fp8"),     # TensorRT-LLM's DeepSeek W4A8 recipe
+}
+"""A checkpoint's quantization → the ``LINEAR_FORMATS`` of (its routed experts, every other linear)."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One stored tensor of a linear weight ``[out, in]`` in a storage format.
+
+    ``per`` is how many weight rows × columns one stored element covers (``(1, 2)``: two 4-bit codes per byte;
+    ``(128, 128)``: one block scale), partial edge groups included; ``None`` means a fixed ``shape`` (a per-tensor
+    scale). A reader widens a slice of the weight to whole ``per`` units and takes the matching slice of each part.
+    """
+
+    part: str
+    dtype: str
+    per: tuple[int, int] | None = (1, 1)
+    shape: tuple[int, ...] = ()
+
+    def shape_for(self, out: int, inp: int) -> tuple[int, ...]:
+        """The stored shape for an ``[out, in]`` weight. Example: fp8 scale of (576, 7168) → (5, 56)."""
+        return self.shape if self.per is None else scale_shape((out, inp), self.per)
+
+
+@dataclass(frozen=True)
+class LinearFormat:
+    """How a 2-D linear weight is stored: its parts (weight first) and what its shape must divide into."""
+
+    name: str
+    parts: tuple[Part, ...]
+    multiple_of: tuple[int, int] = (1, 1)
+    """(out, in) must be multiples of these (packing and group sizes)."""
+
+    @property
+    def packed(self) -> int:
+        """Weight elements per stored weight element (2 for the 4-bit formats)."""
+        per = self.parts[0].per
+        return 1 if per is None else per[1]
+
+    def check(self, what: str, shape: tuple[int, ...]) -> None:
+        """Raise ValueError when ``shape`` cannot be stored in this format."""
+        if len(shape) != 2:
+            raise ValueError(f"{what}: {self.name} needs a 2-D weight, got {list(shape)}")
+        (out, inp), (mo, mi) = shape, self.multiple_of
+        if out % mo or inp % mi:
+            raise ValueError(f"{what}: {list(shape)} cannot be stored as {self.name}: needs out a multiple of "
+                             f"{mo} and in a multiple of {mi}")
+
+
+LINEAR_FORMATS: dict[str, LinearFormat] = {f.name: f for f in (
+    LinearFormat("bf16", (Part("weight", "BF16"),)),
+    LinearFormat("fp8", (Part("weight", "F8_E4M3"), Part("scale", "F32", (BLOCK, BLOCK)))),
+    LinearFormat("nvfp4", (Part("weight", "U8", (1, 2)), Part("scale", "F8_E4M3", (1, NVFP4_GROUP)),
+                           Part("scale_2", "F32", None, ()), Part("input_scale", "F32", None, ())),
+                 (1, NVFP4_GROUP)),
+    LinearFormat("int4", (Part("weight", "I8", (1, 2)), Part("scale", "F32", (1, W4A8_GROUP)),
+                          Part("input_scale", "F32", None, (1,))), (2, W4A8_GROUP)),
+)}
+"""Every storage format of a linear weight, by name: the geometry ``plan`` counts and ``checkpoint`` reads (the HF
+suffix of each part and the dequantisation math are ``checkpoint.formats``'s row of the same name)."""
 
 SUPPORTED_MODEL_TYPES = ("kimi_k2", "deepseek_v3")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorInfo:
-    """One tensor of a checkpoint: HF name, shape, safetensors dtype, and what it is (role/layer/expert)."""
+    """One stored tensor of a checkpoint: what it is (role/layer/expert and, for a linear weight, its storage
+    format and part), its shape and safetensors dtype. The Hugging Face name is ``checkpoint.formats``'s to spell
+    (``tensor_name(t)``)."""
 
-    name: str
+    role: str
     shape: tuple[int, ...]
     dtype: str
-    role: str
     layer: int | None = None
     expert: int | None = None
-    scale_of: str | None = None
-    """For a scale tensor (``weight_scale_inv``, ``weight_scale``, ``weight_scale_2``, ``input_scale``), the name of
-    the weight it belongs to."""
+    fmt: str | None = None
+    """Storage format (``LINEAR_FORMATS``) of a linear weight's part; None for norms, embeddings, routers."""
+    part: str = "weight"
+    """Which stored tensor of the linear this is: ``weight`` or a scale part (``scale``, ``scale_2``, ...)."""
     packed: int = 1
     """Weight elements per stored element: 2 for the 4-bit NVFP4/INT4 weights (two codes per byte), else 1."""
+
+    @property
+    def name(self) -> str:
+        """A readable identifier, unique in the inventory (``layers.3.experts.7.expert_down.scale``) — not the
+        Hugging Face name, which ``checkpoint.formats.tensor_name`` spells."""
+        where = "" if self.layer is None else f"layers.{self.layer}."
+        where += "" if self.expert is None else f"experts.{self.expert}."
+        return f"{where}{self.role}" + ("" if self.part == "weight" else f".{self.part}")
+
+    @property
+    def scale_of(self) -> str | None:
+        """For a scale part, the ``name`` of the weight it belongs to; None for a weight."""
+        return None if self.part == "weight" else self.name.rsplit(".", 1)[0]
 
     @property
     def numel(self) -> int:
@@ -71,7 +171,8 @@ class TensorInfo:
 class Quantization:
     """The checkpoint's quantization: K2's own ``quantization_config`` (fp8 / e4m3 / [128, 128] / dynamic), or a
     ModelOpt requantization (``quant_method`` ``modelopt``) read from ``hf_quant_config.json``: NVFP4 routed experts
-    (Blackwell) or W4A8 routed experts with block-FP8 elsewhere (Hopper); see ``checkpoint/requant_layout.py``."""
+    (Blackwell) or W4A8 routed experts with block-FP8 elsewhere (Hopper); ``linear_format`` says which role gets
+    which ``LINEAR_FORMATS`` entry."""
 
     quant_method: str = "fp8"
     fmt: str = "e4m3"
@@ -87,10 +188,11 @@ class Quantization:
     @classmethod
     def requant(cls, target: str, kv_cache_quant_algo: str | None = None) -> "Quantization":
         """The quantization ``k2trt convert --to nvfp4|w4a8`` writes."""
-        if target not in rq.TARGETS:
-            raise ConfigError(f"unknown requantization target {target!r}", f"choose one of {', '.join(rq.TARGETS)}")
-        group = rq.NVFP4_GROUP if target == "nvfp4" else rq.W4A8_GROUP
-        return cls("modelopt", "nvfp4" if target == "nvfp4" else "int4", (0, 0), "static", rq.QUANT_ALGO[target],
+        if target not in REQUANT_TARGETS:
+            raise ConfigError(f"unknown requantization target {target!r}",
+                              f"choose one of {', '.join(REQUANT_TARGETS)}")
+        group = NVFP4_GROUP if target == "nvfp4" else W4A8_GROUP
+        return cls("modelopt", "nvfp4" if target == "nvfp4" else "int4", (0, 0), "static", QUANT_ALGO[target],
                    group, kv_cache_quant_algo)
 
     @property
@@ -98,7 +200,12 @@ class Quantization:
         """``nvfp4`` / ``w4a8`` for a ModelOpt requantized checkpoint, None otherwise."""
         if self.quant_method != "modelopt":
             return None
-        return {v: k for k, v in rq.QUANT_ALGO.items()}.get(self.quant_algo or "")
+        return {v: k for k, v in QUANT_ALGO.items()}.get(self.quant_algo or "")
+
+    def linear_format(self, role: str) -> str:
+        """The ``LINEAR_FORMATS`` name a linear role is stored in (``QUANT_LAYOUTS``)."""
+        experts, rest = QUANT_LAYOUTS[self.target or ("fp8" if self.quant_method == "fp8" else "bf16")]
+        return experts if role in EXPERT_ROLES else rest
 
     def describe(self) -> str:
         """One line for reports: ``fp8 e4m3 [128, 128]``, ``modelopt NVFP4 experts (group 16), rest bf16``."""
@@ -293,7 +400,7 @@ class ModelSpec:
             for role, shape in (("expert_gate", (self.moe_intermediate_size, self.hidden_size)),
                                 ("expert_down", (self.hidden_size, self.moe_intermediate_size))):
                 try:
-                    rq.check_shape(role, shape, rq.EXPERT_FORMAT[self.quantization.target])
+                    LINEAR_FORMATS[self.quantization.linear_format(role)].check(role, shape)
                 except ValueError as e:
                     raise ConfigError(f"{where}: {e}") from None
         rs = self.rope_scaling
@@ -405,35 +512,37 @@ class ModelSpec:
         For the ``k2-instruct`` preset this is the real 0711 checkpoint: 139,644 tensors, 1,026,470,731,056
         elements (kimi_formats.md §2.2). Order: embed, layers 0..N-1, final norm, lm_head.
         """
-        out: list[TensorInfo] = [TensorInfo(names.EMBED, (self.vocab_size, self.hidden_size), "BF16", "embed")]
-        q = self.quantization
-        target = q.target if q is not None else None
+        out: list[TensorInfo] = [TensorInfo("embed", (self.vocab_size, self.hidden_size), "BF16")]
         for layer in range(self.num_hidden_layers):
             for role, shape, dtype, expert in self._layer_shapes(layer):
-                name = names.name_of(role, layer, expert)
                 if dtype != "LINEAR":
-                    out.append(TensorInfo(name, shape, dtype, role, layer, expert))
+                    out.append(TensorInfo(role, shape, dtype, layer, expert))
                     continue
-                fmt = rq.linear_format(role, target, self.fp8)
-                for i, (n, dt, shp, packed) in enumerate(rq.linear_tensors(name, shape, fmt)):
-                    out.append(TensorInfo(n, shp, dt, role, layer, expert, None if i == 0 else name, packed))
-        out.append(TensorInfo(names.FINAL_NORM, (self.hidden_size,), "BF16", "final_norm"))
+                f = LINEAR_FORMATS[self.linear_format(role)]
+                for p in f.parts:
+                    out.append(TensorInfo(role, p.shape_for(*shape), p.dtype, layer, expert, f.name, p.part,
+                                          f.packed if p.part == "weight" else 1))
+        out.append(TensorInfo("final_norm", (self.hidden_size,), "BF16"))
         if not self.tie_word_embeddings:
-            out.append(TensorInfo(names.LM_HEAD, (self.vocab_size, self.hidden_size), "BF16", "lm_head"))
+            out.append(TensorInfo("lm_head", (self.vocab_size, self.hidden_size), "BF16"))
         return out
+
+    def linear_format(self, role: str) -> str:
+        """The ``LINEAR_FORMATS`` name linear ``role`` is stored in under this spec's quantization."""
+        return "bf16" if self.quantization is None else self.quantization.linear_format(role)
 
     # ---- parameter and byte math -------------------------------------------------------------------------
 
     def param_count(self) -> int:
         """Model parameters (scales and unused inv_freq excluded). K2: 1,026.4 B."""
-        return sum(t.params for t in self.tensors() if t.scale_of is None and t.role not in names.IGNORED_ROLES)
+        return sum(t.params for t in self.tensors() if t.scale_of is None and t.role not in IGNORED_ROLES)
 
     def active_param_count(self, include_embedding: bool = False) -> int:
         """Parameters touched per token: all but the unchosen routed experts. K2: 31.7 B (32.9 B with embed)."""
         total = 0
         k = self.num_experts_per_tok
         for t in self.tensors():
-            if t.scale_of is not None or t.role in names.IGNORED_ROLES:
+            if t.scale_of is not None or t.role in IGNORED_ROLES:
                 continue
             if t.role == "embed" and not include_embedding:
                 continue
@@ -488,7 +597,7 @@ class ModelSpec:
 
 def _hf_quant_config(model_dir: Path) -> dict[str, Any] | None:
     """``hf_quant_config.json`` of a checkpoint directory (TensorRT-LLM reads it before config.json), or None."""
-    p = model_dir / rq.HF_QUANT_CONFIG
+    p = model_dir / HF_QUANT_CONFIG
     if not p.is_file():
         return None
     try:
@@ -521,7 +630,7 @@ def _modelopt_quantization(hq: dict[str, Any], where: str) -> Quantization | Non
         layers = q.get("quantized_layers") or {}
         algos = {str(v.get("quant_algo")) for k, v in layers.items() if isinstance(v, dict) and
                  k.endswith(".mlp.experts")}
-        if algos == {rq.QUANT_ALGO["w4a8"]} or (not layers and q.get("quant_algo_experts") == "W4A8_AWQ"):
+        if algos == {QUANT_ALGO["w4a8"]} or (not layers and q.get("quant_algo_experts") == "W4A8_AWQ"):
             return Quantization.requant("w4a8", kv)
         raise ConfigError(f"{where}: MIXED_PRECISION with expert algorithms {sorted(algos) or 'none listed'} is "
                           "not a layout k2trt reads", "k2trt reads NVFP4 and W4A8_AWQ-expert checkpoints")
@@ -529,14 +638,24 @@ def _modelopt_quantization(hq: dict[str, Any], where: str) -> Quantization | Non
                       "k2trt reads FP8_BLOCK_SCALES, NVFP4 and W4A8 (MIXED_PRECISION with W4A8_AWQ experts)")
 
 
-def scale_shape(shape: tuple[int, ...], block: int = BLOCK) -> tuple[int, ...]:
-    """Shape of the ``weight_scale_inv`` of a weight: ceil(rows/128) × ceil(cols/128) (partial blocks included)."""
-    return tuple(-(-d // block) for d in shape)
+def scale_shape(shape: tuple[int, ...], block: int | tuple[int, ...] = BLOCK) -> tuple[int, ...]:
+    """Shape of the scale grid of a weight: ceil(rows/128) × ceil(cols/128) for block FP8 (partial blocks
+    included), or per axis for other groupings (``block=(1, 16)``: NVFP4's per-16 scales).
+
+    The one place a scale grid is computed (``Part.shape_for`` and the converters use it).
+    Example: ``scale_shape((576, 7168))`` → ``(5, 56)``.
+    """
+    blocks = (block,) * len(shape) if isinstance(block, int) else block
+    return tuple(-(-d // b) for d, b in zip(shape, blocks))
 
 
 # The 2-D linear weights: the tensors K2 stores in block FP8 (kimi_formats.md §2.3).
 LINEAR_ROLES = frozenset({"q_a", "q_b", "q", "kv_a", "kv_b", "o", "dense_gate", "dense_up", "dense_down",
                           "expert_gate", "expert_up", "expert_down", "shared_gate", "shared_up", "shared_down"})
+EXPERT_ROLES = frozenset({"expert_gate", "expert_up", "expert_down"})
+"""The routed experts' linear roles (what the 4-bit formats quantise)."""
+IGNORED_ROLES = frozenset({"inv_freq"})
+"""Roles that are tolerated in a checkpoint but never loaded into a model."""
 # K2 0711 stores rotary_emb.inv_freq with a reported shape of [56] (kimi_formats.md §2.2); it is never loaded.
 _K2_INV_FREQ_LEN = 56
 

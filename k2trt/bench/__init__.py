@@ -4,8 +4,10 @@ Owns the ``bench:`` section of a recipe (``BenchSpec``), the aiperf command line
 are spelled), the parsing of aiperf's JSON export, ``results.json``, the PNG plots, ``REPORT.md`` and the
 baseline comparison behind ``k2trt bench --baseline``.
 
-Imports no torch (it runs on login nodes and in CI); matplotlib and httpx are imported inside the functions that
-need them, so ``k2trt --help`` stays light. aiperf runs as a subprocess, never in-process.
+Sits below ``bundle``: a recipe's ``bench:`` section is a ``BenchSpec``, so nothing here reads recipes (the
+recipe loader does: ``k2trt.bundle.recipe.spec_from_recipe``). Imports no torch (it runs on login nodes and in
+CI); matplotlib and httpx are imported inside the functions that need them, so ``k2trt --help`` stays light.
+aiperf runs as a subprocess, never in-process.
 
 - ``spec``: ``BenchSpec`` (one sweep: endpoint kind, ISL/OSL pairs, concurrency list, request counts, GPUs).
 - ``aiperf``: argv per point, the offline tokenizer directory, running one point, parsing its export.

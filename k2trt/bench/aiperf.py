@@ -30,9 +30,12 @@ from typing import Any
 
 from k2trt.bench.spec import BenchSpec, Point
 from k2trt.errors import ConfigError
+from k2trt.fsio import atomic_dir, atomic_write_json
 
 EXPORT_JSON = "profile_export_aiperf.json"
 """aiperf's aggregate export: one object per metric with its unit, avg and percentiles."""
+SERVER_EXPORT_JSON = "server_metrics_export.json"
+"""aiperf's export of the Prometheus metrics it scraped during the run (``k2trt.bench.server``)."""
 CONSOLE_LOG = "aiperf.log"
 """aiperf's console output, written by k2trt into each point folder."""
 DEAD_HUB = "http://127.0.0.1:9"
@@ -45,6 +48,7 @@ _RESERVED = frozenset({
     "--output-tokens-mean", "--isl-stddev", "--osl-stddev", "--concurrency", "--request-count", "--num-requests",
     "--warmup-request-count", "--num-warmup-requests", "--tokenizer", "--artifact-dir", "--output-artifact-dir",
     "--random-seed", "--ui-type", "--ui", "--request-timeout-seconds", "--use-server-token-count",
+    "--server-metrics", "--no-server-metrics", "--server-metrics-formats",
 })
 
 
@@ -94,7 +98,8 @@ def aiperf_env(scratch: Path | None = None, base: dict[str, str] | None = None) 
 
 
 def aiperf_argv(spec: BenchSpec, point: Point, *, url: str, model: str, tokenizer_dir: str | Path,
-                artifact_dir: str | Path, command: list[str] | None = None) -> list[str]:
+                artifact_dir: str | Path, command: list[str] | None = None,
+                server_metrics: tuple[str, ...] | None = ()) -> list[str]:
     """The argv (a list, never a shell string) of one aiperf ``profile`` run.
 
     Args:
@@ -105,6 +110,8 @@ def aiperf_argv(spec: BenchSpec, point: Point, *, url: str, model: str, tokenize
         tokenizer_dir: a local Hugging Face tokenizer directory (``prepare_tokenizer``); made absolute.
         artifact_dir: this point's folder.
         command: how to start aiperf (default ``aiperf_command()``).
+        server_metrics: Prometheus endpoints to scrape besides ``url``'s own ``/metrics`` (which aiperf always
+            scrapes, falling back to ``/prometheus/metrics`` for trtllm-serve); ``None`` scrapes nothing.
 
     Returns:
         The argv.
@@ -135,12 +142,22 @@ def aiperf_argv(spec: BenchSpec, point: Point, *, url: str, model: str, tokenize
             "--request-timeout-seconds", f"{spec.request_timeout_s:g}",
             *(["--extra-inputs", "ignore_eos:true"] if spec.ignore_eos else []),
             *(["--use-server-token-count"] if spec.server_token_count else []),
-            # No TTY UI, no DCGM scrape (a client host has no GPU), no Prometheus scrape (trtllm-serve's /metrics
-            # is JSON and reading it drains the engine's stats queue: trtllm.md §1.3).
-            "--ui-type", "none", "--no-gpu-telemetry", "--no-server-metrics",
+            # No TTY UI, no DCGM scrape (a client host has no GPU)
+            "--ui-type", "none", "--no-gpu-telemetry",
+            *_server_metrics_args(url, server_metrics),
             "--artifact-dir", str(Path(artifact_dir).absolute()),
             *spec.extra_args]
     return argv
+
+
+def _server_metrics_args(url: str, extra: tuple[str, ...] | None) -> list[str]:
+    """aiperf scrapes ``<url>/metrics`` whenever server metrics are on; ``extra`` URLs come on top, once each.
+    The JSON export is what ``k2trt.bench.server`` reads, so it is asked for explicitly."""
+    if extra is None:
+        return ["--no-server-metrics"]
+    own = url.rstrip("/") + "/metrics"
+    urls = [u for u in dict.fromkeys(u.rstrip("/") for u in extra) if u != own]
+    return [*(["--server-metrics", *urls] if urls else []), "--server-metrics-formats", "json", "csv"]
 
 
 @dataclass(frozen=True)
@@ -235,6 +252,16 @@ def read_export(artifact_dir: Path) -> dict[str, Any]:
     return data
 
 
+def read_server_export(artifact_dir: Path) -> dict[str, Any] | None:
+    """aiperf's server-metrics export of one point, or ``None`` when it scraped nothing (no reachable Prometheus
+    endpoint: aiperf then writes no file) or the file is unreadable."""
+    try:
+        data = json.loads((artifact_dir / SERVER_EXPORT_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 # --- the offline tokenizer directory -------------------------------------------------------------------------
 
 TOKENIZER_STAMP = ".k2trt-source.json"
@@ -275,14 +302,11 @@ def prepare_tokenizer(model_dir: str | Path, dest: str | Path) -> Path:
         pass
     from k2trt.chat.vocab import write_hf_tokenizer_json
 
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write_hf_tokenizer_json(tmp, model_dir=src)
-    (tmp / "tokenizer_config.json").write_text(json.dumps(hf_tokenizer_config(src), indent=2) + "\n")
-    (tmp / TOKENIZER_STAMP).write_text(json.dumps({"source": str(tik.absolute()), "tiktoken_sha256": digest}) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_dir(out) as stage:
+        write_hf_tokenizer_json(stage, model_dir=src)
+        atomic_write_json(stage / "tokenizer_config.json", hf_tokenizer_config(src))
+        atomic_write_json(stage / TOKENIZER_STAMP, {"source": str(tik.absolute()), "tiktoken_sha256": digest},
+                          indent=None)
     return out
 
 

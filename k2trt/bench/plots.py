@@ -9,11 +9,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from k2trt.bench.results import METRICS, BenchResult, PointResult
+from k2trt.fsio import atomic_open
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -58,9 +58,8 @@ def _no_data(ax: "Axes", why: str) -> None:
 
 
 def _save(fig: "Figure", path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.partial.png")
-    fig.savefig(tmp, dpi=110, format="png")
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, dpi=110, format="png")
 
 
 def pareto_front(xy: list[tuple[float, float, Any]]) -> list[tuple[float, float, Any]]:

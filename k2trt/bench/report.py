@@ -1,4 +1,5 @@
-"""``REPORT.md``: one markdown table per ISL/OSL pair, the plots, the gate's verdict and the provenance."""
+"""``REPORT.md``: per ISL/OSL pair a table of the client's numbers and, beside it, the servers' own (scraped from
+their Prometheus endpoints during each point), the plots, the gate's verdict and the provenance."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 import yaml
 
 from k2trt.bench.plots import PLOT_FILES
-from k2trt.bench.results import BenchResult, PointResult, write_text_atomic
+from k2trt.bench.results import BenchResult, PointResult
+from k2trt.bench.server import SOURCES
+from k2trt.fsio import atomic_write
 
 _COLUMNS: tuple[tuple[str, str, str], ...] = (
     # header, metric, format
@@ -44,6 +47,42 @@ def _table(points: list[PointResult]) -> list[str]:
     return lines
 
 
+# every server figure, in table order (the engine has all of the gateway's and more)
+_SERVER_COLUMNS: tuple[tuple[str, str], ...] = tuple(
+    dict.fromkeys((k, f.label) for figs in SOURCES.values() for k, f in figs.items()))
+
+
+def _server_table(points: list[PointResult]) -> list[str]:
+    rows = [(p, src) for p in points for src in SOURCES if src in p.server]
+    if not rows:
+        return []
+    head = ["concurrency", "source", *(label for _, label in _SERVER_COLUMNS)]
+    lines = ["Server side (each server's Prometheus metrics over the point, scraped by aiperf):", "",
+             "| " + " | ".join(head) + " |", "|" + "|".join("---:" for _ in head) + "|"]
+    for p, src in rows:
+        vals = p.server[src]
+        cells = ["–" if vals.get(k) is None else f"{vals[k]:.4g}" for k, _ in _SERVER_COLUMNS]
+        lines.append("| " + " | ".join([str(p.concurrency), src, *cells]) + " |")
+    return lines
+
+
+def _server_note(result: BenchResult) -> list[str]:
+    """Where the server-side figures came from, or why there are none."""
+    if any(p.server.get(src) for p in result.points for src in SOURCES):
+        urls = sorted({u for p in result.points for u in p.server.get("endpoints") or []})
+        return ["Server-side figures: scraped from " + ", ".join(f"`{u}`" for u in urls) + " during each point's "
+                "profiling phase (warm-up excluded). Counts are increases between scrapes (about 3 a second): "
+                "warm-up requests that end next to the phase boundary can land in a point (`warmup: 0` makes "
+                "them exact); percentiles are estimated from histogram buckets; `requests` are completed ones. "
+                "The gateway's times start at its request handler, so what the client sees on top is network and "
+                "client overhead. `gateway` is k2trt's `/metrics`, `engine` trtllm-serve's Prometheus endpoint.",
+                ""]
+    if any("--no-server-metrics" in p.argv for p in result.points):
+        return ["Server-side metrics were not collected (`--no-server-metrics`).", ""]
+    return ["No server-side metrics: no Prometheus endpoint answered (the reference engine has none — benchmark "
+            "through the gateway, or pass `--server-metrics URL`).", ""]
+
+
 def render_report(result: BenchResult, plots: dict[str, Path] | None = None) -> str:
     """The markdown text of REPORT.md (plots are linked by file name, relative to the report)."""
     spec, prov = result.spec, result.provenance
@@ -67,6 +106,9 @@ def render_report(result: BenchResult, plots: dict[str, Path] | None = None) -> 
     lines += ["## Results", ""]
     for (isl, osl), pts in result.by_pair().items():
         lines += [f"### ISL {isl} / OSL {osl}", "", *_table(pts), ""]
+        server = _server_table(pts)
+        if server:
+            lines += [*server, ""]
         for p in pts:
             if not p.ok:
                 lines.append(f"- concurrency {p.concurrency} failed: {p.error or 'unknown error'} "
@@ -75,7 +117,7 @@ def render_report(result: BenchResult, plots: dict[str, Path] | None = None) -> 
     lines += ["Per-GPU figures divide the endpoint's output tokens/s by the spec's `gpus`. Tokens/s per user is "
               "1000 / mean inter-token latency when streaming (the decode speed one user sees), otherwise output "
               "tokens/s ÷ concurrency. ITL = (request latency − TTFT) / (output tokens − 1), aiperf's "
-              "definition (also called TPOT).", ""]
+              "definition (also called TPOT).", "", *_server_note(result)]
     if plots:
         lines += ["## Plots", ""]
         for name in PLOT_FILES:
@@ -105,5 +147,5 @@ def render_report(result: BenchResult, plots: dict[str, Path] | None = None) -> 
 def write_report(result: BenchResult, out_dir: str | Path, plots: dict[str, Path] | None = None) -> Path:
     """Write ``REPORT.md`` into ``out_dir`` atomically and return its path."""
     path = Path(out_dir) / "REPORT.md"
-    write_text_atomic(path, render_report(result, plots))
+    atomic_write(path, render_report(result, plots))
     return path

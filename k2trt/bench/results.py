@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from k2trt.bench.spec import BenchSpec, Point
 from k2trt.errors import ConfigError
+from k2trt.fsio import atomic_write
 
 SCHEMA = "k2trt.bench.results/1"
 """``schema`` of results.json; ``BenchResult.load`` refuses any other."""
@@ -136,6 +137,8 @@ class PointResult:
     elapsed_s: float = 0.0
     artifact_dir: str = ""
     argv: list[str] = field(default_factory=list)
+    server: dict[str, Any] = field(default_factory=dict)
+    """Server-side figures scraped during the point (``k2trt.bench.server.summarize``); empty when none."""
 
     @classmethod
     def for_point(cls, p: Point, **kw: Any) -> "PointResult":
@@ -156,7 +159,7 @@ class PointResult:
         return {"isl": self.isl, "osl": self.osl, "concurrency": self.concurrency, "requests": self.requests,
                 "warmup": self.warmup, "ok": self.ok, "completed": self.completed, "errors": self.errors,
                 "error": self.error, "elapsed_s": round(self.elapsed_s, 3), "artifact_dir": self.artifact_dir,
-                "argv": list(self.argv), "metrics": dict(self.metrics)}
+                "argv": list(self.argv), "metrics": dict(self.metrics), "server": dict(self.server)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PointResult":
@@ -166,7 +169,8 @@ class PointResult:
                        requests=int(d.get("requests", 0)), warmup=int(d.get("warmup", 0)), ok=bool(d["ok"]),
                        metrics=metrics, completed=int(d.get("completed", 0)), errors=int(d.get("errors", 0)),
                        error=d.get("error"), elapsed_s=float(d.get("elapsed_s", 0.0)),
-                       artifact_dir=str(d.get("artifact_dir", "")), argv=[str(a) for a in d.get("argv") or []])
+                       artifact_dir=str(d.get("artifact_dir", "")), argv=[str(a) for a in d.get("argv") or []],
+                       server=dict(d.get("server") or {}))
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"a point in results.json is malformed ({type(e).__name__}: {e})") from None
 
@@ -197,10 +201,8 @@ class BenchResult:
                 "points": [p.to_dict() for p in self.points], "provenance": self.provenance, "gate": self.gate}
 
     def write(self, path: str | Path) -> Path:
-        """Write results.json atomically (temporary name, then rename)."""
-        path = Path(path)
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=2, default=str) + "\n")
-        return path
+        """Write results.json atomically (``k2trt.fsio``)."""
+        return atomic_write(path, json.dumps(self.to_dict(), indent=2, default=str) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "BenchResult":
@@ -218,17 +220,6 @@ class BenchResult:
         spec = BenchSpec.from_dict(d.get("spec") or {}, where=f"{path}: spec")
         points = [PointResult.from_dict(p) for p in d.get("points") or []]
         return cls(spec=spec, points=points, provenance=dict(d.get("provenance") or {}), gate=d.get("gate"))
-
-
-def write_text_atomic(path: Path, text: str | bytes) -> None:
-    """Write to a temporary name in the same directory, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as f:
-        f.write(text.encode() if isinstance(text, str) else text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # --- provenance ----------------------------------------------------------------------------------------------

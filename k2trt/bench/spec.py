@@ -257,31 +257,3 @@ def load_bench_section(path: str | Path, *, recipe: bool = False) -> BenchSpec:
     if recipe:
         raise ConfigError(f"recipe {p} has no bench: section", "add one (see k2trt bench --help) or use --spec")
     return BenchSpec.from_dict(data, where=str(p))
-
-
-def spec_from_recipe(name_or_path: str | Path, sets: tuple[str, ...] = ()) -> tuple[BenchSpec, str]:
-    """The bench sweep of a recipe, read through the recipe loader (``k2trt.bundle.recipe``), and where to find
-    the recipe's server.
-
-    ``gpus`` defaults to the recipe's cluster size (nodes × GPUs per node) when the section does not set it.
-
-    Args:
-        name_or_path: a packaged recipe name (``tiny-cpu``) or a YAML path.
-        sets: ``key.path=value`` overrides, as ``k2trt build --set`` takes them.
-
-    Returns:
-        (the spec, the server's root URL from ``serve.host``/``serve.port``; a wildcard listen address becomes the
-        first host, else 127.0.0.1).
-    """
-    from k2trt.bundle.recipe import load_recipe
-
-    r = load_recipe(str(name_or_path), list(sets))
-    if r.bench is None:
-        raise ConfigError(f"recipe {r.name} has no bench: section", "add one (see k2trt bench --help) or use --spec")
-    section = dict(r.bench)
-    section.setdefault("gpus", r.cluster.nodes * r.cluster.gpus_per_node)
-    spec = BenchSpec.from_dict(section, where=f"recipe {r.name}: bench")
-    host = r.serve.host
-    if host in ("0.0.0.0", "::", ""):
-        host = r.cluster.hosts[0] if r.cluster.hosts else "127.0.0.1"
-    return spec, f"http://{host}:{r.serve.port}"

@@ -6,7 +6,12 @@ Layout of ``out_dir`` after a run::
     results.json  REPORT.md  throughput.png  latency.png  pareto.png
     tokenizer/                      the offline HF tokenizer aiperf used (generated from the model's tiktoken)
     points/isl16_osl8_c1/           one aiperf artifact folder per point (aiperf.log, profile_export_aiperf.json,
-                                    profile_export_aiperf.csv, profile_export.jsonl, logs/, inputs.json)
+                                    profile_export_aiperf.csv, profile_export.jsonl, logs/, inputs.json, and
+                                    server_metrics_export.json/.csv when a Prometheus endpoint was scraped)
+
+Server metrics: aiperf scrapes the endpoint's own ``/metrics`` during every point (the gateway's; trtllm-serve's
+``/prometheus/metrics`` through aiperf's fallback; the reference engine has none) and every ``server_metrics``
+URL; each point's ``server`` figures (``k2trt.bench.server``) go into results.json and REPORT.md.
 """
 
 from __future__ import annotations
@@ -99,13 +104,15 @@ class PlannedPoint:
 
 
 def plan_points(spec: BenchSpec, endpoint: str, out_dir: str | Path, *, tokenizer_dir: str | Path,
-                model: str, command: list[str] | None = None) -> list[PlannedPoint]:
-    """The aiperf argv and artifact folder of every point, in run order (nothing is run or written)."""
+                model: str, command: list[str] | None = None,
+                server_metrics: tuple[str, ...] | None = ()) -> list[PlannedPoint]:
+    """The aiperf argv and artifact folder of every point, in run order (nothing is run or written);
+    ``server_metrics`` as ``aiperf.aiperf_argv`` takes it."""
     out = Path(out_dir)
     cmd = command or aiperf.aiperf_command()
     return [PlannedPoint(p, aiperf.aiperf_argv(spec, p, url=normalize_endpoint(endpoint), model=model,
                                                tokenizer_dir=tokenizer_dir, artifact_dir=out / POINTS_DIR / p.name,
-                                               command=cmd),
+                                               command=cmd, server_metrics=server_metrics),
                          out / POINTS_DIR / p.name)
             for p in spec.points()]
 
@@ -125,6 +132,13 @@ def _point_result(pp: PlannedPoint, run: aiperf.PointRun, spec: BenchSpec, out: 
         return PointResult.for_point(pp.point, ok=False, error=str(e), **base)
     completed, errors = export_counts(export)
     metrics = metrics_from_export(export, gpus=spec.gpus, concurrency=pp.point.concurrency)
+    scraped = aiperf.read_server_export(pp.artifact_dir)
+    if scraped is not None:
+        from k2trt.bench.server import summarize  # reads the gateway's metric names: starlette only when needed
+
+        server = summarize(scraped)
+    else:
+        server = {}
     error = None
     if completed == 0:
         msgs = [str((e.get("error_details") or {}).get("message", ""))[:200] for e in export.get("error_summary") or []
@@ -135,14 +149,14 @@ def _point_result(pp: PlannedPoint, run: aiperf.PointRun, spec: BenchSpec, out: 
                  (" (the server sent no usage; set bench.server_token_count: false)" if spec.server_token_count
                   else ""))
     return PointResult.for_point(pp.point, ok=error is None, metrics=metrics, completed=completed, errors=errors,
-                                 error=error, **base)
+                                 error=error, server=server, **base)
 
 
 def run_bench(spec: BenchSpec, endpoint: str, out_dir: str | Path, *, model_dir: str | Path | None = None,
               tokenizer_dir: str | Path | None = None, model: str | None = None,
               baseline: str | Path | None = None, tolerance: float = DEFAULT_TOLERANCE_PCT,
               gate_metrics: tuple[str, ...] = GATE_METRICS, manifest: str | Path | None = None,
-              force: bool = False, progress: bool = True,
+              force: bool = False, progress: bool = True, server_metrics: tuple[str, ...] | None = (),
               on_point: Callable[[PointResult], None] | None = None) -> BenchResult:
     """Run a benchmark sweep with aiperf and write results.json, the plots and REPORT.md into ``out_dir``.
 
@@ -159,6 +173,10 @@ def run_bench(spec: BenchSpec, endpoint: str, out_dir: str | Path, *, model_dir:
         manifest: the bundle manifest to record in the provenance.
         force: overwrite an ``out_dir`` that already holds a results.json.
         progress: show a progress bar over the points on stderr.
+        server_metrics: Prometheus endpoints aiperf scrapes during each point besides the endpoint's own
+            ``/metrics`` (the engine's ``/prometheus/metrics`` when benchmarking through the gateway, the gateway's
+            ``/metrics`` when benchmarking the engine); ``None`` scrapes none. The figures land in each point's
+            ``server`` and the report (``k2trt.bench.server``).
         on_point: called with each point's result as soon as it is known.
 
     Returns:
@@ -197,7 +215,8 @@ def run_bench(spec: BenchSpec, endpoint: str, out_dir: str | Path, *, model_dir:
     started = datetime.now(timezone.utc)
     scratch = out / ".aiperf-scratch"
     env = aiperf.aiperf_env(scratch)
-    planned = plan_points(spec, url, out, tokenizer_dir=tok, model=served, command=command)
+    planned = plan_points(spec, url, out, tokenizer_dir=tok, model=served, command=command,
+                          server_metrics=server_metrics)
     results: list[PointResult] = []
     try:
         with _Progress(len(planned), enabled=progress) as bar:

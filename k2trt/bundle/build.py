@@ -4,8 +4,10 @@ Steps: inspect the checkpoint (headers only; errors refuse) → check its weight
 conversion, if needed, is named, not run) → plan every instance's layout (refuse with the reasons when it does not
 fit) → render and lint the TensorRT-LLM YAML(s) → write, atomically as one directory:
 
-- ``config.yml`` (and ``ctx.yml``/``gen.yml``/``disagg.yml`` when disaggregated): extra-llm-api options, linted;
-- ``launch.json``: k2trt.launch.spec.LaunchSpec — per-rank argv, world size, hostfile, ports, versions;
+- ``config.yml`` (and ``ctx.yml``/``gen.yml``/``disagg.yml`` when disaggregated): extra-llm-api options and the
+  router config, each linted as the target release reads it (an error refuses the build);
+- ``launch.json``: k2trt.launch.spec.LaunchSpec — per-rank argv, world size, hostfile, ports, versions, the
+  gateway's settings and the job's log format;
 - ``hostfile``: Open MPI ``host slots=N`` lines, rank 0's host first;
 - ``launch.sh``: ``k2trt serve`` on this bundle, with the equivalent Open MPI 5 command as a comment;
 - ``manifest.json``: checkpoint manifest hash, k2trt and target TensorRT-LLM versions, the resolved recipe;
@@ -17,36 +19,37 @@ The bundle is staged in a sibling temporary directory and renamed into place, so
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import shutil
-import sys
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from k2trt import __version__
 from k2trt.bundle.recipe import Recipe, recipe_to_dict
 from k2trt.errors import CheckpointError, ConfigError, PlanError
-from k2trt.plan.gpus import gpu as gpu_kind
-from k2trt.plan.layout import Layout, parse_layout
-from k2trt.plan.memory import weight_format
-from k2trt.plan.planner import Cluster, LayoutPlan, Plan, PlanRequest, plan_layout, to_markdown
+from k2trt.fsio import atomic_dir, atomic_write
+from k2trt.launch.hosts import HostList
+from k2trt.launch.spec import GatewayOptions, is_loopback
+from k2trt.layout import Layout
+from k2trt.plan.gpus import Gpu
+from k2trt.plan.memory import convert_target, weight_format
+from k2trt.plan.planner import Cluster, LayoutPlan, Plan, PlanRequest, plan_layout, resolve_spec, to_markdown
+from k2trt.reference.serve import serve_argv as reference_argv
 from k2trt.spec import ModelSpec
 from k2trt.trtllm import PINNED_RELEASE
+from k2trt.trtllm.deploy import VERSION_PROBE, container_image, rank_argv
 from k2trt.trtllm.disagg import RoleServers, disagg_config, router_argv
+from k2trt.trtllm.disagg_lint import lint_disagg
 from k2trt.trtllm.lint import lint
 from k2trt.trtllm.profiles import profile_for
-from k2trt.trtllm.render import dump_yaml, llm_options, serve_argv, tool_parser_available
+from k2trt.trtllm.render import (DEFAULT_TRANSCEIVER, SERVER_ROLES, dump_yaml, llm_options,
+                                 tool_parser_available)
 
 CONFIG_FILE = "config.yml"
 HOSTFILE = "hostfile"
 MANIFEST = "manifest.json"
 PLAN_FILE = "PLAN.md"
 LAUNCH_SH = "launch.sh"
-LLMAPI_LAUNCH = "trtllm-llmapi-launch"  # wraps every rank of a multi-node trtllm-serve (trtllm.md §3.1)
-TRTLLM_VERSION_PROBE = ("python3", "-c", "import tensorrt_llm; print(tensorrt_llm.__version__)")
 FORMAT = "k2trt-bundle/1"
 
 
@@ -87,11 +90,11 @@ def _inspect(checkpoint: Path, notes: list[str]) -> ModelSpec:
 
 def _request(r: Recipe, spec: ModelSpec, layout: Layout, gpus_per_node: int) -> PlanRequest:
     nodes = max(1, -(-layout.world_size // gpus_per_node))
-    g = gpu_kind(r.cluster.gpu)
     prof = profile_for(r.serve.trtllm) if r.serve.engine == "trtllm" else None
-    return PlanRequest(spec, Cluster(g, nodes, min(gpus_per_node, layout.world_size)), r.context, r.kv_dtype,
-                       r.serve.options.kv_fraction, None, prof.name if prof else None,
-                       eplb_online=_eplb_online(r), tool_parser=_use_tool_parser(r), model_name=r.name)
+    return PlanRequest(spec, Cluster(r.cluster.gpu, nodes, min(gpus_per_node, layout.world_size)), r.context,
+                       r.kv_dtype, r.serve.options.kv_fraction, None, prof.name if prof else None,
+                       eplb_online=_eplb_online(r), tool_parser=_use_tool_parser(r), model_name=r.name,
+                       load_gbps=r.cluster.load_gbps)
 
 
 def _eplb_online(r: Recipe) -> bool:
@@ -103,24 +106,74 @@ def _use_tool_parser(r: Recipe) -> bool:
     return r.serve.engine == "trtllm" and r.serve.tool_parser and tool_parser_available(r.serve.trtllm)
 
 
-def plan_recipe(r: Recipe, spec: ModelSpec) -> list[tuple[str, LayoutPlan, Plan]]:
-    """Judge the recipe's layout(s) on its cluster; raises PlanError listing every reason when one does not fit."""
+def recipe_spec(r: Recipe, checkpoint: Path | None = None, notes: list[str] | None = None) -> ModelSpec:
+    """The model recipe ``r`` deploys: ``checkpoint``'s, or without one the recipe's preset in its weight format.
+
+    Args:
+        r: the recipe.
+        checkpoint: the checkpoint directory (inspected: its errors refuse, its warnings go to ``notes``).
+        notes: where inspection warnings are appended.
+    Returns:
+        The ModelSpec that ``k2trt build`` and ``k2trt plan --recipe`` plan.
+    Raises:
+        CheckpointError: a broken checkpoint, or one stored in another format than ``model.weights`` says.
+        ConfigError / PlanError: no checkpoint and no (known) ``model.preset``.
+    Example:
+        >>> weight_format(recipe_spec(load_recipe("k2-b200-1x8-nvfp4")))  # what convert --to nvfp4 would write
+        'nvfp4'
+    """
+    if checkpoint is None:
+        if r.model.preset is None:
+            raise ConfigError(f"recipe {r.name} names no model.preset", "give the checkpoint to plan")
+        return resolve_spec(None, r.model.preset, r.model.weights)[0]
+    if not checkpoint.is_dir():
+        raise CheckpointError(f"{checkpoint} is not a directory", "pass the checkpoint directory with --checkpoint")
+    spec = _inspect(checkpoint, [] if notes is None else notes)
+    fmt = weight_format(spec)
+    if r.model.weights and fmt != r.model.weights:
+        to = convert_target(r.model.weights)
+        raise CheckpointError(f"recipe {r.name} needs {r.model.weights} weights but {checkpoint} is {fmt}",
+                              f"convert it first: k2trt convert {checkpoint} DST --to {to}")
+    return spec
+
+
+def recipe_plans(r: Recipe, spec: ModelSpec) -> list[tuple[str, LayoutPlan, Plan]]:
+    """Judge the recipe's layout(s) on its cluster: (role, verdict, plan) for ``server`` or ``ctx`` and ``gen``.
+
+    The one place a recipe becomes plan requests, so ``k2trt plan --recipe`` shows exactly what ``k2trt build``
+    checks.
+    """
     roles = [("server", r.layout)] if r.disagg is None else [("ctx", r.disagg.ctx.layout),
                                                              ("gen", r.disagg.gen.layout)]
     out = []
-    for role, text in roles:
-        lay = parse_layout(text)
+    for role, lay in roles:
         req = _request(r, spec, lay, r.cluster.gpus_per_node)
         lp = plan_layout(req, lay)
-        if not lp.ok:
-            reasons = [lp.invalid] if lp.invalid else [f.message for f in lp.errors]
-            raise PlanError(f"recipe {r.name}: {role} layout {lay} does not fit: " + "; ".join(reasons),
-                            "k2trt plan --help shows how to compare layouts")
         out.append((role, lp, Plan(req, [lp])))
     return out
 
 
-def _hosts(r: Recipe, hosts: tuple[str, ...] | None, notes: list[str]) -> list[str]:
+def plan_recipe(r: Recipe, spec: ModelSpec) -> list[tuple[str, LayoutPlan, Plan]]:
+    """``recipe_plans``, refusing with PlanError (every reason listed) when a layout does not fit."""
+    out = recipe_plans(r, spec)
+    for role, lp, _ in out:
+        if not lp.ok:
+            reasons = [lp.invalid] if lp.invalid else [f.message for f in lp.errors]
+            raise PlanError(f"recipe {r.name}: {role} layout {lp.layout} does not fit: " + "; ".join(reasons),
+                            "k2trt plan --recipe shows the whole plan; k2trt plan --help how to compare layouts")
+    return out
+
+
+def _hosts(r: Recipe, hosts: HostList | Sequence[str] | None, notes: list[str]) -> list[str]:
+    """One host name per node, rank 0's first: ``--hosts`` (whose ``:N``, if given, must be the recipe's GPUs per
+    node), else the recipe's, else ``localhost`` for a one-node reference recipe, else placeholders."""
+    gpn = r.cluster.gpus_per_node
+    if isinstance(hosts, HostList):
+        for name, slots in hosts.entries:
+            if slots is not None and slots != gpn:
+                raise ConfigError(f"host {name}:{slots} gives {slots} slots but recipe {r.name} places {gpn} "
+                                  "ranks per node", f"drop :{slots}, or --set cluster.gpus_per_node={slots}")
+        hosts = hosts.names
     names = list(hosts or r.cluster.hosts)
     if not names:
         if r.cluster.nodes == 1 and r.serve.engine == "reference":
@@ -132,32 +185,24 @@ def _hosts(r: Recipe, hosts: tuple[str, ...] | None, notes: list[str]) -> list[s
     return names
 
 
-def _gpu_substring(key: str) -> str | None:
-    g = gpu_kind(key)
+def _gpu_substring(g: Gpu) -> str | None:
+    """What nvidia-smi's GPU name must contain on every node (``H200``); None for the reference engine's CPU ranks."""
     return None if g.reference_only else g.name.split()[0]
 
 
 def engine_argv(r: Recipe, lay: Layout, model_dir: str, config_path: str, port: int,
                 role: str | None = None) -> tuple[str, ...]:
-    """The per-rank command of one instance: ``trtllm-llmapi-launch trtllm-serve serve …`` for TensorRT-LLM, or
-    ``python -m k2trt.reference.serve MODEL --tp … --ep … [--adp] --host … --port …`` for the reference engine."""
-    m = lay.mapping(r.cluster.gpus_per_node)
+    """The per-rank command of one instance, spelled by the engine's own module: TensorRT-LLM's
+    (``k2trt.trtllm.deploy.rank_argv``) or the reference server's (``k2trt.reference.serve.serve_argv``)."""
     if r.serve.engine == "reference":
-        # the interpreter that built the bundle: it has k2trt and torch (a bare "python" may be another one)
-        a = [sys.executable, "-m", "k2trt.reference.serve", model_dir, "--tp", str(lay.tp), "--ep", str(m.ep)]
-        a += ["--adp"] if lay.adp else []
-        a += ["--plugins", r.serve.plugins] if r.serve.plugins != "off" else []
-        a += ["--host", r.serve.host, "--port", str(port)]
-        if r.model.served_name:
-            a += ["--served-model-name", r.model.served_name]
-        return tuple(a)
-    inner = serve_argv(model_dir, config_path=config_path, tp=lay.tp, ep=m.ep, pp=lay.pp,
-                       gpus_per_node=r.cluster.gpus_per_node, host=r.serve.host, port=port,
-                       tool_parser=_use_tool_parser(r), server_role=role, version=r.serve.trtllm)
-    return (LLMAPI_LAUNCH, *inner)
+        return reference_argv(model_dir, lay, host=r.serve.host, port=port, plugins=r.serve.plugins,
+                              served_model_name=r.model.served_name)
+    return rank_argv(model_dir, lay, config_path=config_path, gpus_per_node=r.cluster.gpus_per_node,
+                     host=r.serve.host, port=port, tool_parser=_use_tool_parser(r), version=r.serve.trtllm,
+                     server_role=role)
 
 
-def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: tuple[str, ...] | None = None,
+def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: HostList | Sequence[str] | None = None,
                  dry_run: bool = False, force: bool = False) -> BuildResult:
     """Inspect → plan → render → write the bundle for recipe ``r`` (see module docstring).
 
@@ -170,14 +215,8 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: tuple[str, ..
     notes: list[str] = []
     checkpoint = checkpoint.resolve()
     out = out.resolve()
-    if not checkpoint.is_dir():
-        raise CheckpointError(f"{checkpoint} is not a directory", "pass the checkpoint directory with --checkpoint")
-    spec = _inspect(checkpoint, notes)
+    spec = recipe_spec(r, checkpoint, notes)
     fmt = weight_format(spec)
-    want = {"fp8": "fp8_block", "bf16": "bf16", "nvfp4": "nvfp4", "w4a8": "w4a8"}.get(r.model.weights or "", None)
-    if want and fmt != want:
-        raise CheckpointError(f"recipe {r.name} needs {r.model.weights} weights but {checkpoint} is {fmt}",
-                              f"convert it first: k2trt convert {checkpoint} DST --to {r.model.weights}")
     planned = plan_recipe(r, spec)
     names = _hosts(r, hosts, notes)
     gpn = r.cluster.gpus_per_node
@@ -190,7 +229,8 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: tuple[str, ..
 
     def render(role: str | None, lay: Layout) -> str:
         doc = llm_options(r.serve.options, adp=lay.adp, kv_dtype=r.kv_dtype, max_seq_len=r.context, role=role,
-                          transceiver=r.disagg.transceiver if r.disagg else "UCX", version=r.serve.trtllm)
+                          transceiver=r.disagg.transceiver if r.disagg else DEFAULT_TRANSCEIVER,
+                          version=r.serve.trtllm)
         res = lint(doc, version)
         if not res.ok:
             raise ConfigError(f"recipe {r.name}: rendered config fails the lint: {res.errors[0]}",
@@ -204,15 +244,15 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: tuple[str, ..
     common: dict[str, Any] = dict(
         engine=r.serve.engine, ssh_port=r.cluster.ssh_port, http_host=r.serve.host, model_dir=model_dir,
         model_manifest_sha256=manifest_hash(model_dir), engine_version=version or None,
-        engine_version_probe=TRTLLM_VERSION_PROBE if version else (), gpus_per_node=gpn if version else None,
+        engine_version_probe=VERSION_PROBE if version else (), gpus_per_node=gpn if version else None,
         gpu_kind=_gpu_substring(r.cluster.gpu), eplb=_eplb_online(r),
-        gateway=(GatewayOptions(r.serve.gateway_port, r.serve.host, r.serve.gateway_mode)
-                 if r.serve.gateway_port is not None else None),
+        shm_min_bytes=int(max(lp.memory.eplb_shm_bytes if lp.memory else 0.0 for _, lp, _ in planned)),
+        gateway=gateway_options(r), log_format=r.serve.log_format,
         slurm=SlurmOptions(gpus_per_node=gpn if version else None,
-                           container_image=f"nvcr.io/nvidia/tensorrt-llm/release:{version}" if version else None),
+                           container_image=container_image(version) if version else None),
     )
     if r.disagg is None:
-        lay = parse_layout(r.layout)
+        lay = r.layout
         files[CONFIG_FILE] = render(None, lay)
         files[HOSTFILE] = "".join(f"{h} slots={gpn}\n" for h in names)
         launch = LaunchSpec(argv=argv_for(lay, CONFIG_FILE, r.serve.port, None), world_size=lay.world_size,
@@ -224,8 +264,8 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: tuple[str, ..
         host_iter = iter(names)
         servers: dict[str, RoleServers] = {}
         for key, sec in (("ctx", d.ctx), ("gen", d.gen)):
-            lay = parse_layout(sec.layout)
-            files[f"{key}.yml"] = render("context" if key == "ctx" else "generation", lay)
+            lay = sec.layout
+            files[f"{key}.yml"] = render(SERVER_ROLES[key], lay)
             nodes = max(1, lay.world_size // gpn)
             urls = []
             for i in range(sec.instances):
@@ -235,8 +275,14 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: tuple[str, ..
                 roles[key].append(RoleSpec(f"{key}{i}", argv_for(lay, f"{key}.yml", port, None), lay.world_size,
                                            port, hs))
             servers[key] = RoleServers(tuple(urls), lay.tp, lay.pp)
-        files["disagg.yml"] = dump_yaml(disagg_config(servers["ctx"], servers["gen"], hostname=r.serve.host,
-                                                      port=r.serve.port), header)
+        router = disagg_config(servers["ctx"], servers["gen"], hostname=r.serve.host, port=r.serve.port)
+        res = lint_disagg(router, version)
+        if not res.ok:
+            raise ConfigError(f"recipe {r.name}: the router config (disagg.yml) fails the lint: {res.errors[0]}",
+                              "it is made from the roles' hosts and ports (--hosts, disagg.ctx/gen.port) and "
+                              "serve.host/serve.port: change those")
+        notes.extend(f"config router: {i}" for i in res.issues)
+        files["disagg.yml"] = dump_yaml(router, header)
         files[HOSTFILE] = "".join(f"{h} slots={gpn}\n" for h in names)
         launch = LaunchSpec(argv=(), world_size=1, http_port=r.serve.port,
                             disagg=DisaggSpec(tuple(roles["ctx"]), tuple(roles["gen"]),
@@ -255,9 +301,29 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: tuple[str, ..
     }, indent=2, default=str) + "\n"
     result = BuildResult(out, files, plans, notes)
     if not dry_run:
-        _write_atomically(out, files, force)
+        write_bundle(out, files, force)
         result.written = True
     return result
+
+
+def gateway_options(r: Recipe) -> GatewayOptions | None:
+    """The recipe's gateway as launch options: where it listens, where its API keys come from (a key is required
+    when ``serve.gateway_auth`` says so; ``auto``: when it listens beyond loopback), the model name clients use, and
+    its limits (``serve.gateway_limits``; the context defaults to the recipe's).
+
+    Example:
+        >>> gateway_options(load_recipe("k2-h200-2x8-tp16ep8")).require_key   # listens on 0.0.0.0
+        True
+    """
+    if r.serve.gateway_port is None:
+        return None
+    auth = r.serve.gateway_auth
+    limits = r.serve.gateway_limits
+    return GatewayOptions(r.serve.gateway_port, r.serve.host, r.serve.gateway_mode,
+                          api_key_env=r.serve.gateway_api_key_env, api_key_file=r.serve.gateway_api_key_file,
+                          require_key=auth == "required" or (auth == "auto" and not is_loopback(r.serve.host)),
+                          served_model_name=r.model.served_name,
+                          limits=replace(limits, max_context_tokens=limits.max_context_tokens or r.context))
 
 
 def _notes_md(notes: list[str]) -> str:
@@ -276,7 +342,10 @@ def _launch_sh(launch: Any, out: Path, hosts: tuple[Any, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomically(out: Path, files: dict[str, str], force: bool) -> None:
+def write_bundle(out: Path, files: dict[str, str], force: bool = False) -> None:
+    """Write ``files`` (name → text; a name may hold a subdirectory, ``k8s/manifests.yaml``) as the bundle ``out``,
+    atomically as one directory. Refuses a non-empty ``out`` that is no bundle, and an existing bundle without
+    ``force`` (ConfigError)."""
     if out.exists():
         if not out.is_dir():
             raise ConfigError(f"{out} exists and is not a directory")
@@ -285,21 +354,6 @@ def _write_atomically(out: Path, files: dict[str, str], force: bool) -> None:
                 raise ConfigError(f"{out} is not empty and is not a k2trt bundle", "choose another --out")
             if not force:
                 raise ConfigError(f"{out} already holds a bundle", "pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out, perm=0o755) as stage:
         for name, text in files.items():
-            (tmp / name).write_text(text)
-        os.chmod(tmp / LAUNCH_SH, 0o755)
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            atomic_write(stage / name, text, perm=0o755 if name == LAUNCH_SH else None)

@@ -1,22 +1,27 @@
 """``k2trt chat check``: prove that our renderer matches a model directory's own chat template.
 
-A built-in set of conversations (plain, system, the ``name`` field, list content, empty content, tools, a tool round
-trip, several calls, unicode, no generation prompt) is rendered twice — by ``template.render`` and by the model's
-``chat_template.jinja`` (or ``tokenizer_config.json``'s ``chat_template``) under Transformers' jinja settings — and
-every differing region is reported with its byte offsets. A template that fails to render a conversation counts as a
-difference too.
+The template's family is detected (``k2trt.chat.families``) or given. A built-in set of conversations (plain, system,
+the ``name`` field, list content, empty content, tools, a tool round trip, several calls, unicode, no generation
+prompt; and for the thinking families reasoning in the history and in the current tool-call loop, an empty
+conversation, whitespace-exact reasoning and a pre-encoded ``tools_ts_str``) is rendered twice — by k2trt's renderer
+for that family and by the template under Transformers' jinja settings — once per template switch the family has
+(``thinking=false``, ``preserve_thinking=true``), and every differing region is reported with its byte offsets. A
+template that fails to render a conversation counts as a difference too.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from k2trt.chat.template import render, render_with_jinja
-from k2trt.errors import CheckpointError
+from k2trt.chat import families as fam
+from k2trt.chat import thinking
+from k2trt.chat.families import load_template
+from k2trt.chat.template import render_with_jinja
+
+__all__ = ["CONVERSATIONS", "THINKING_CONVERSATIONS", "CheckReport", "check_template", "diff_renders",
+           "family_conversations", "load_template"]
 
 _WEATHER = {"type": "function", "function": {
     "name": "get_weather",
@@ -86,6 +91,67 @@ CONVERSATIONS: dict[str, dict[str, Any]] = _conversations()
 """name → {"messages", optional "tools", optional "add_generation_prompt"} rendered by ``check_template``."""
 
 
+def _thinking_conversations() -> dict[str, dict[str, Any]]:
+    q1 = {"role": "user", "content": "Is 91 prime?"}
+    a1 = {"role": "assistant", "content": "No: 91 = 7 × 13.", "reasoning_content": "Try 7: 7 × 13 = 91."}
+    q2 = {"role": "user", "content": "Weather in Paris and Rome?"}
+    call1 = {"role": "assistant", "content": "Checking Paris first.", "reasoning_content": "Two cities; one call "
+             "each.", "tool_calls": [_call(0, "get_weather", '{"city": "Paris"}')]}
+    call2 = {"role": "assistant", "content": "", "reasoning_content": "Paris done; now Rome.",
+             "tool_calls": [_call(1, "get_weather", {"city": "Rome"})]}
+    return {
+        "reasoning_history": {"tools": [_WEATHER], "messages": [
+            {"role": "system", "content": "Think briefly."}, q1, a1, q2, call1,
+            _tool(0, "get_weather", "Rain, 14°C"), call2, _tool(1, "get_weather", "Sun, 24°C")]},
+        "reasoning_two_answers": {"messages": [q1, a1, {"role": "user", "content": "And 97?"},
+                                               {"role": "assistant", "content": "97 is prime.",
+                                                "reasoning_content": "No factor up to 9."},
+                                               {"role": "user", "content": "Thanks."}]},
+        "reasoning_last_turn": {"add_generation_prompt": False, "messages": [q1, a1]},
+        "reasoning_whitespace": {"messages": [
+            q2, {"role": "assistant", "content": "\n\nLet me look.", "reasoning_content": "\n  用中文想：先查天气。\n",
+                 "tool_calls": [_call(0, "get_weather", {"city": "巴黎"})]},
+            _tool(0, "get_weather", "晴")], "tools": [_WEATHER]},
+        "empty_conversation": {"messages": []},
+        "tools_ts": {"messages": [q2], "tools": [_WEATHER],
+                     "tools_ts": "# Tools\n\n## functions\nnamespace functions {\n// Get weather\n"
+                                 "type get_weather = (_: {city: string}) => any;\n}"},
+    }
+
+
+THINKING_CONVERSATIONS: dict[str, dict[str, Any]] = _thinking_conversations()
+"""Extra conversations for the thinking families (reasoning history rules, ``tools_ts``); same shape as
+``CONVERSATIONS`` plus an optional "tools_ts" (a pre-encoded declaration, passed to templates as
+``tools_ts_str``)."""
+
+SWITCHES: dict[str, tuple[dict[str, bool], ...]] = {
+    "k2-instruct": ({},), "k2-thinking": ({},), "k2.5": ({}, {"thinking": False}),
+    "k2.6": ({}, {"thinking": False}, {"preserve_thinking": True}, {"thinking": False, "preserve_thinking": True}),
+    "k2.7-code": ({},)}
+"""The template switches each family is checked under (as ``chat_template_kwargs``)."""
+
+
+def _has_image(conv: dict[str, Any]) -> bool:
+    return any(isinstance(m.get("content"), list) and any(isinstance(p, dict) and p.get("type") == "image_url"
+                                                          for p in m["content"]) for m in conv["messages"])
+
+
+def family_conversations(family: fam.Family) -> dict[str, dict[str, Any]]:
+    """Every conversation (with its template switches, key ``kwargs``) ``check_template`` renders for ``family``:
+    names carry the switches, e.g. ``reasoning_history[thinking=false]``."""
+    if not family.thinks:
+        return dict(CONVERSATIONS)
+    base = {**CONVERSATIONS, **THINKING_CONVERSATIONS}
+    out = {}
+    for name, conv in base.items():
+        if (_has_image(conv) and family.name != "k2-thinking") or ("tools_ts" in conv and not family.tools_ts):
+            continue  # K2.5+ images need the vision encoder; tools_ts_str exists from K2.5 on
+        for kw in SWITCHES[family.name]:
+            label = name + ("[" + ",".join(f"{k}={str(v).lower()}" for k, v in kw.items()) + "]" if kw else "")
+            out[label] = {**conv, "kwargs": kw}
+    return out
+
+
 @dataclass
 class Difference:
     """One differing region: ``ours[ours_start:ours_end]`` vs ``theirs[theirs_start:theirs_end]`` (byte offsets)."""
@@ -115,41 +181,16 @@ class CheckReport:
     """``check_template``'s result for a whole template."""
     template: str
     results: list[ConversationCheck]
+    family: str = "k2-instruct"
+    """The family the template was checked as (detected, or given)."""
 
     @property
     def ok(self) -> bool:
         return all(r.equal for r in self.results)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"template": self.template, "ok": self.ok, "results": [asdict(r) for r in self.results]}
-
-
-def load_template(path: str | Path) -> tuple[str, str]:
-    """A chat template from a model directory (``chat_template.jinja``, else ``tokenizer_config.json``'s
-    ``chat_template``) or a template file. Returns ``(text, where it came from)``.
-
-    Raises:
-        CheckpointError: no template is found.
-    """
-    p = Path(path)
-    if p.is_file():
-        return p.read_text(encoding="utf-8"), str(p)
-    if not p.is_dir():
-        raise CheckpointError(f"{p} does not exist", "pass a model directory or a .jinja template file")
-    if (p / "chat_template.jinja").is_file():
-        return (p / "chat_template.jinja").read_text(encoding="utf-8"), str(p / "chat_template.jinja")
-    cfg_path = p / "tokenizer_config.json"
-    if cfg_path.is_file():
-        try:
-            tpl = json.loads(cfg_path.read_text(encoding="utf-8")).get("chat_template")
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{cfg_path} is not valid JSON ({e.msg})", "fix or re-copy the file") from None
-        if isinstance(tpl, list):  # named templates: use "default"
-            tpl = next((t.get("template") for t in tpl if isinstance(t, dict) and t.get("name") == "default"), None)
-        if isinstance(tpl, str):
-            return tpl, f"{cfg_path}:chat_template"
-    raise CheckpointError(f"{p} has no chat template (neither chat_template.jinja nor tokenizer_config.json's "
-                          "chat_template)", "copy the model's chat_template.jinja into the directory")
+        return {"template": self.template, "family": self.family, "ok": self.ok,
+                "results": [asdict(r) for r in self.results]}
 
 
 def _byte_offset(s: str, i: int, cache: dict[int, int]) -> int:
@@ -173,13 +214,15 @@ def diff_renders(ours: str, theirs: str) -> list[Difference]:
 
 
 def check_template(template_text: str, conversations: dict[str, dict[str, Any]] | None = None, *,
-                   template_name: str = "<template>") -> CheckReport:
-    """Render each conversation with ``render`` and with ``template_text``; report every difference.
+                   template_name: str = "<template>", family: str | None = None) -> CheckReport:
+    """Render each conversation with k2trt's renderer and with ``template_text``; report every difference.
 
     Args:
         template_text: the jinja chat template to compare against.
-        conversations: name → {"messages", "tools"?, "add_generation_prompt"?}; default ``CONVERSATIONS``.
+        conversations: name → {"messages", "tools"?, "add_generation_prompt"?, "kwargs"?, "tools_ts"?}; default
+            ``family_conversations(family)``.
         template_name: where the template came from (for the report).
+        family: the family to render as; default: detected from ``template_text`` (``families.detect``).
 
     Returns:
         A ``CheckReport``; ``report.ok`` is true when every render is byte-identical.
@@ -191,17 +234,21 @@ def check_template(template_text: str, conversations: dict[str, dict[str, Any]] 
     """
     import jinja2
 
+    f = fam.family(family) if family else fam.detect(template_text)
     results = []
-    for name, conv in (conversations or CONVERSATIONS).items():
+    for name, conv in (conversations or family_conversations(f)).items():
         msgs, tools = conv["messages"], conv.get("tools")
         agp = conv.get("add_generation_prompt", True)
-        ours = render(msgs, tools, agp)
+        kw = dict(conv.get("kwargs") or {})
+        ours = thinking.render(msgs, tools, family=f, add_generation_prompt=agp, tools_ts=conv.get("tools_ts"), **kw)
+        if conv.get("tools_ts") is not None:
+            kw["tools_ts_str"] = conv["tools_ts"]
         try:
-            theirs = render_with_jinja(template_text, msgs, tools, agp, bos_token="[BOS]", eos_token="[EOS]")
+            theirs = render_with_jinja(template_text, msgs, tools, agp, bos_token="[BOS]", eos_token="[EOS]", **kw)
         except (jinja2.TemplateError, TypeError, KeyError, AttributeError, ValueError) as e:
             results.append(ConversationCheck(name, False, len(ours.encode()), 0,
                                              error=f"{type(e).__name__}: {e}"))
             continue
         diffs = diff_renders(ours, theirs)
         results.append(ConversationCheck(name, not diffs, len(ours.encode()), len(theirs.encode()), diffs))
-    return CheckReport(template_name, results)
+    return CheckReport(template_name, results, f.name)

@@ -42,71 +42,9 @@ class ChatFormatError(K2trtError, ValueError):
     """A chat message or tool declaration cannot be rendered (bad role, content or tool call)."""
 
 
-# Our own chat_template.jinja: every literal is inside {{- '…' -}} so that no template whitespace leaks under
-# Transformers' settings (trim_blocks, lstrip_blocks). It renders byte-for-byte what ``render`` does.
-CHAT_TEMPLATE = r"""{#- Kimi K2 chat template written by k2trt: the canonical structure of the official template. -#}
-{%- macro render_content(content) -%}
-  {%- if content is string -%}
-    {{- content -}}
-  {%- elif content is not none and content is not mapping and content is iterable -%}
-    {%- for part in content -%}
-      {%- if part is mapping -%}
-        {%- if part.get('type') == 'image' or 'image' in part or 'image_url' in part -%}
-          {{- '<|media_start|>image<|media_content|><|media_pad|><|media_end|>' -}}
-        {%- elif part.get('text') is not none -%}
-          {{- part.get('text') -}}
-        {%- endif -%}
-      {%- endif -%}
-    {%- endfor -%}
-  {%- endif -%}
-{%- endmacro -%}
-{%- if tools -%}
-  {{- '<|im_system|>tool_declare<|im_middle|>' -}}
-  {{- tools | tojson(separators=(',', ':')) -}}
-  {{- '<|im_end|>' -}}
-{%- endif -%}
-{%- for message in messages -%}
-  {%- if loop.first and message['role'] != 'system' -%}
-    {{- '<|im_system|>system<|im_middle|>You are Kimi, an AI assistant created by Moonshot AI.<|im_end|>' -}}
-  {%- endif -%}
-  {%- set role = message['role'] -%}
-  {%- if role == 'user' -%}
-    {{- '<|im_user|>' -}}
-  {%- elif role == 'assistant' -%}
-    {{- '<|im_assistant|>' -}}
-  {%- else -%}
-    {{- '<|im_system|>' -}}
-  {%- endif -%}
-  {{- message.get('name') or role -}}
-  {{- '<|im_middle|>' -}}
-  {%- if role == 'tool' -%}
-    {{- '## Return of ' -}}
-    {{- message.get('tool_call_id') or '' -}}
-    {{- '\n' -}}
-  {%- endif -%}
-  {{- render_content(message.get('content')) -}}
-  {%- if role == 'assistant' and message.get('tool_calls') -%}
-    {{- '<|tool_calls_section_begin|>' -}}
-    {%- for tool_call in message['tool_calls'] -%}
-      {%- set arguments = tool_call['function']['arguments'] -%}
-      {{- '<|tool_call_begin|>' -}}
-      {{- tool_call.get('id') or '' -}}
-      {{- '<|tool_call_argument_begin|>' -}}
-      {%- if arguments is string -%}
-        {{- arguments -}}
-      {%- else -%}
-        {{- arguments | tojson -}}
-      {%- endif -%}
-      {{- '<|tool_call_end|>' -}}
-    {%- endfor -%}
-    {{- '<|tool_calls_section_end|>' -}}
-  {%- endif -%}
-  {{- '<|im_end|>' -}}
-{%- endfor -%}
-{%- if add_generation_prompt -%}
-  {{- '<|im_assistant|>assistant<|im_middle|>' -}}
-{%- endif -%}
-"""
+# The jinja twin of ``render`` (byte for byte; a test renders both): it ships in the tokenizer files vocab writes,
+# so it lives there.
+CHAT_TEMPLATE = vocab.CHAT_TEMPLATE
 
 
 def _content_text(content: Any, where: str) -> str:
@@ -215,9 +153,23 @@ def render_ids(tokenizer: Any, messages: Sequence[Message], tools: Sequence[Any]
     Returns:
         Token ids; ``tokenizer.decode(ids) == render(...)``.
     """
+    return ids_from_segments(tokenizer, _segments(messages, tools, add_generation_prompt))
+
+
+def ids_from_segments(tokenizer: Any, segments: Sequence[tuple[str, bool]]) -> list[int]:
+    """Token ids of a render given as ``(text, is_control_marker)`` pieces: each marker is its control token, and
+    adjacent plain pieces are encoded together as plain text (as the rendered string would be).
+
+    Args:
+        tokenizer: a ``K2Tokenizer``.
+        segments: the pieces in order (``_segments`` here, ``k2trt.chat.thinking`` for the thinking families).
+
+    Returns:
+        Token ids; ``tokenizer.decode(ids) == "".join(text for text, _ in segments)``.
+    """
     ids: list[int] = []
     text: list[str] = []
-    for piece, control in _segments(messages, tools, add_generation_prompt):
+    for piece, control in segments:
         if control:
             if text:  # adjacent plain pieces are encoded together, as the rendered string would be
                 ids += tokenizer.encode("".join(text))

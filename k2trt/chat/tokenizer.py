@@ -4,54 +4,25 @@ Two encoders on purpose (kimi_formats.md §3.1): K2's own ``encode`` turns a lit
 the control token, which lets a user forge turns. Here ``encode`` always treats text as text, and only
 ``encode_with_specials`` — used for the markers the chat template itself writes — maps marker strings to their ids.
 
-The vocabulary file is parsed directly rather than through ``tiktoken.load.load_tiktoken_bpe``, whose cache keys
-local files by *path*, so a different file at a reused path would silently load stale ranks.
+The vocabulary file is parsed directly (``vocab.load_ranks``, beside the writer of the same format) rather than
+through ``tiktoken.load.load_tiktoken_bpe``, whose cache keys local files by *path*, so a different file at a reused
+path would silently load stale ranks.
 """
 
 from __future__ import annotations
 
-import base64
 import codecs
-import json
 import re
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from k2trt.chat import vocab
-from k2trt.errors import CheckpointError
 
 # tiktoken's regex backtracks badly on very long runs of one character class (tiktoken issue #195); K2's
 # tokenizer cuts runs at 25,000 characters, and so do we, so long inputs tokenise exactly as K2's does.
 _MAX_RUN = 25_000
 _MAX_CHUNK = 400_000
 _LONG_RUN = re.compile(r"\s{%d,}|\S{%d,}" % (_MAX_RUN + 1, _MAX_RUN + 1))
-
-
-def load_ranks(path: str | Path) -> dict[bytes, int]:
-    """Read a ``tiktoken.model`` file: lines of ``base64(token_bytes) rank``.
-
-    Raises:
-        CheckpointError: the file is missing or a line is malformed.
-    """
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise CheckpointError(f"cannot read {p}: {e.strerror}", "copy K2's tiktoken.model into the model "
-                              "directory") from None
-    ranks: dict[bytes, int] = {}
-    for lineno, line in enumerate(data.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            tok, rank = line.split()
-            ranks[base64.b64decode(tok, validate=True)] = int(rank)
-        except ValueError:
-            raise CheckpointError(f"{p}:{lineno} is not a 'base64 rank' line",
-                                  "the file is corrupt; copy K2's tiktoken.model again") from None
-    if sorted(ranks.values()) != list(range(len(ranks))):
-        raise CheckpointError(f"{p}: ranks are not 0..{len(ranks) - 1} without gaps", "the file is corrupt")
-    return ranks
 
 
 class K2Tokenizer:
@@ -68,6 +39,8 @@ class K2Tokenizer:
         import tiktoken
 
         self.n_ranks = len(ranks)
+        self.max_token_bytes = max((len(b) for b in ranks), default=1)
+        """UTF-8 bytes of the longest ordinary token: text of N bytes encodes to at least N / this many tokens."""
         self.special_tokens = dict(specials)
         self.model_max_length = model_max_length
         self._enc = tiktoken.Encoding(name, pat_str=vocab.PAT_STR, mergeable_ranks=ranks,
@@ -86,31 +59,8 @@ class K2Tokenizer:
             CheckpointError: a file is missing or malformed.
         """
         d = Path(model_dir)
-        if not d.is_dir():
-            raise CheckpointError(f"{d} is not a directory", "pass the model directory holding tiktoken.model")
-        ranks = load_ranks(d / "tiktoken.model")
-        cfg_path = d / "tokenizer_config.json"
-        try:
-            cfg = json.loads(cfg_path.read_text())
-        except FileNotFoundError:
-            raise CheckpointError(f"{cfg_path} is missing", "copy K2's tokenizer_config.json next to "
-                                  "tiktoken.model") from None
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{cfg_path} is not valid JSON ({e.msg} at line {e.lineno})",
-                                  "fix or re-copy the file") from None
-        n = len(ranks)
-        names = vocab.special_token_names(n)
-        for key, entry in (cfg.get("added_tokens_decoder") or {}).items():
-            i = int(key)
-            if not n <= i < n + vocab.NUM_RESERVED:
-                raise CheckpointError(f"{cfg_path}: added token id {i} is outside the reserved range "
-                                      f"{n}..{n + vocab.NUM_RESERVED - 1}",
-                                      "tokenizer_config.json does not belong to this tiktoken.model")
-            if entry.get("content"):
-                names[i] = entry["content"]
-        specials = {t: i for i, t in names.items()}
-        mml = cfg.get("model_max_length", vocab.DEFAULT_MODEL_MAX_LENGTH)
-        return cls(ranks, specials, model_max_length=int(mml), name=d.name or "k2")
+        ranks, specials, mml = vocab.read_tokenizer_files(d)
+        return cls(ranks, specials, model_max_length=mml, name=d.name or "k2")
 
     # --- ids -----------------------------------------------------------------------------------------------
     @property

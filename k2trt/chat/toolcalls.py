@@ -64,11 +64,13 @@ _ID_RE = re.compile(r"(?:functions\.)?(?P<name>.+?):(?P<idx>\d+)", re.S)
 _CONTENT, _SECTION, _ID, _ARGS = range(4)
 
 
-def _marker_at(buf: str, i: int) -> tuple[str | None, bool]:
-    """(the full marker at ``buf[i]`` or None, whether ``buf[i:]`` is a proper prefix of some marker)."""
+def _marker_at(buf: str, i: int, markers: Iterable[str] = _MARKERS) -> tuple[str | None, bool]:
+    """(the full marker at ``buf[i]`` or None, whether ``buf[i:]`` is a proper prefix of some marker).
+
+    Shared with the reasoning parser (``k2trt.chat.reasoning``), which watches its own marker set."""
     rest = len(buf) - i
     partial = False
-    for m in _MARKERS:
+    for m in markers:
         if buf.startswith(m, i):
             return m, False
         if rest < len(m) and m.startswith(buf[i:]):
@@ -217,6 +219,8 @@ class ToolCallStream:
         self._calls: list[ToolCall] = []
         self._out: list[Event] = []
         self._done = False
+        self.dropped = 0
+        """Calls dropped so far: to an undeclared tool under ``unknown_tools="drop"``, or with no name."""
 
     # --- public -------------------------------------------------------------------------------------------
     def feed(self, delta: str) -> list[Event]:
@@ -339,6 +343,7 @@ class ToolCallStream:
         name = name_from_id(raw, self._declared) if raw else ""
         if not name or (self._drop_unknown and name not in (self._declared or ())):
             self._skip, self._call = True, None
+            self.dropped += 1
             return False
         self._skip = False
         self._call = ToolCall(len(self._calls), raw, name)

@@ -1,4 +1,5 @@
-"""K2's special-token layout and the tiny tokenizer files.
+"""K2's special-token layout and its tokenizer files: read (``load_ranks``, ``read_tokenizer_files``) and written
+(the tiny tokenizer, ``write_tokenizer_files``, with k2trt's ``CHAT_TEMPLATE``).
 
 K2's vocabulary is a byte-level BPE of ``n_ranks`` ranks (163,584 for the real model, ids ``0 … n_ranks-1``)
 followed by 256 reserved ids for special tokens (kimi_formats.md §3.3). Seventeen of those are named; the rest are
@@ -22,12 +23,12 @@ import base64
 import hashlib
 import heapq
 import json
-import os
 from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
 
-from k2trt.errors import ConfigError
+from k2trt.errors import CheckpointError, ConfigError
+from k2trt.fsio import atomic_write
 
 NUM_RESERVED = 256
 """Special-token slots after the BPE ranks (``vocab_size = n_ranks + 256``)."""
@@ -93,6 +94,72 @@ PAT_STR_PORTABLE = "|".join([
 """``PAT_STR`` with class intersections rewritten as look-aheads, for Python ``regex`` and Oniguruma."""
 
 DEFAULT_MODEL_MAX_LENGTH = int(1e30)  # what K2's tokenizer_config.json carries (effectively unbounded)
+
+# The chat_template.jinja k2trt writes: ``template.render`` in jinja, byte for byte. Every literal is inside
+# {{- '…' -}} so that no template whitespace leaks under Transformers' settings (trim_blocks, lstrip_blocks).
+CHAT_TEMPLATE = r"""{#- Kimi K2 chat template written by k2trt: the canonical structure of the official template. -#}
+{%- macro render_content(content) -%}
+  {%- if content is string -%}
+    {{- content -}}
+  {%- elif content is not none and content is not mapping and content is iterable -%}
+    {%- for part in content -%}
+      {%- if part is mapping -%}
+        {%- if part.get('type') == 'image' or 'image' in part or 'image_url' in part -%}
+          {{- '<|media_start|>image<|media_content|><|media_pad|><|media_end|>' -}}
+        {%- elif part.get('text') is not none -%}
+          {{- part.get('text') -}}
+        {%- endif -%}
+      {%- endif -%}
+    {%- endfor -%}
+  {%- endif -%}
+{%- endmacro -%}
+{%- if tools -%}
+  {{- '<|im_system|>tool_declare<|im_middle|>' -}}
+  {{- tools | tojson(separators=(',', ':')) -}}
+  {{- '<|im_end|>' -}}
+{%- endif -%}
+{%- for message in messages -%}
+  {%- if loop.first and message['role'] != 'system' -%}
+    {{- '<|im_system|>system<|im_middle|>You are Kimi, an AI assistant created by Moonshot AI.<|im_end|>' -}}
+  {%- endif -%}
+  {%- set role = message['role'] -%}
+  {%- if role == 'user' -%}
+    {{- '<|im_user|>' -}}
+  {%- elif role == 'assistant' -%}
+    {{- '<|im_assistant|>' -}}
+  {%- else -%}
+    {{- '<|im_system|>' -}}
+  {%- endif -%}
+  {{- message.get('name') or role -}}
+  {{- '<|im_middle|>' -}}
+  {%- if role == 'tool' -%}
+    {{- '## Return of ' -}}
+    {{- message.get('tool_call_id') or '' -}}
+    {{- '\n' -}}
+  {%- endif -%}
+  {{- render_content(message.get('content')) -}}
+  {%- if role == 'assistant' and message.get('tool_calls') -%}
+    {{- '<|tool_calls_section_begin|>' -}}
+    {%- for tool_call in message['tool_calls'] -%}
+      {%- set arguments = tool_call['function']['arguments'] -%}
+      {{- '<|tool_call_begin|>' -}}
+      {{- tool_call.get('id') or '' -}}
+      {{- '<|tool_call_argument_begin|>' -}}
+      {%- if arguments is string -%}
+        {{- arguments -}}
+      {%- else -%}
+        {{- arguments | tojson -}}
+      {%- endif -%}
+      {{- '<|tool_call_end|>' -}}
+    {%- endfor -%}
+    {{- '<|tool_calls_section_end|>' -}}
+  {%- endif -%}
+  {{- '<|im_end|>' -}}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+  {{- '<|im_assistant|>assistant<|im_middle|>' -}}
+{%- endif -%}
+"""
 
 # A small training corpus (written for this project): prose, code, JSON tool traffic and some CJK, so that the
 # tiny BPE learns merges for the pieces a chat prompt and a tool call are made of.
@@ -269,13 +336,70 @@ def tokenizer_config(n_ranks: int) -> dict[str, object]:
     }
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def load_ranks(path: str | Path) -> dict[bytes, int]:
+    """Read a ``tiktoken.model`` file: lines of ``base64(token_bytes) rank``.
+
+    Raises:
+        CheckpointError: the file is missing or a line is malformed.
+    """
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"cannot read {p}: {e.strerror}", "copy K2's tiktoken.model into the model "
+                              "directory") from None
+    ranks: dict[bytes, int] = {}
+    for lineno, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            tok, rank = line.split()
+            ranks[base64.b64decode(tok, validate=True)] = int(rank)
+        except ValueError:
+            raise CheckpointError(f"{p}:{lineno} is not a 'base64 rank' line",
+                                  "the file is corrupt; copy K2's tiktoken.model again") from None
+    if sorted(ranks.values()) != list(range(len(ranks))):
+        raise CheckpointError(f"{p}: ranks are not 0..{len(ranks) - 1} without gaps", "the file is corrupt")
+    return ranks
+
+
+def read_tokenizer_files(model_dir: str | Path) -> tuple[dict[bytes, int], dict[str, int], int]:
+    """Read K2's tokenizer files: ``tiktoken.model`` and the special-token table of ``tokenizer_config.json``.
+
+    The table follows K2's class: ids ``n_ranks … n_ranks+255`` take their names from ``added_tokens_decoder`` and
+    are ``<|reserved_token_{id}|>`` otherwise.
+
+    Args:
+        model_dir: a model directory (real K2 or the tiny one ``write_tokenizer_files`` writes).
+    Returns:
+        (token bytes → rank, special token → id, ``model_max_length``).
+    Raises:
+        CheckpointError: a file is missing or malformed.
+    """
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise CheckpointError(f"{d} is not a directory", "pass the model directory holding tiktoken.model")
+    ranks = load_ranks(d / "tiktoken.model")
+    cfg_path = d / "tokenizer_config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{cfg_path} is missing", "copy K2's tokenizer_config.json next to "
+                              "tiktoken.model") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_path} is not valid JSON ({e.msg} at line {e.lineno})",
+                              "fix or re-copy the file") from None
+    n = len(ranks)
+    names = special_token_names(n)
+    for key, entry in (cfg.get("added_tokens_decoder") or {}).items():
+        i = int(key)
+        if not n <= i < n + NUM_RESERVED:
+            raise CheckpointError(f"{cfg_path}: added token id {i} is outside the reserved range "
+                                  f"{n}..{n + NUM_RESERVED - 1}",
+                                  "tokenizer_config.json does not belong to this tiktoken.model")
+        if entry.get("content"):
+            names[i] = entry["content"]
+    return ranks, {t: i for i, t in names.items()}, int(cfg.get("model_max_length", DEFAULT_MODEL_MAX_LENGTH))
 
 
 def tiktoken_model_bytes(tokens: tuple[bytes, ...] | list[bytes]) -> bytes:
@@ -308,8 +432,6 @@ def write_tokenizer_files(out_dir: str | Path, n_ranks: int = 1024, *, seed: int
     Example:
         >>> write_tokenizer_files(tmp_path / "tok", n_ranks=1024)  # doctest: +SKIP
     """
-    from k2trt.chat.template import CHAT_TEMPLATE
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {
@@ -318,10 +440,7 @@ def write_tokenizer_files(out_dir: str | Path, n_ranks: int = 1024, *, seed: int
                                   + "\n").encode(),
         "chat_template.jinja": CHAT_TEMPLATE.encode(),
     }
-    paths = []
-    for name, data in files.items():
-        _write_atomic(out / name, data)
-        paths.append(out / name)
+    paths = [atomic_write(out / name, data) for name, data in files.items()]
     if hf_json:
         paths.append(write_hf_tokenizer_json(out, n_ranks, seed=seed))
     return paths
@@ -397,12 +516,9 @@ def write_hf_tokenizer_json(out_dir: str | Path, n_ranks: int = 1024, *, seed: i
         The path written.
     """
     if model_dir is not None:
-        from k2trt.chat.tokenizer import K2Tokenizer, load_ranks
-
-        ranks = load_ranks(Path(model_dir) / "tiktoken.model")
-        tok = K2Tokenizer.from_dir(model_dir)
+        ranks, named, _ = read_tokenizer_files(model_dir)
         flags = {t: sp for _, t, sp in SPECIAL_TOKENS}
-        specials = {i: (t, flags.get(t, True)) for t, i in tok.special_tokens.items()}
+        specials = {i: (t, flags.get(t, True)) for t, i in named.items()}
     else:
         ranks = {t: r for r, t in enumerate(learn_ranks(n_ranks, seed))}
         flags = {n_ranks + off: sp for off, _, sp in SPECIAL_TOKENS}
@@ -410,5 +526,4 @@ def write_hf_tokenizer_json(out_dir: str | Path, n_ranks: int = 1024, *, seed: i
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "tokenizer.json"
-    _write_atomic(path, json.dumps(hf_tokenizer_json(ranks, specials), ensure_ascii=False).encode())
-    return path
+    return atomic_write(path, json.dumps(hf_tokenizer_json(ranks, specials), ensure_ascii=False).encode())

@@ -1,29 +1,38 @@
-"""Safetensors shards and the index, read from headers only, and written one tensor at a time.
+"""Safetensors shards and the index, read from headers only; shards written one tensor at a time; whole files
+copied, linked and hashed.
 
 A safetensors file is ``u64 little-endian header length N`` + ``N bytes of JSON`` + the data region; the JSON maps
 each tensor name to ``{"dtype", "shape", "data_offsets": [begin, end]}`` relative to the data region, plus an optional
 ``__metadata__`` of strings. Reading only the header lets inspect and plan handle the 1 TB K2 in seconds.
 
 Writing uses ``ShardWriter``: the header is laid out up front from the tensor list, the file is created under a
-temporary name, each tensor's bytes are written at its offset as it is produced (so a converter never holds a
-whole shard in memory), and ``commit()`` fsyncs and renames into place. ``commit(sparse=True)`` leaves the data
-region as a file hole — a faithful 1 TB layout that costs almost no disk. No torch here.
+temporary name (``fsio.partial_name``), the tensors' bytes are appended in layout order as they are produced (so a
+converter never holds a whole shard in memory), hashed on the way when asked, and ``commit()`` fsyncs and renames
+into place with the guarantees of ``k2trt.fsio``. ``commit(sparse=True)`` leaves the data region as a file hole — a
+faithful 1 TB layout that costs almost no disk. ``copy_file`` moves whole files with ``copy_file_range`` (the
+kernel copies; what ``cp`` does) unless the bytes must pass through for a hash. No torch here.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import queue
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from k2trt.checkpoint.names import INDEX_FILE
 from k2trt.errors import CheckpointError
+from k2trt.fsio import fsync_dir, partial_name
+from k2trt.spec import DTYPE_BYTES as DTYPE_SIZE
 
-DTYPE_SIZE = {"F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "U8": 1, "I8": 1, "BOOL": 1, "BF16": 2, "F16": 2,
-              "I16": 2, "U16": 2, "F32": 4, "I32": 4, "U32": 4, "F64": 8, "I64": 8, "U64": 8, "F4": 0.5}
+CHUNK = 16 * 2**20
+"""Read size for hashing and copying through user space: large enough to stream at disk speed."""
 MAX_HEADER = 100 * 2**20  # safetensors itself refuses headers over 100 MB
 ALIGN = 8
 
@@ -176,48 +185,141 @@ def layout(tensors: Iterable[tuple[str, str, tuple[int, ...]]], metadata: dict[s
 
 
 class ShardWriter:
-    """Write one safetensors shard tensor by tensor, under a temporary name, then rename it into place.
+    """Write one safetensors shard tensor by tensor, in layout order, under a temporary name; ``commit`` renames it.
 
     Example::
 
-        with ShardWriter(out / "model-1-of-2.safetensors", [(name, "BF16", (4, 4))]) as w:
+        with ShardWriter(out / "model-1-of-2.safetensors", [(name, "BF16", (4, 4))], hashing=True) as w:
             w.write(name, tensor_bytes)
+        w.sha256  # of the whole file, when hashing
         # the file exists under its final name only if every tensor was written and the block exited cleanly
+
+    A failed write (disk full, file too large) raises CheckpointError naming the file and the tensor; the temporary
+    file is removed and nothing appears under the final name. ``preallocate`` reserves the file's extent first
+    (off for sparse files, whose data region stays a hole).
     """
 
     def __init__(self, path: str | Path, tensors: list[tuple[str, str, tuple[int, ...]]],
-                 metadata: dict[str, str] | None = None) -> None:
+                 metadata: dict[str, str] | None = None, *, hashing: bool = False, preallocate: bool = True) -> None:
         self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.partial")
         header, self.offsets = layout(tensors, metadata if metadata is not None else {"format": "pt"})
         self.size = max((e for _b, e in self.offsets.values()), default=len(header))
-        self.pending = set(self.offsets)
-        self._f = open(self.tmp, "wb")
-        self._f.write(header)
+        self._sha = _Hasher() if hashing else None
+        self._digest: str | None = None
+        self._pending = set(self.offsets)
+        self._ends = sorted((e, n) for n, (_b, e) in self.offsets.items())
+        self._next = 0  # first entry of _ends not yet complete
+        self.tmp = partial_name(self.path)
+        self._fd: int | None = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        if preallocate and self.size:
+            try:  # one extent up front: appends then skip the filesystem's per-write allocation (measured ~2×)
+                os.posix_fallocate(self._fd, 0, self.size)
+            except OSError:
+                pass  # not supported, or no room: the writes report it, naming the tensor
+        self.pos = 0
+        self.append(header)
 
-    def write(self, name: str, data: bytes | memoryview) -> None:
+    @property
+    def sha256(self) -> str | None:
+        """The file's sha256 (hex), if hashing, once committed."""
+        return self._digest
+
+    def append(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes at the current position (the next bytes of the layout)."""
+        mv = memoryview(data).cast("B")
+        try:
+            done = 0
+            while done < len(mv):  # a write to a file may be short
+                done += os.write(self._fd, mv[done:])  # type: ignore[arg-type]
+        except OSError as err:
+            raise write_error(self.path, err, self._tensor_at(self.pos + done)) from None
+        if self._sha is not None:
+            self._sha.update(mv)
+        self.pos += len(mv)
+        self._advance()
+
+    def copy_range(self, src_fd: int, offset: int, n: int) -> None:
+        """Append ``n`` bytes of another file from ``offset``: copied by the kernel unless hashing needs them."""
+        if self._sha is None and n:
+            try:
+                _kernel_copy(src_fd, self._fd, offset, n)  # type: ignore[arg-type]
+            except OSError as err:
+                raise write_error(self.path, err, self._tensor_at(self.pos)) from None
+            self.pos += n
+            os.lseek(self._fd, self.pos, os.SEEK_SET)  # type: ignore[arg-type]
+            self._advance()
+            return
+        buf = bytearray(min(CHUNK, n))
+        mv = memoryview(buf)
+        done = 0
+        while done < n:
+            k = os.preadv(src_fd, [mv[: min(CHUNK, n - done)]], offset + done)
+            if k == 0:
+                raise CheckpointError(f"source ended {n - done} bytes early while copying "
+                                      f"{self._tensor_at(self.pos)}",
+                                      "the source changed during the conversion; run it again")
+            self.append(mv[:k])
+            done += k
+
+    def _advance(self) -> None:
+        """Mark the tensors that appended bytes have completed."""
+        while self._next < len(self._ends) and self._ends[self._next][0] <= self.pos:
+            self._pending.discard(self._ends[self._next][1])
+            self._next += 1
+
+    def _tensor_at(self, pos: int) -> str:
+        name = next((n for n, (b, e) in self.offsets.items() if b <= pos < e), None)
+        return f"tensor {name}" if name else "the header"
+
+    def write(self, name: str, data: bytes | bytearray | memoryview) -> None:
+        """Write tensor ``name``: appended when it is the next one in the layout, else at its offset (without a
+        hash, which needs the bytes in order)."""
         b, e = self.offsets[name]
-        if len(data) != e - b:
-            raise CheckpointError(f"{self.path.name}: tensor {name!r} got {len(data)} bytes, expected {e - b}")
-        self._f.seek(b)
-        self._f.write(data)
-        self.pending.discard(name)
+        mv = memoryview(data).cast("B")
+        if len(mv) != e - b:
+            raise CheckpointError(f"{self.path.name}: tensor {name!r} got {len(mv)} bytes, expected {e - b}")
+        if b == self.pos:
+            self.append(mv)
+            return
+        if self._sha is not None:
+            raise CheckpointError(f"{self.path.name}: tensor {name!r} written out of order while hashing")
+        try:
+            done = 0
+            while done < len(mv):
+                done += os.pwrite(self._fd, mv[done:], b + done)  # type: ignore[arg-type]
+        except OSError as err:
+            raise write_error(self.path, err, f"tensor {name}") from None
+        self._pending.discard(name)
 
     def commit(self, sparse: bool = False) -> Path:
         """Finish the file and rename it into place. ``sparse`` allows unwritten tensors (left as holes)."""
-        if self.pending and not sparse:
-            raise CheckpointError(f"{self.path.name}: {len(self.pending)} tensors were never written "
-                                  f"(first: {sorted(self.pending)[0]})")
-        self._f.truncate(self.size)
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
+        if self._pending and not sparse:
+            first = min(self._pending, key=lambda n: self.offsets[n][0])
+            raise CheckpointError(f"{self.path.name}: {len(self._pending)} tensors were never written "
+                                  f"(first: {first})")
+        fd, self._fd = self._fd, None
+        assert fd is not None
+        if self._sha is not None:
+            self._digest = self._sha.hexdigest()
+        try:
+            os.ftruncate(fd, self.size)
+            os.fsync(fd)
+        except OSError as err:
+            os.close(fd)
+            self.tmp.unlink(missing_ok=True)
+            raise write_error(self.path, err) from None
+        os.close(fd)
         os.replace(self.tmp, self.path)
+        fsync_dir(self.path.parent)
         return self.path
 
     def abort(self) -> None:
-        if not self._f.closed:
-            self._f.close()
+        """Remove the temporary file (after an error)."""
+        if self._sha is not None:
+            self._sha.hexdigest()  # stops its thread
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         self.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> "ShardWriter":
@@ -226,17 +328,135 @@ class ShardWriter:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None:
             self.abort()
-        elif not self._f.closed:
+        elif self._fd is not None:
             self.commit()
 
 
-def write_json_atomic(path: str | Path, obj: Any, indent: int | None = 2) -> None:
-    """Write JSON to a temporary name, fsync, and rename into place."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.partial")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=indent)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
+class _Hasher:
+    """sha256 of a byte stream on its own thread, so hashing overlaps the writes (hashlib releases the GIL; the
+    writes wait on the disk). Buffers must not change after ``update``: the converter hands over fresh ones."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=4)  # bounds the bytes waiting for the hash
+        self._t = threading.Thread(target=self._run, name="k2trt-sha256", daemon=True)
+        self._t.start()
+        self._hex: str | None = None
+
+    def _run(self) -> None:
+        while (b := self._q.get()) is not None:
+            self._sha.update(b)
+
+    def update(self, data: memoryview) -> None:
+        self._q.put(data)
+
+    def hexdigest(self) -> str:
+        if self._hex is None:
+            self._q.put(None)
+            self._t.join()
+            self._hex = self._sha.hexdigest()
+        return self._hex
+
+
+def write_error(path: Path, err: OSError, what: str = "") -> CheckpointError:
+    """One line for a failed write: the file (and tensor), the OS reason, and what to do."""
+    full = err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+    fix = ("free space on DST's filesystem (or raise the file-size limit) and run the same command again: finished "
+           "shards are kept and the conversion resumes" if full else "fix the cause and run the same command again "
+           "to resume")
+    return CheckpointError(f"{path}: writing {what + ' ' if what else ''}failed: {err.strerror or err}", fix)
+
+
+def _kernel_copy(src_fd: int, dst_fd: int, offset: int, n: int) -> None:
+    """Copy ``n`` bytes from ``src_fd`` at ``offset`` to ``dst_fd``'s position without passing through user space:
+    ``copy_file_range`` (what ``cp`` uses), else ``sendfile``."""
+    done = 0
+    pos = os.lseek(dst_fd, 0, os.SEEK_CUR)
+    while done < n:
+        try:
+            k = os.copy_file_range(src_fd, dst_fd, n - done, offset + done, pos + done)
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            os.lseek(dst_fd, pos + done, os.SEEK_SET)
+            while done < n:
+                k = os.sendfile(dst_fd, src_fd, offset + done, n - done)
+                if k == 0:
+                    raise OSError(errno.EIO, "source ended early") from None
+                done += k
+            return
+        if k == 0:
+            raise OSError(errno.EIO, "source ended early")
+        done += k
+
+
+def sha256_file(path: str | Path, chunk: int = CHUNK) -> str:
+    """sha256 of a file, read in chunks (hashlib releases the GIL, so several files hash in parallel)."""
+    h = hashlib.sha256()
+    buf = bytearray(chunk)
+    mv = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(mv[:n])
+    return h.hexdigest()
+
+
+def copy_file(src: Path, dst: Path, *, hashing: bool, on_bytes: Callable[[int], None] | None = None) -> str | None:
+    """Copy ``src`` to ``dst`` atomically (temporary name, fsync, rename, directory fsync); return its sha256.
+
+    The kernel copies the bytes (``copy_file_range``, what ``cp`` does: no pass through user space). With
+    ``hashing``, a second thread reads ``src`` (from the page cache the copy fills) and hashes it meanwhile, so a
+    hashed copy costs one read and the hash on top of ``cp``. ``on_bytes(n)`` reports progress. On any error the
+    temporary file is removed and nothing appears under ``dst``; None is returned without ``hashing``.
+    """
+    tmp = partial_name(dst)
+    result: list[Any] = []
+    hasher = threading.Thread(target=lambda: result.append(_sha256_or_error(src)), name="k2trt-sha256",
+                              daemon=True) if hashing else None
+    try:
+        with open(src, "rb", buffering=0) as fi, open(tmp, "xb", buffering=0) as fo:
+            if hasher is not None:
+                hasher.start()
+            size = os.fstat(fi.fileno()).st_size
+            for off in range(0, size, 4 * CHUNK):
+                n = min(4 * CHUNK, size - off)
+                _kernel_copy(fi.fileno(), fo.fileno(), off, n)
+                os.lseek(fo.fileno(), off + n, os.SEEK_SET)
+                if on_bytes is not None:
+                    on_bytes(n)
+            os.fsync(fo.fileno())
+        if hasher is not None:
+            hasher.join()
+            if isinstance(result[0], BaseException):
+                raise result[0]
+        os.replace(tmp, dst)
+    except BaseException:
+        if hasher is not None and hasher.ident is not None:
+            hasher.join()
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(dst.parent)
+    return result[0] if hashing else None
+
+
+def _sha256_or_error(path: Path) -> str | BaseException:
+    try:
+        return sha256_file(path)
+    except BaseException as e:  # re-raised by the copying thread
+        return e
+
+
+def link_file(src: Path, dst: Path) -> bool:
+    """Hard-link ``src`` as ``dst`` (atomically, via a temporary name). False when the filesystem cannot."""
+    tmp = partial_name(dst)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        return False  # EXDEV (another filesystem), EPERM (no hard links here): the caller copies instead
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(dst.parent)
+    return True

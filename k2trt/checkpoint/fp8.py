@@ -9,18 +9,26 @@ use the one scale of their block for the rows and columns that exist (kimi_forma
 Quantisation (BF16 → FP8) zero-pads partial blocks to 128 before taking the block amax, then crops. With that scheme
 fp8 → bf16 → fp8 reproduces the original bytes exactly: the block maximum maps to ±448, dequantises to the original
 bf16 amax, and so gives back the same scale; every other element moves by far less than half an e4m3 step.
+The block constants and the scale grid are ``k2trt.spec``'s (``BLOCK``, ``FP8_MAX``, ``scale_shape``). Besides the
+torch reference math, ``dequantize_rows`` is the converter's numpy path: an e4m3 byte has 256 values, so each
+128×128 block has only 256 possible outputs ``bf16(f32(v) × scale)``; they are computed once per block with the
+same float32 product and single rounding, then gathered per element — bit-identical to ``dequantize(…, bfloat16)``
+and several times faster than torch's (unvectorised) fp8 → float cast, without importing torch at all.
 torch is imported inside functions so that ``k2trt.checkpoint`` stays importable on a login node.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+from typing import TYPE_CHECKING, Any
+
+from k2trt.spec import BLOCK, FP8_MAX
+from k2trt.spec import scale_shape as grid_shape
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
-BLOCK = 128
-FP8_MAX = 448.0  # largest finite float8_e4m3fn
 # A block of zeros still gets a positive scale (a zero scale is how inspect recognises a broken checkpoint).
 _MIN_AMAX = 1e-12
 
@@ -35,7 +43,7 @@ def check_scale_shape(name: str, weight_shape: tuple[int, ...], scale_shape: tup
     """Raise CheckpointError if ``scale_shape`` is not the block grid of ``weight_shape``."""
     from k2trt.errors import CheckpointError
 
-    want = tuple(-(-d // block) for d in weight_shape)
+    want = grid_shape(tuple(weight_shape), block)
     if tuple(scale_shape) != want:
         raise CheckpointError(f"{name}: weight_scale_inv has shape {list(scale_shape)}, expected {list(want)} "
                               f"for a {list(weight_shape)} weight in {block}×{block} blocks",
@@ -76,25 +84,94 @@ def quantize(weight: "torch.Tensor", block: int = BLOCK) -> "tuple[torch.Tensor,
     if weight.dim() != 2:
         raise ValueError(f"quantize expects a 2-D weight, got shape {tuple(weight.shape)}")
     m, n = weight.shape
-    mb, nb = -(-m // block), -(-n // block)
-    w = weight.to(torch.float32)
-    padded = torch.zeros(mb * block, nb * block, dtype=torch.float32)
-    padded[:m, :n] = w
-    amax = padded.view(mb, block, nb, block).abs().amax(dim=(1, 3))  # [Mb, Nb]
+    mb, nb = grid_shape((m, n), block)
+    # abs and max are exact in the input's own float dtype, and the division promotes to float32 as it goes:
+    # the same values as converting first, with half the memory traffic for a BF16 input
+    w = weight if weight.is_floating_point() and weight.element_size() >= 2 else weight.to(torch.float32)
+    ragged = bool(m % block or n % block)
+    if ragged:
+        padded = torch.zeros(mb * block, nb * block, dtype=torch.float32)
+        padded[:m, :n] = w
+        w = padded
+    v = w.view(mb, block, nb, block)                                      # [Mb, 128, Nb, 128]
+    amax = v.abs().amax(dim=3).amax(dim=1).to(torch.float32)             # [Mb, Nb]
     scale = amax.clamp_min(_MIN_AMAX) / FP8_MAX
-    q = (w / _expand(scale, m, n, block)).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-    return q, scale.contiguous()
+    x = v / scale[:, None, :, None]                                       # float32
+    q = x.clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).view(mb * block, -1)
+    return (q[:m, :n].contiguous() if ragged else q), scale.contiguous()
 
 
-def scale_problems(scale_inv: "torch.Tensor") -> str | None:
-    """Why a scale tensor cannot be right (NaN, Inf, zero or negative entries), or None."""
-    import torch
+def scale_problems(scale_inv: Any) -> str | None:
+    """Why a scale tensor (torch or numpy) cannot be right (NaN, Inf, zero or negative entries), or None."""
+    import numpy as np
 
-    s = scale_inv.to(torch.float32)
-    if torch.isnan(s).any():
+    s = scale_inv.to(__import__("torch").float32).numpy() if hasattr(scale_inv, "numpy") and not \
+        isinstance(scale_inv, np.ndarray) else np.asarray(scale_inv, dtype=np.float32)
+    if np.isnan(s).any():
         return "contains NaN"
-    if torch.isinf(s).any():
+    if np.isinf(s).any():
         return "contains Inf"
     if (s <= 0).any():
         return f"has {int((s <= 0).sum())} zero or negative entries"
     return None
+
+
+# ---- numpy: FP8 → float32 or BF16 bits by table, bit-identical to dequantize(…) ------------------------------
+
+@functools.lru_cache(maxsize=1)
+def e4m3_values() -> "np.ndarray":
+    """The float32 value of each of the 256 float8_e4m3fn bytes (0x7F and 0xFF are NaN; no infinities);
+    read-only, computed once."""
+    import numpy as np
+
+    b = np.arange(256, dtype=np.int32)
+    e, m = (b >> 3) & 0xF, (b & 7).astype(np.float64)
+    mag = np.where(e == 0, m / 8 * 2.0 ** -6, (1 + m / 8) * np.exp2(e - 7.0))
+    mag[(b & 0x7F) == 0x7F] = np.nan
+    out = np.where(b & 0x80, -mag, mag).astype(np.float32)
+    out.flags.writeable = False
+    return out
+
+
+def bf16_bits(x: "np.ndarray") -> "np.ndarray":
+    """float32 → bfloat16 bit patterns (uint16), round to nearest even; NaN → 0x7FC0 as torch rounds it."""
+    import numpy as np
+
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    out = ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint16)
+    out[np.isnan(x)] = 0x7FC0
+    return out
+
+
+_SUB_ROWS = 16  # rows per gather: the intp index of 16 × 7168 elements (~0.9 MB) stays in cache
+
+
+def dequantize_rows(u8: "np.ndarray", scale: "np.ndarray", first_row: int, out: "np.ndarray") -> None:
+    """FP8 bytes → ``out`` by per-block lookup table, for rows ``first_row…`` of a weight with its whole scale grid.
+
+    Args:
+        u8: uint8 ``[R, N]``, rows ``first_row .. first_row+R`` of the weight (``first_row`` a multiple of 16).
+        scale: float32 ``[ceil(M/128), ceil(N/128)]``, the weight's scale grid.
+        first_row: the weight row ``u8[0]`` is.
+        out: ``[R, N]`` to fill: float32 (the exact float32 product ``f32(v) × scale``) or uint16/int16 (its
+            BF16 bits, rounded once).
+    Example: ``dequantize_rows(raw, s, 0, out)``; for a uint16 ``out``, ``torch.from_numpy(out).view(
+    torch.bfloat16)`` equals ``dequantize(w, s, torch.bfloat16)``.
+    """
+    import numpy as np
+
+    rows, n = u8.shape
+    if first_row % _SUB_ROWS:
+        raise ValueError(f"first_row {first_row} is not a multiple of {_SUB_ROWS}")
+    values = e4m3_values()
+    col = (np.arange(n, dtype=np.intp) // BLOCK) * 256   # [N]: where each column's block starts in a table row
+    idx = np.empty((min(_SUB_ROWS, rows), n), dtype=np.intp)
+    table: Any = None
+    for r in range(0, rows, _SUB_ROWS):   # 16-row stripes never cross a 128-row block
+        if table is None or (first_row + r) % BLOCK == 0:
+            b = (first_row + r) // BLOCK
+            prod = values[None, :] * scale[b][:, None]                              # [Nb, 256] float32
+            table = (prod if out.dtype == np.float32 else bf16_bits(prod).view(out.dtype)).reshape(-1)
+        k = min(rows, r + _SUB_ROWS) - r
+        np.add(u8[r:r + k], col, out=idx[:k])
+        np.take(table, idx[:k], out=out[r:r + k])

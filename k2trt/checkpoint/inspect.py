@@ -9,7 +9,7 @@ Checks, in the order a user hits them:
   sits outside the index (TensorRT-LLM loads *every* ``*.safetensors`` in the directory);
 - every tensor the spec expects is present with its shape and dtype, every FP8 weight has a ``weight_scale_inv`` of
   the block-grid shape, and unknown tensors are reported (``rotary_emb.inv_freq`` as ignored extras);
-- NVFP4 / W4A8 checkpoints (``hf_quant_config.json``, ``requant_layout.py``): the packed 4-bit experts with their
+- NVFP4 / W4A8 checkpoints (``hf_quant_config.json``, ``formats.py``): the packed 4-bit experts with their
   ``weight_scale`` / ``weight_scale_2`` / ``input_scale`` (or W4A8 ``weight_scale_inv`` / ``input_scale``), the
   precision of every other module, and the config files TensorRT-LLM reads;
 - the tokenizer and chat template files are there.
@@ -21,9 +21,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from k2trt.checkpoint import files, names
+from k2trt.checkpoint import files, formats, names
+from k2trt.checkpoint.quantcfg import QUANT_CFG_FILE
 from k2trt.errors import CheckpointError, ConfigError
-from k2trt.spec import LINEAR_ROLES, ModelSpec, TensorInfo
+from k2trt.spec import HF_QUANT_CONFIG, LINEAR_ROLES, ModelSpec, TensorInfo
 
 TOKENIZER_FILES = ("tiktoken.model", "tokenizer_config.json")
 
@@ -112,14 +113,12 @@ def _spec(d: Path, rep: Report) -> ModelSpec | None:
     q = spec.quantization
     rep.quantization = q.describe() if q else "none (bf16)"
     if q is not None and q.target is not None:
-        from k2trt.checkpoint import requant_layout as rq
-
-        if not (d / rq.HF_QUANT_CONFIG).exists():
-            rep.problems.append(Problem("warning", rq.HF_QUANT_CONFIG, f"missing for a {q.quant_algo} checkpoint "
+        if not (d / HF_QUANT_CONFIG).exists():
+            rep.problems.append(Problem("warning", HF_QUANT_CONFIG, f"missing for a {q.quant_algo} checkpoint "
                                         "(TensorRT-LLM reads it before config.json's quantization_config)",
                                         "re-run k2trt convert --to " + q.target))
-        if q.target == "w4a8" and not (d / rq.QUANT_CFG_FILE).exists():
-            rep.problems.append(Problem("info", rq.QUANT_CFG_FILE, "missing; the per-layer W4A8/FP8 split comes "
+        if q.target == "w4a8" and not (d / QUANT_CFG_FILE).exists():
+            rep.problems.append(Problem("info", QUANT_CFG_FILE, "missing; the per-layer W4A8/FP8 split comes "
                                         "from hf_quant_config.json's quantized_layers"))
     return spec
 
@@ -185,29 +184,39 @@ def _check_index(d: Path, rep: Report, present: dict[str, files.TensorEntry]) ->
 
 
 def _check_tensors(spec: ModelSpec, rep: Report, present: dict[str, files.TensorEntry]) -> None:
-    expected = {t.name: t for t in spec.tensors() if t.role not in names.IGNORED_ROLES}
+    expected = {n: t for n, t in formats.inventory(spec).items() if t.role not in names.IGNORED_ROLES}
+    by_name: dict[str, TensorInfo] = {}  # spec name → tensor, built only if a scale's shape is wrong
     fp8_params = lin_params = 0
     by_fmt: dict[str, int] = {}
+    fmt_of: dict[str, str] = {}  # stored dtype → storage format name
     layers: dict[int, LayerSummary] = {}
     for name, t in expected.items():
         e = present.get(name)
+        is_scale = t.part != "weight"
         if e is None:
             fix = ("the quantized weight cannot be used without it; re-download or re-convert the shard"
-                   if t.scale_of else "re-download the checkpoint")
+                   if is_scale else "re-download the checkpoint")
             rep.problems.append(Problem("error", name, f"missing ({t.dtype}{list(t.shape)} expected)", fix))
             continue
-        _compare(t, e, rep, expected.get(t.scale_of) if t.scale_of else None)
-        if t.scale_of is None:
-            rep.params += t.params
+        if e.shape != t.shape or e.dtype != t.dtype:
+            if is_scale and not by_name:
+                by_name.update((x.name, x) for x in expected.values())
+            _compare(name, t, e, rep, by_name.get(t.scale_of or "") if is_scale else None)
+        params = 0 if is_scale else t.params
+        if not is_scale:
+            rep.params += params
             if t.role in LINEAR_ROLES:
-                lin_params += t.params
-                fp8_params += t.params if e.dtype == "F8_E4M3" else 0
-                fmt = _FORMAT_OF.get(e.dtype, e.dtype.lower())
-                by_fmt[fmt] = by_fmt.get(fmt, 0) + t.params
+                lin_params += params
+                fp8_params += params if e.dtype == "F8_E4M3" else 0
+                fmt = fmt_of.get(e.dtype) or fmt_of.setdefault(e.dtype, next(
+                    (f.name for f in formats.FORMATS.values() if f.identifies(e.dtype)), e.dtype.lower()))
+                by_fmt[fmt] = by_fmt.get(fmt, 0) + params
         if t.layer is not None:
-            s = layers.setdefault(t.layer, LayerSummary(t.layer, "moe" if spec.is_moe_layer(t.layer) else "dense"))
+            s = layers.get(t.layer)
+            if s is None:
+                s = layers[t.layer] = LayerSummary(t.layer, "moe" if spec.is_moe_layer(t.layer) else "dense")
             s.tensors += 1
-            s.params += t.params if t.scale_of is None else 0
+            s.params += params
             s.bytes += e.nbytes
     rep.layers = [layers[k] for k in sorted(layers)]
     rep.fp8_coverage = fp8_params / lin_params if lin_params else 0.0
@@ -229,10 +238,7 @@ def _check_tensors(spec: ModelSpec, rep: Report, present: dict[str, files.Tensor
         rep.problems.append(Problem("warning", n, msg, fix))
 
 
-_FORMAT_OF = {"F8_E4M3": "fp8", "BF16": "bf16", "U8": "nvfp4", "I8": "int4"}
-
-
-def _compare(t: TensorInfo, e: files.TensorEntry, rep: Report, weight: TensorInfo | None = None) -> None:
+def _compare(name: str, t: TensorInfo, e: files.TensorEntry, rep: Report, weight: TensorInfo | None = None) -> None:
     if tuple(e.shape) != t.shape:
         if t.scale_of and weight is not None and weight.dtype == "F8_E4M3":
             msg = (f"scale has shape {list(e.shape)}, expected {list(t.shape)} "
@@ -242,9 +248,9 @@ def _compare(t: TensorInfo, e: files.TensorEntry, rep: Report, weight: TensorInf
                    f"{list(weight.shape) if weight else ''} weight (a transposed or mis-blocked scale)")
         else:
             msg = f"has shape {list(e.shape)}, config.json implies {list(t.shape)}"
-        rep.problems.append(Problem("error", t.name, msg + f" in {e.file}", "check config.json against the weights"))
+        rep.problems.append(Problem("error", name, msg + f" in {e.file}", "check config.json against the weights"))
     if e.dtype != t.dtype:
-        rep.problems.append(Problem("error", t.name, f"is {e.dtype}, expected {t.dtype} in {e.file}",
+        rep.problems.append(Problem("error", name, f"is {e.dtype}, expected {t.dtype} in {e.file}",
                                     "check quantization_config in config.json against the weights"))
 
 

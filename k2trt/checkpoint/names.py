@@ -1,14 +1,17 @@
 """Every Hugging Face tensor name of a Kimi K2 / DeepSeek-V3 checkpoint, and the rules that parse them.
 
-This is the only module that spells HF tensor names (DESIGN.md). Other modules speak of *roles* ("q_b",
-"expert_down", ...) and ask this module for the name of a role at a layer/expert, or for the role of a name.
-It imports nothing from k2trt, so `spec` can use it without a cycle.
+This module spells the HF names of the roles (DESIGN.md); ``formats.py`` spells the suffixes of each storage
+format's parts (``weight_scale_inv``, ``weight_scale_2`` ...). Other modules speak of *roles* ("q_b",
+"expert_down", ...) and ask here for the name of a role at a layer/expert, or for the role of a name. The role
+vocabulary itself (which roles a K2 layer has, their shapes) is ``k2trt.spec``'s.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from k2trt.spec import IGNORED_ROLES  # noqa: F401  (re-exported: callers filter inventories with it)
 
 SCALE_SUFFIX = "_scale_inv"
 INDEX_FILE = "model.safetensors.index.json"
@@ -44,8 +47,6 @@ LAYER = {
     "expert_down": "mlp.experts.{E}.down_proj.weight",
 }
 
-# Roles that are tolerated in a checkpoint but never loaded into a model.
-IGNORED_ROLES = frozenset({"inv_freq"})
 
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _EXPERT_RE = re.compile(r"^mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight$")
@@ -81,6 +82,13 @@ def name_of(role: str, layer: int | None = None, expert: int | None = None) -> s
             raise ValueError(f"role {role!r} needs an expert index")
         suffix = suffix.replace("{E}", str(expert))
     return f"model.layers.{layer}.{suffix}"
+
+
+def module_name(weight_name: str) -> str:
+    """The module of a linear weight: ``…q_b_proj.weight`` → ``…q_b_proj`` (ValueError for other names)."""
+    if not weight_name.endswith(".weight"):
+        raise ValueError(f"{weight_name!r} is not a linear weight name")
+    return weight_name[: -len(".weight")]
 
 
 def scale_name(weight_name: str) -> str:

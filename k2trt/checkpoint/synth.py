@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from k2trt.checkpoint import names
-from k2trt.checkpoint.files import ShardWriter, write_json_atomic
+from k2trt.checkpoint.files import ShardWriter
+from k2trt.checkpoint.formats import tensor_name
 from k2trt.errors import CheckpointError
+from k2trt.fsio import atomic_write_json
 from k2trt.spec import ModelSpec, TensorInfo
 
 if TYPE_CHECKING:
@@ -64,7 +66,7 @@ def _generator(seed: int, name: str) -> "torch.Generator":
 def _bf16_value(spec: ModelSpec, t: TensorInfo, seed: int) -> "torch.Tensor":
     import torch
 
-    g = _generator(seed, t.name)
+    g = _generator(seed, tensor_name(t))
     shape = t.shape
     if t.role in ("input_norm", "post_norm", "q_a_norm", "kv_a_norm", "final_norm"):
         w = 1.0 + 0.1 * torch.randn(shape, generator=g)
@@ -166,30 +168,41 @@ def _write_all(spec: ModelSpec, tmp: Path, seed: int, shards: int | None, sparse
         raise CheckpointError(f"synth writes {spec.quantization.target} layouts only as --sparse headers",
                               f"synthesize the FP8 model, then k2trt convert SRC DST --to {spec.quantization.target}")
     tensors = spec.tensors()
+    hf = [tensor_name(t) for t in tensors]
     n = shards or DEFAULT_SHARDS.get(preset_name or "", max(1, spec.num_hidden_layers))
     groups = plan_shards(tensors, n)
     weight_map: dict[str, str] = {}
     total = sum(t.nbytes for t in tensors)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="synth", disable=not progress or sparse)
     values = None if sparse else tensor_values(spec, seed, weights)
+    at = 0
     for i, group in enumerate(groups, 1):
         fname = shard_name(i, n)
-        with ShardWriter(tmp / fname, [(t.name, t.dtype, t.shape) for t in group]) as w:
-            for t in group:
-                weight_map[t.name] = fname
+        group_names = hf[at: at + len(group)]
+        at += len(group)
+        with ShardWriter(tmp / fname, [(nm, t.dtype, t.shape) for nm, t in zip(group_names, group)],
+                         preallocate=not sparse) as w:
+            for nm, t in zip(group_names, group):
+                weight_map[nm] = fname
                 if values is not None:
                     info, x = next(values)
-                    assert info.name == t.name  # internal invariant: same inventory order
-                    w.write(t.name, tensor_bytes(x))
+                    assert info == t  # internal invariant: same inventory order
+                    w.write(nm, tensor_bytes(x))
                     bar.update(t.nbytes)
             w.commit(sparse=sparse)
     bar.close()
-    write_json_atomic(tmp / names.INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map})
-    write_json_atomic(tmp / "config.json", spec.to_config())
-    if q4:  # a ModelOpt layout: TensorRT-LLM reads hf_quant_config.json before config.json
-        from k2trt.checkpoint.requant_run import write_quant_configs
+    atomic_write_json(tmp / names.INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map})
+    if not q4:
+        atomic_write_json(tmp / "config.json", spec.to_config())
+        return
+    # a ModelOpt layout: TensorRT-LLM reads hf_quant_config.json before config.json
+    from k2trt.checkpoint import quantcfg
 
-        write_quant_configs(tmp, spec)
+    assert spec.quantization is not None
+    hq = quantcfg.hf_quant_config(spec, spec.quantization.kv_cache_quant_algo == "FP8")
+    for fname, obj in quantcfg.metadata_files(spec, hq).items():
+        atomic_write_json(tmp / fname, obj)
+    atomic_write_json(tmp / "config.json", quantcfg.config_json(spec, hq))
 
 
 def _write_tokenizer(spec: ModelSpec, out: Path, seed: int) -> None:
@@ -201,7 +214,7 @@ def _write_tokenizer(spec: ModelSpec, out: Path, seed: int) -> None:
     im_end = n_ranks + 2  # <|im_end|> sits at BOS + 2 in K2's layout (kimi_formats.md §3.3)
     gen = {"bos_token_id": spec.bos_token_id, "eos_token_id": [im_end, spec.eos_token_id],
            "max_length": spec.max_position_embeddings}
-    write_json_atomic(out / "generation_config.json", gen)
+    atomic_write_json(out / "generation_config.json", gen)
 
 
 def len_reserved() -> int:

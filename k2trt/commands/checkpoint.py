@@ -13,24 +13,24 @@ from k2trt.cli_options import echo_json, json_option
 @click.command()
 @click.option("--preset", "preset_name", default="tiny", show_default=True,
               help="Model preset: tiny, k2-instruct or k2-instruct-0905.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory to write the checkpoint to.")
 @click.option("--seed", default=0, show_default=True, help="Weights are a pure function of the seed.")
 @click.option("--shards", type=click.IntRange(min=1), default=None,
               help="Number of safetensors shards [default: 4 for tiny, one per layer otherwise].")
 @click.option("--sparse", is_flag=True, help="Headers only; data regions left as file holes (full-size presets).")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
-def synth(preset_name: str, out_dir: Path, seed: int, shards: int | None, sparse: bool, force: bool) -> None:
+def synth(preset_name: str, out: Path, seed: int, shards: int | None, sparse: bool, force: bool) -> None:
     """Write a K2-format checkpoint: the tiny K2 for the verification path, or the real layout as sparse files."""
     from k2trt.checkpoint.synth import synthesize
     from k2trt.spec import preset
 
     spec = preset(preset_name)
-    out = synthesize(spec, out_dir, seed=seed, shards=shards, sparse=sparse, force=force,
-                     progress=sys.stderr.isatty(), preset_name=preset_name)
+    written = synthesize(spec, out, seed=seed, shards=shards, sparse=sparse, force=force,
+                         progress=sys.stderr.isatty(), preset_name=preset_name)
     size = sum(t.nbytes for t in spec.tensors())
     click.echo(f"wrote {preset_name} K2 ({spec.param_count() / 1e9:.4g} B params, {size / 2**30:.3g} GiB"
-               f"{', sparse' if sparse else ''}) to {out}")
+               f"{', sparse' if sparse else ''}) to {written}")
 
 
 @click.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,43 +11,42 @@ import click
 
 from k2trt.cli_options import dry_run_option, echo_json, json_option
 
-# Defaults come from the one place that defines them (STYLE P2); importing it does not import torch.
-from k2trt.checkpoint.convert import KV_CACHE_DTYPES, MODEL_TYPES, TARGETS, ConvertOptions
-from k2trt.checkpoint.requant_layout import TARGETS as REQUANT_TARGETS
+# Defaults and choices come from the one place that defines them (STYLE P2); importing them does not import torch.
+from k2trt.checkpoint.plan import ConvertOptions
+from k2trt.checkpoint.targets import KV_CACHE_DTYPES, MODEL_TYPES, TARGETS
 
 _D = ConvertOptions()
+_CALIBRATED = [t.name for t in TARGETS.values() if t.calibrated]
 
 
 @click.command()
 @click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("dst", type=click.Path(path_type=Path))
-@click.option("--to", "target", type=click.Choice(TARGETS + REQUANT_TARGETS), default=_D.target, show_default=True,
-              help="trtllm: the directory to point trtllm-serve at (shards hard-linked or copied, config and "
-                   "tokenizer carried). bf16: dequantise every FP8 weight. fp8-block: quantise BF16 linear weights "
-                   "to e4m3 with 128×128 block scales. nvfp4 (Blackwell): NVFP4 routed experts, the rest BF16. "
-                   "w4a8 (Hopper): INT4 routed experts with FP8 activations, the rest block FP8. The 4-bit targets "
-                   "need the quant extra (nvidia-modelopt).")
+@click.option("--to", "target", type=click.Choice(list(TARGETS)), default=_D.target, show_default=True,
+              help=" ".join(f"{t.name}: {t.help}." for t in TARGETS.values())
+              + " The 4-bit targets need the quant extra (nvidia-modelopt).")
 @click.option("--kv-cache-dtype", type=click.Choice(KV_CACHE_DTYPES), default=_D.kv_cache_dtype,
-              show_default=True, help="fp8: write hf_quant_config.json asking TensorRT-LLM for an FP8 KV cache.")
+              show_default=True, help="fp8: hf_quant_config.json asks TensorRT-LLM for an FP8 KV cache.")
 @click.option("--model-type", type=click.Choice(MODEL_TYPES), default=_D.model_type, show_default=True,
               help="config.json model_type. auto keeps kimi_k2 when SRC has its remote-code files "
                    "(configuration_deepseek.py), else writes deepseek_v3 for --to trtllm.")
 @click.option("--copy", "copy_", is_flag=True, default=_D.copy,
-              help="--to trtllm: copy shards even where a hard link is possible (hard links share the source's "
-                   "data: editing one edits both).")
+              help="Never hard-link a shard: --to trtllm links where the filesystem allows (hard links share the "
+                   "source's data: editing one edits both); the other targets rewrite every shard anyway.")
 @click.option("--hash/--no-hash", "hash_", default=_D.hash, show_default=True,
               help="Record the sha256 of every output file in k2trt-manifest.json. Linked shards are read once to "
                    "hash them (about 15 min per TB at 1 GB/s), and a resumed run re-hashes finished shards; "
-                   "--no-hash records sizes only and makes --to trtllm with hard links near-instant.")
+                   "--no-hash records sizes only, lets the kernel copy unchanged bytes, and makes --to trtllm with "
+                   "hard links near-instant.")
 @click.option("--workers", type=click.IntRange(min=1), default=_D.workers, show_default=True,
               help="Threads converting tensors (or linking/copying/hashing shards for --to trtllm).")
 @click.option("--force", is_flag=True, default=_D.force,
               help="Replace a non-empty DST that does not hold this same interrupted conversion (its contents "
                    "are deleted). An interrupted run of the same conversion resumes without it.")
 @click.option("--calib-data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="nvfp4/w4a8: JSON lines of prompts ({\"text\": …} or {\"input_ids\": […]}) to calibrate the "
-                   "experts' activation scales on a CUDA device. Without it the scales are weight-only bounds "
-                   "that no activation can exceed (runs on CPU).")
+              help=f"{'/'.join(_CALIBRATED)} only: JSON lines of prompts ({{\"text\": …}} or {{\"input_ids\": "
+                   "[…]}) to calibrate the experts' activation scales on a CUDA device. Without it the scales are "
+                   "weight-only bounds that no activation can exceed (runs on CPU).")
 @click.option("--verify", is_flag=True, help="Afterwards re-read every output tensor and check it against SRC.")
 @dry_run_option
 @json_option
@@ -54,39 +54,20 @@ def convert(src: Path, dst: Path, target: str, kv_cache_dtype: str, model_type: 
             workers: int, force: bool, calib_data: Path | None, verify: bool, dry_run: bool, as_json: bool) -> None:
     """Convert the K2 checkpoint in SRC into DST: streaming, resumable (rerun after an interruption), atomic
     (each shard appears under its final name only when complete; config.json is written last)."""
-    if target in REQUANT_TARGETS:
-        _requant(src, dst, target, kv_cache_dtype, force, calib_data, verify, dry_run, as_json)
-        return
-    if calib_data is not None:
-        raise click.UsageError("--calib-data applies to --to nvfp4 or --to w4a8 only")
+    if calib_data is not None and not TARGETS[target].calibrated:
+        raise click.UsageError(f"--calib-data applies to {' or '.join('--to ' + t for t in _CALIBRATED)} only")
     from k2trt.checkpoint import convert as cv
 
-    opts = ConvertOptions(target, kv_cache_dtype, model_type, copy_, hash_, workers, force)
+    opts = ConvertOptions(target=target, kv_cache_dtype=kv_cache_dtype, model_type=model_type, copy=copy_,
+                          hash=hash_, workers=workers, force=force)
     if dry_run:
-        plan = cv.plan_conversion(src, dst, opts)
-        _emit(plan.to_dict() | {"dry_run": True}, as_json, _render_plan)
+        _emit(cv.plan_conversion(src, dst, opts).to_dict() | {"dry_run": True}, as_json, _render_plan)
         return
-    res = cv.convert(src, dst, opts, verify=verify, progress=sys.stderr.isatty() and not as_json)
-    _emit(res.to_dict(), as_json, _render_result)
-
-
-def _requant(src: Path, dst: Path, target: str, kv_cache_dtype: str, force: bool, calib_data: Path | None,
-             verify: bool, dry_run: bool, as_json: bool) -> None:
-    from k2trt.checkpoint import requant_run as rr
-
-    if dry_run:
-        opts = rr.RequantOptions(target, kv_cache_dtype=kv_cache_dtype, force=force)
-        _emit(rr.plan_requant(src, dst, opts).to_dict() | {"dry_run": True}, as_json, _render_plan)
-        return
-    amax: tuple[tuple[str, float], ...] = ()
     if calib_data is not None:
-        from k2trt.checkpoint.requant import calibrate
+        from k2trt.reference.calibrate import calibrate
 
-        amax = tuple(sorted(calibrate(src, calib_data).items()))
-    opts = rr.RequantOptions(target, amax, kv_cache_dtype, force)
-    res = rr.requantize(src, dst, opts, progress=sys.stderr.isatty() and not as_json)
-    if verify:
-        res.verified = rr.verify_output(res.plan)
+        opts = dataclasses.replace(opts, calib_amax=tuple(sorted(calibrate(src, calib_data).items())))
+    res = cv.convert(src, dst, opts, verify=verify, progress=sys.stderr.isatty() and not as_json)
     _emit(res.to_dict(), as_json, _render_result)
 
 

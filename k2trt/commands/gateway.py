@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
+from k2trt.chat.families import FAMILY_NAMES
 from k2trt.cli_options import ByteSizeType, dry_run_option, echo_json
-from k2trt.gateway.config import MODES, GatewayConfig
+from k2trt.gateway.config import API_KEYS_ENV, LOG_FORMATS, MODES, GatewayConfig, read_api_keys
 
 _D = GatewayConfig(engine_url="http://127.0.0.1:8000")  # defaults come from the dataclass (one place)
 
@@ -21,29 +22,68 @@ _D = GatewayConfig(engine_url="http://127.0.0.1:8000")  # defaults come from the
 @click.option("--mode", type=click.Choice(MODES), default=_D.mode, show_default=True,
               help="render: the gateway renders K2 prompts and parses tool calls (engine /v1/completions); "
                    "passthrough: forward to an engine that parses K2 tool calls itself (TensorRT-LLM >= 1.2).")
-@click.option("--api-key", "api_keys", multiple=True, envvar="K2TRT_GATEWAY_API_KEYS",
-              help="Accepted API key (repeatable, or whitespace-separated in $K2TRT_GATEWAY_API_KEYS, which keeps "
+@click.option("--api-key", "api_keys", multiple=True, envvar=API_KEYS_ENV,
+              help=f"Accepted API key (repeatable, or whitespace-separated in ${API_KEYS_ENV}, which keeps "
                    "keys out of `ps`); none = no auth.")
+@click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File of accepted API keys (whitespace-separated, '#' comments), e.g. a mounted secret; "
+                   "adds to --api-key.")
 @click.option("--served-model-name", default=None, help="Model id clients see [default: the model dir name].")
+@click.option("--model-alias", "model_aliases", multiple=True,
+              help="Another model id accepted as the served one (repeatable; '*' accepts any). Other ids get 404.")
 @click.option("--max-body", "max_body", type=ByteSizeType(), default=f"{_D.max_body_bytes // 2**20}MiB",
               show_default=True, help="Largest request body.")
+@click.option("--max-context", type=int, default=_D.max_context_tokens,
+              help="Context in tokens (prompt + max_tokens); longer requests get 400 [default: the model's "
+                   "max_position_embeddings].")
+@click.option("--max-header-size", "max_header", type=ByteSizeType(), default=f"{_D.max_header_bytes // 1024}KiB",
+              show_default=True, help="Largest request head (request line + headers).")
+@click.option("--max-connections", type=int, default=_D.max_connections, show_default=True,
+              help="Open connections beyond which requests get 503.")
+@click.option("--header-timeout", type=float, default=_D.header_timeout_s, show_default=True,
+              help="Seconds for a client to send a request head before the connection is closed.")
+@click.option("--body-timeout", type=float, default=_D.body_timeout_s, show_default=True,
+              help="Seconds for a client to send the whole body before 408.")
+@click.option("--health-timeout", type=float, default=_D.health_timeout_s, show_default=True,
+              help="Seconds /health waits for the engine before 503.")
 @click.option("--connect-timeout", type=float, default=_D.connect_timeout_s, show_default=True,
               help="Seconds to reach the engine before 503.")
 @click.option("--read-timeout", type=float, default=_D.read_timeout_s, show_default=True,
               help="Seconds to wait for the engine's next byte before 504.")
 @click.option("--unknown-tools", type=click.Choice(["drop", "keep"]), default=_D.unknown_tools, show_default=True,
               help="Calls to tools the request did not declare.")
+@click.option("--chat-family", type=click.Choice(FAMILY_NAMES), default=None,
+              help="K2 chat family (template, thinking switches, sampling defaults) [default: detected from "
+                   "--model-dir's chat template, else k2-instruct].")
+@click.option("--default-temperature", type=float, default=_D.default_temperature,
+              help="Temperature for requests without one [default: the family's recommendation for the mode].")
+@click.option("--default-top-p", type=float, default=_D.default_top_p,
+              help="top_p for requests without one [default: the family's recommendation].")
 @click.option("--log-prompts", is_flag=True, help="Log prompts and outputs (off: they may be private).")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default=_D.log_format, show_default=True,
+              help="json: one JSON object per line, one line per model request (id, API, model, status, latency, "
+                   "tokens; never prompts or keys).")
 @click.option("--log-level", default="info", show_default=True, help="uvicorn log level.")
 @dry_run_option
 def gateway(engine_url: str, model_dir: Path | None, host: str, port: int, mode: str, api_keys: tuple[str, ...],
-            served_model_name: str | None, max_body: int, connect_timeout: float, read_timeout: float,
-            unknown_tools: str, log_prompts: bool, log_level: str, dry_run: bool) -> None:
-    """Serve /v1/chat/completions (OpenAI) and /v1/messages (Anthropic) in front of a K2 engine."""
+            api_key_file: Path | None,
+            served_model_name: str | None, model_aliases: tuple[str, ...], max_body: int, max_context: int | None,
+            max_header: int, max_connections: int, header_timeout: float, body_timeout: float,
+            health_timeout: float, connect_timeout: float, read_timeout: float,
+            unknown_tools: str, chat_family: str | None, default_temperature: float | None,
+            default_top_p: float | None, log_prompts: bool, log_format: str, log_level: str, dry_run: bool) -> None:
+    """Serve /v1/chat/completions (OpenAI) and /v1/messages (Anthropic) in front of a K2 engine; Prometheus
+    metrics on /metrics (no API key needed, like /health)."""
     cfg = GatewayConfig(engine_url=engine_url, model_dir=str(model_dir) if model_dir else None, host=host, port=port,
-                        mode=mode, api_keys=api_keys, served_model_name=served_model_name,  # type: ignore[arg-type]
+                        mode=mode, served_model_name=served_model_name,  # type: ignore[arg-type]
+                        api_keys=api_keys + read_api_keys(key_file=api_key_file),
+                        model_aliases=model_aliases, max_context_tokens=max_context, max_header_bytes=max_header,
+                        max_connections=max_connections, header_timeout_s=header_timeout,
+                        body_timeout_s=body_timeout, health_timeout_s=health_timeout,
                         max_body_bytes=max_body, connect_timeout_s=connect_timeout, read_timeout_s=read_timeout,
-                        unknown_tools=unknown_tools, log_prompts=log_prompts).validate()  # type: ignore[arg-type]
+                        unknown_tools=unknown_tools, chat_family=chat_family,  # type: ignore[arg-type]
+                        default_temperature=default_temperature, default_top_p=default_top_p,
+                        log_prompts=log_prompts, log_format=log_format).validate()  # type: ignore[arg-type]
     if dry_run:
         shown = {k: v for k, v in cfg.__dict__.items() if k not in ("api_keys", "extra")}
         echo_json({**shown, "api_keys": len(cfg.api_keys), "model_name": cfg.model_name,
@@ -51,5 +91,6 @@ def gateway(engine_url: str, model_dir: Path | None, host: str, port: int, mode:
         return
     from k2trt.gateway.app import run_gateway
 
-    click.echo(f"k2trt gateway ({mode}) on http://{host}:{port} -> {engine_url}", err=True)
+    if log_format == "text":  # JSON logs: every stderr line is JSON; the lifespan logs the same
+        click.echo(f"k2trt gateway ({mode}) on http://{host}:{port} -> {engine_url}", err=True)
     run_gateway(cfg, log_level=log_level)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 import click
 
-from k2trt.cli_options import dry_run_option, echo_json, json_option
+from k2trt.cli_options import dry_run_option, echo_json, hosts_option, json_option
 from k2trt.errors import LaunchError
+from k2trt.jsonlog import LOG_FORMATS
 from k2trt.launch.spec import EngineKind, LauncherKind
 
 _PATH = click.Path(exists=True, path_type=Path)
@@ -22,8 +24,7 @@ _PATH = click.Path(exists=True, path_type=Path)
               help="Engine to launch [default: the bundle's].")
 @click.option("--launcher", type=click.Choice(get_args(LauncherKind)), default=None,
               help="mpirun (ssh to the hosts) or slurm (sbatch script) [default: the bundle's].")
-@click.option("-H", "--hosts", default=None, metavar="HOST:N,...",
-              help="Hosts in rank order with their slots, e.g. node1:8,node2:8 [default: the bundle's].")
+@hosts_option(help="Hosts in rank order with their slots, e.g. node1:8,node2:8 [default: the bundle's].")
 @click.option("--hostfile", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Open MPI hostfile ('node1 slots=8' lines) instead of the bundle's hosts.")
 @click.option("--detach", is_flag=True, help="Return once ready; a background supervisor keeps watching.")
@@ -31,11 +32,14 @@ _PATH = click.Path(exists=True, path_type=Path)
 @click.option("--gateway/--no-gateway", default=True, show_default=True,
               help="Start the bundle's k2trt gateway (OpenAI + Anthropic, Kimi tool calls) in front of the engine.")
 @click.option("--submit", "do_submit", is_flag=True, help="With --launcher slurm: run sbatch on the script.")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default=None,
+              help="json: every log the job writes (supervisor, ranks, gateway, watchdog) is JSON lines with the job "
+                   "id, and a rank's lines its rank [default: the bundle's serve.log_format].")
 @dry_run_option
 @json_option
-def serve(bundle: Path | None, spec_file: Path | None, engine: str | None, launcher: str | None, hosts: str | None,
-          hostfile: Path | None, detach: bool, skip_preflight: bool, gateway: bool, do_submit: bool, dry_run: bool,
-          as_json: bool) -> None:
+def serve(bundle: Path | None, spec_file: Path | None, engine: str | None, launcher: str | None, hosts: Any,
+          hostfile: Path | None, detach: bool, skip_preflight: bool, gateway: bool, do_submit: bool,
+          log_format: str | None, dry_run: bool, as_json: bool) -> None:
     """Preflight, launch and supervise BUNDLE's server until Ctrl-C (or --detach)."""
     from k2trt.launch.runner import serve as run_serve
 
@@ -45,7 +49,7 @@ def serve(bundle: Path | None, spec_file: Path | None, engine: str | None, launc
     echo = None if as_json else (lambda line: click.echo(line, err=True))
     res = run_serve(target, engine=engine, launcher=launcher, detach=detach,  # type: ignore[arg-type]
                     dry_run=dry_run, skip_preflight=skip_preflight, do_submit=do_submit, hosts=hosts,
-                    hostfile=hostfile, gateway=gateway, echo=echo,
+                    hostfile=hostfile, gateway=gateway, echo=echo, log_format=log_format,  # type: ignore[arg-type]
                     progress=not as_json, after_ready=None if as_json else
                     (lambda url: click.echo(f"ready: {url} (Ctrl-C stops the job)", err=True)))
     if as_json:
@@ -58,10 +62,11 @@ def serve(bundle: Path | None, spec_file: Path | None, engine: str | None, launc
                     "written": f"wrote {res.get('script')} (submit with --submit, or sbatch it)",
                     "submitted": f"submitted Slurm job {res.get('slurm_job')}: {res.get('script')}",
                     "stopped": res.get("message", "stopped")}[res["status"]])
-    if res["status"] in ("failed", "timeout"):
+    # anything but a clean result fails the command: a detached start that did not reach "ready" included
+    if res["status"] not in ("ready", "written", "submitted", "stopped", "dry-run") or res.get("exit_code", 0):
         for line in res.get("tail", []):
             click.echo(f"  | {line}", err=True)
-        raise LaunchError(res.get("message", res["status"]), f"logs in {res.get('log_dir')}")
+        raise LaunchError(res.get("message") or f"the job ended as {res['status']}", f"logs in {res.get('log_dir')}")
 
 
 @click.command()
@@ -69,16 +74,26 @@ def serve(bundle: Path | None, spec_file: Path | None, engine: str | None, launc
 @click.option("--engine", type=click.Choice(get_args(EngineKind)), default=None, help="Which launch file.")
 @json_option
 def status(bundle: Path, engine: str | None, as_json: bool) -> None:
-    """Show whether BUNDLE's server runs and answers (BUNDLE may also be its serve.state.json)."""
+    """Show whether BUNDLE's server runs and answers (BUNDLE may also be its serve.state.json).
+
+    \b
+    Exit status:
+      0  running and answering
+      1  failed: it failed, timed out, or its supervisor died
+      3  stopped on request (Ctrl-C, k2trt stop)
+      4  running, not answering (yet)
+      2  no state file, or a corrupt one
+    """
     from k2trt.launch.runner import state_path_for
     from k2trt.launch.state import status as job_status
 
     st = job_status(state_path_for(bundle, engine))
     if as_json:
         echo_json(st)
-        return
-    click.echo(f"{st['status']}: {st.get('url')} ready={st['ready']} supervisor={st.get('supervisor_pid')} "
-               f"alive={st['supervisor_alive']} processes={st['processes']} logs={st.get('log_dir')}")
+    else:
+        click.echo(f"{st['status']}: {st.get('url')} ready={st['ready']} supervisor={st.get('supervisor_pid')} "
+                   f"alive={st['supervisor_alive']} processes={st['processes']} logs={st.get('log_dir')}")
+    sys.exit(st["exit_code"])
 
 
 @click.command()

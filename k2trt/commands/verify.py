@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from k2trt.cli_options import dry_run_option, echo_json, json_option
+from k2trt.cli_options import LayoutType, dry_run_option, echo_json, json_option
 
 _LIMITS = [("--max-abs", "max_abs"), ("--max-mean-abs", "max_mean_abs"), ("--max-rel", "max_rel"),
            ("--min-cosine", "min_cosine"), ("--min-top1", "min_top1"), ("--max-kl", "max_kl")]
@@ -29,7 +29,8 @@ def _limit_options(f: Any) -> Any:
 @click.argument("checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("other", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--against", type=click.Choice(["transformers"]), help="Compare with transformers' DeepseekV3.")
-@click.option("--layout", help="Compare the sharded reference (e.g. tp4,ep2[,adp]) under mpirun with unsharded.")
+@click.option("--layout", type=LayoutType(),
+              help="Compare the sharded reference (e.g. tp4,ep2[,adp]) under mpirun with unsharded.")
 @click.option("--np", "np_", type=click.IntRange(min=1), default=None, help="mpirun ranks [default: the layout's tp].")
 @click.option("--master-port", type=click.IntRange(min=0, max=65535), default=0,
               help="Rendezvous port of the sharded run [default: a free one].")
@@ -40,7 +41,7 @@ def _limit_options(f: Any) -> Any:
 @_limit_options
 @json_option
 @dry_run_option
-def verify(checkpoint: Path, other: Path | None, against: str | None, layout: str | None, np_: int | None,
+def verify(checkpoint: Path, other: Path | None, against: str | None, layout: Any, np_: int | None,
            master_port: int, prompts: int, length: int, seed: int, attn_impl: str, as_json: bool, dry_run: bool,
            **limits: float | None) -> None:
     """Compare logits: CHECKPOINT vs transformers (--against), vs its sharded run (--layout), or vs OTHER.
@@ -63,7 +64,7 @@ def verify(checkpoint: Path, other: Path | None, against: str | None, layout: st
         rep = v.against_transformers(checkpoint, prompts=prompts, length=length, seed=seed, attn_impl=attn_impl,
                                      thresholds=t, progress=progress)  # type: ignore[arg-type]
     elif mode == "layout":
-        rep = v.against_layout(checkpoint, str(layout), np=np_, master_port=master_port, seed=seed,
+        rep = v.against_layout(checkpoint, layout, np=np_, master_port=master_port, seed=seed,
                                attn_impl=attn_impl, thresholds=t)  # type: ignore[arg-type]
     else:
         rep = v.between(checkpoint, other, prompts=prompts, length=length, seed=seed,  # type: ignore[arg-type]
@@ -75,12 +76,12 @@ def verify(checkpoint: Path, other: Path | None, against: str | None, layout: st
     sys.exit(0 if rep.passed else 1)
 
 
-def _dry_run(mode: str, ckpt: Path, other: Path | None, layout: str | None, np_: int | None, port: int, seed: int,
+def _dry_run(mode: str, ckpt: Path, other: Path | None, layout: Any, np_: int | None, port: int, seed: int,
              attn_impl: str) -> None:
     if mode == "layout":
         from k2trt.reference.verify import layout_argv
 
-        argv, _ = layout_argv(ckpt, str(layout), "OUT_DIR", np=np_, master_port=port, seed=seed,
+        argv, _ = layout_argv(ckpt, layout, "OUT_DIR", np=np_, master_port=port, seed=seed,
                               attn_impl=attn_impl)  # type: ignore[arg-type]
         click.echo(shlex.join(argv))
     else:

@@ -2,7 +2,7 @@
 
 Owns: request validation, K2 prompt rendering to token ids and tool-call parsing (``render`` mode, for engines
 without a K2 tool parser), forwarding (``passthrough`` mode), the two APIs' wire formats and error shapes, auth,
-body limits, engine timeouts and cancellation. Uses ``k2trt.chat`` for the tokenizer, template and parser.
+body and connection limits (``body``, ``limits``), engine timeouts and cancellation. Uses ``k2trt.chat`` for the tokenizer, template and parser.
 Must not import torch (it runs beside the engine and on login nodes).
 
 Public API: ``GatewayConfig``, ``create_app(config)``, ``run_gateway(config)``, ``BackgroundGateway(config)``.

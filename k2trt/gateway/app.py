@@ -5,82 +5,67 @@ Cross-cutting behaviour, for every API route:
 
 - **Auth**: with API keys configured, ``Authorization: Bearer KEY`` or ``x-api-key: KEY`` (compared in constant
   time); ``/health`` stays open for load balancers.
-- **Body limit**: ``Content-Length`` above the limit is refused before reading; a chunked body is counted as it
-  arrives. 413 either way.
+- **Bodies** (``gateway.body``): size (413), arrival time (408), strict JSON with bounded nesting and valid Unicode
+  (400) — parsed off the event loop when large.
+- **Connections** (``gateway.limits``): a deadline for each request head, a head size limit, a connection cap.
+- **Models**: a ``model`` other than the served name or an alias is a 404 ``model_not_found``.
 - **Errors** in the calling API's shape (``errors.ApiError``); a failure before the first streamed byte (engine
   down, for instance) is a real HTTP status, a failure after it an error event in the stream.
 - **Client disconnect** cancels the engine request: streaming responses are cancelled by Starlette when the client
-  goes away, non-streaming ones are raced against ``http.disconnect``; either way the httpx request to the engine
-  is closed, which aborts it there.
+  goes away, non-streaming ones are raced against ``http.disconnect`` (``k2trt.asgi``); either way the httpx request
+  to the engine is closed, which aborts it there (the reference engine stops generating between decode steps).
+- **/health** waits at most ``health_timeout_s`` for the engine, so a hung engine is a prompt 503.
 - **Privacy**: prompts and outputs are logged only with ``log_prompts``.
+- **Metrics**: every model request is tracked (``metrics.RequestTracker``: in flight, status, latency, tokens from
+  the response's ``Finish``, tool-call outcomes, engine errors); ``GET /metrics`` serves them without auth, like
+  ``/health``. Each request gets an ``x-request-id`` (the client's, when it sent a plain one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import threading
 import time
 from contextlib import asynccontextmanager, suppress
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from k2trt.errors import ConfigError
+from k2trt.asgi import ClientGone, until_disconnect
+from k2trt.chat import families as fam
+from k2trt.errors import ConfigError, K2trtError
 from k2trt.gateway import anthropic_api, openai_api
-from k2trt.gateway.backend import ChatBackend, RenderBackend
+from k2trt.gateway.backend import ChatBackend, RenderBackend, sampling
+from k2trt.gateway.body import read_json
 from k2trt.gateway.config import GatewayConfig
 from k2trt.gateway.engine import EngineClient
-from k2trt.gateway.errors import Api, ApiError, bad_request
-from k2trt.gateway.events import Event
+from k2trt.gateway.errors import Api, ApiError
+from k2trt.gateway.events import Event, Job, check_model
+from k2trt.gateway.limits import server_config
+from k2trt.gateway.metrics import GatewayMetrics, RequestTracker, request_id
+from k2trt.spec import ModelSpec
 
+__all__ = ["BackgroundGateway", "ClientGone", "create_app", "run_gateway", "until_disconnect"]
 log = logging.getLogger("k2trt.gateway")
-T = TypeVar("T")
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-class ClientGone(Exception):
-    """The client disconnected before the answer was ready."""
-
-
-async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work``, cancelling it if the client disconnects first (the request body must be read already)."""
-    task = asyncio.ensure_future(work)
-
-    async def watch() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
-        watcher.cancel()
-        raise
-    if task in done:
-        watcher.cancel()
-        return task.result()
-    task.cancel()
-    with suppress(asyncio.CancelledError, Exception):
-        await task
-    raise ClientGone()
-
-
 class _State:
-    def __init__(self, config: GatewayConfig, tokenizer: Any) -> None:
+    def __init__(self, config: GatewayConfig, tokenizer: Any, family: fam.Family) -> None:
         self.config = config
         self.tokenizer = tokenizer
+        self.family = family
         self.engine: EngineClient | None = None
         self.render: RenderBackend | None = None
         self.chat: ChatBackend | None = None
         self.keys = [k.encode() for k in config.api_keys]
         self.started = time.time()
+        self.metrics = GatewayMetrics(config.model_name)
 
     def backend(self) -> RenderBackend | ChatBackend:
         b = self.render if self.config.mode == "render" else self.chat
@@ -88,27 +73,41 @@ class _State:
         return b
 
 
-def _route(api: Api) -> Callable[[Callable[..., Awaitable[Response]]], Callable[[Request], Awaitable[Response]]]:
-    """Wrap a handler: authenticate, and turn every failure into ``api``'s error shape."""
+def _route(api: Api, *, model: bool = False
+           ) -> Callable[[Callable[..., Awaitable[Response]]], Callable[[Request], Awaitable[Response]]]:
+    """Wrap a handler: authenticate, and turn every failure into ``api``'s error shape; ``model``: a model
+    request, tracked for the metrics (``request.state.track``)."""
 
     def deco(fn: Callable[..., Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def handler(request: Request) -> Response:
             st: _State = request.app.state.k2
+            rid = request_id(request)
+            track = request.state.track = st.metrics.start(api, rid) if model else None
             try:
                 _authenticate(st, request)
-                return await fn(request, st)
+                resp = await fn(request, st)
             except ApiError as e:
                 if e.status >= 500:
                     log.warning("%s %s -> %d: %s", request.method, request.url.path, e.status, e)
-                return e.response(api)
+                if track is not None:
+                    track.fail(e)
+                resp = e.response(api)
             except ClientGone:
                 log.info("%s %s: client disconnected; engine request cancelled", request.method, request.url.path)
-                return Response(status_code=499)
+                resp = Response(status_code=499)
             except Exception:  # a bug: answer in the API's shape, keep the traceback in the log
                 log.exception("%s %s failed", request.method, request.url.path)
-                return ApiError(500, "internal gateway error (see the gateway log)", "internal").response(api)
+                resp = ApiError(500, "internal gateway error (see the gateway log)", "internal").response(api)
+            resp.headers["x-request-id"] = rid
+            return track.end(resp) if track is not None else resp
         return handler
     return deco
+
+
+def _track(request: Request) -> RequestTracker:
+    """The tracker ``_route(model=True)`` opened for this request."""
+    track: RequestTracker = request.state.track
+    return track
 
 
 def _authenticate(st: _State, request: Request) -> None:
@@ -122,24 +121,7 @@ def _authenticate(st: _State, request: Request) -> None:
 
 
 async def _read_json(request: Request, st: _State) -> dict[str, Any]:
-    limit = st.config.max_body_bytes
-    cl = request.headers.get("content-length", "")
-    if cl.isdigit() and int(cl) > limit:
-        raise ApiError(413, f"request body of {int(cl)} bytes exceeds the gateway's limit of {limit} bytes",
-                       "too_large")
-    chunks, n = [], 0
-    async for c in request.stream():
-        n += len(c)
-        if n > limit:
-            raise ApiError(413, f"request body exceeds the gateway's limit of {limit} bytes", "too_large")
-        chunks.append(c)
-    try:
-        body = json.loads(b"".join(chunks))
-    except ValueError as e:
-        raise bad_request(f"request body is not valid JSON ({e})") from None
-    if not isinstance(body, dict):
-        raise bad_request("request body must be a JSON object")
-    return body
+    return await read_json(request, max_bytes=st.config.max_body_bytes, timeout_s=st.config.body_timeout_s)
 
 
 async def _stream(request: Request, events: AsyncIterator[Event],
@@ -159,34 +141,44 @@ async def _stream(request: Request, events: AsyncIterator[Event],
     return StreamingResponse(render(chained()), media_type="text/event-stream", headers=_SSE_HEADERS)
 
 
-@_route("openai")
+@_route("openai", model=True)
 async def chat_completions(request: Request, st: _State) -> Response:
     body = await _read_json(request, st)
     cfg = st.config
     if cfg.mode == "passthrough":
         return await _passthrough(request, st, body)
-    job, include_usage = openai_api.parse_request(body, cfg.default_temperature)
+    job, include_usage = openai_api.parse_request(body, models=cfg.served_models)
     backend = st.backend()
     if job.stream:
-        return await _stream(request, backend.stream(job),
+        return await _stream(request, _track(request).stream(backend.stream(job)),
                              lambda evs: openai_api.stream(evs, cfg.model_name, include_usage))
-    events = await until_disconnect(request, backend.complete(job))
-    return JSONResponse(openai_api.response(events, cfg.model_name))
+    events = _track(request).collected(await until_disconnect(request, backend.complete(job)))
+    return JSONResponse(openai_api.response(events, cfg.model_name, thinks=st.family.thinks))
 
 
 async def _passthrough(request: Request, st: _State, body: dict[str, Any]) -> Response:
-    """Forward /v1/chat/completions to an engine that renders and parses K2 itself (only the temperature default
-    is filled in, so both modes sample alike)."""
+    """Forward /v1/chat/completions to an engine that renders and parses K2 itself: the model and the sampling
+    values are checked (a vanishing temperature sent as 0) and the sampling defaults filled in, so both modes sample
+    alike; the rest is the engine's to validate."""
     assert st.engine is not None
-    body.setdefault("temperature", st.config.default_temperature)
+    check_model(body, st.config.served_models)
+    checked = openai_api.sampling_fields(body)  # the engine gets only finite, representable values
+    if checked["temperature"] is not None:
+        body["temperature"] = checked["temperature"]
+    kw = body.get("chat_template_kwargs")
+    said = kw.get("thinking", kw.get("enable_thinking")) if isinstance(kw, dict) else None
+    thinking = said if isinstance(said, bool) else st.family.thinks
+    for key, val in sampling(st.config, st.family, Job(messages=[]), thinking).items():
+        body.setdefault(key, val)
     if not body.get("stream"):
-        return JSONResponse(await until_disconnect(request, st.engine.post_json("/v1/chat/completions", body)))
+        obj = await until_disconnect(request, st.engine.post_json("/v1/chat/completions", body))
+        return JSONResponse(_track(request).engine_json(obj))
     cm = st.engine.stream("/v1/chat/completions", body)
     resp = await until_disconnect(request, cm.__aenter__())
 
     async def relay() -> AsyncIterator[bytes]:
         try:
-            async for chunk in resp.aiter_raw():
+            async for chunk in _track(request).relay(resp.aiter_raw()):
                 yield chunk
         finally:
             with suppress(Exception):
@@ -195,16 +187,17 @@ async def _passthrough(request: Request, st: _State, body: dict[str, Any]) -> Re
     return StreamingResponse(relay(), media_type="text/event-stream", headers=_SSE_HEADERS)
 
 
-@_route("anthropic")
+@_route("anthropic", model=True)
 async def messages(request: Request, st: _State) -> Response:
     body = await _read_json(request, st)
     cfg = st.config
-    job = anthropic_api.parse_request(body, cfg.anthropic_temperature_scale)
+    job = anthropic_api.parse_request(body, cfg.anthropic_temperature_scale, models=cfg.served_models)
     backend = st.render if cfg.mode == "render" else st.chat
     assert backend is not None
     if job.stream:
-        return await _stream(request, backend.stream(job), lambda evs: anthropic_api.stream(evs, cfg.model_name))
-    events = await until_disconnect(request, backend.complete(job))
+        return await _stream(request, _track(request).stream(backend.stream(job)),
+                             lambda evs: anthropic_api.stream(evs, cfg.model_name))
+    events = _track(request).collected(await until_disconnect(request, backend.complete(job)))
     return JSONResponse(anthropic_api.response(events, cfg.model_name))
 
 
@@ -215,8 +208,8 @@ async def count_tokens(request: Request, st: _State) -> Response:
         raise ApiError(404, "token counting needs the K2 tokenizer: start the gateway with --model-dir",
                        "not_found")
     body.setdefault("max_tokens", 1)
-    ids, _, _ = st.render.prompt_ids(anthropic_api.parse_request(body, 1.0))
-    return JSONResponse({"input_tokens": len(ids)})
+    job = anthropic_api.parse_request(body, 1.0, models=st.config.served_models)
+    return JSONResponse({"input_tokens": len((await asyncio.to_thread(st.render.prompt, job)).ids)})
 
 
 @_route("openai")
@@ -229,9 +222,10 @@ async def health(request: Request) -> Response:
     """200 when the engine's /health answers 200, else 503 with the reason (no auth: for load balancers)."""
     st: _State = request.app.state.k2
     assert st.engine is not None
-    info = {"mode": st.config.mode, "model": st.config.model_name, "engine_url": st.engine.base_url}
+    info = {"mode": st.config.mode, "model": st.config.model_name, "chat_family": st.family.name,
+            "engine_url": st.engine.base_url}
     try:
-        r = await st.engine.get("/health")
+        r = await st.engine.get("/health", timeout_s=st.config.health_timeout_s)
     except ApiError as e:
         return JSONResponse({"status": "unavailable", "engine": str(e), **info}, status_code=503)
     if r.status_code != 200:
@@ -240,13 +234,43 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok", "engine": "ok", **info, **st.config.extra})
 
 
+async def metrics(request: Request) -> Response:
+    """The Prometheus exposition of this gateway's metrics (no auth, like /health: counts only)."""
+    st: _State = request.app.state.k2
+    return st.metrics.exposition(request.headers.get("accept"))
+
+
 async def not_found(request: Request, exc: Exception) -> Response:
     api: Api = "anthropic" if request.url.path.startswith("/v1/messages") else "openai"
     status = getattr(exc, "status_code", 404)
     if status == 405:
         return ApiError(405, f"{request.method} is not allowed on {request.url.path}").response(api)
     return ApiError(404, f"no route {request.method} {request.url.path}; this gateway serves /v1/chat/completions, "
-                    "/v1/messages, /v1/models and /health", "not_found").response(api)
+                    "/v1/messages, /v1/models, /health and /metrics", "not_found").response(api)
+
+
+def _family(config: GatewayConfig) -> fam.Family:
+    """The chat family: ``--chat-family``, else detected from the model directory, else K2-Instruct."""
+    if config.chat_family:
+        return fam.family(config.chat_family)
+    if config.model_dir:
+        try:
+            return fam.from_model_dir(config.model_dir)
+        except K2trtError as e:
+            raise ConfigError(f"cannot tell the chat family of {config.model_dir}: {e}",
+                              "pass --chat-family") from None
+    return fam.FAMILIES["k2-instruct"]
+
+
+def _model_context(config: GatewayConfig) -> int | None:
+    """The served model's context (config.json's ``max_position_embeddings``), or None without a readable one."""
+    if not config.model_dir:
+        return None
+    try:
+        return ModelSpec.from_config(config.model_dir).max_position_embeddings
+    except (K2trtError, OSError, ValueError) as e:
+        log.warning("prompt lengths are not checked against the context (%s); pass --max-context", e)
+        return None
 
 
 def create_app(config: GatewayConfig, *, tokenizer: Any = None) -> Starlette:
@@ -273,16 +297,18 @@ def create_app(config: GatewayConfig, *, tokenizer: Any = None) -> Starlette:
             tokenizer = K2Tokenizer.from_dir(config.model_dir)
         except Exception as e:  # CheckpointError or a tiktoken failure: one line for the CLI
             raise ConfigError(f"cannot load the K2 tokenizer from {config.model_dir}: {e}") from None
-    st = _State(config, tokenizer)
+    st = _State(config, tokenizer, _family(config))
+    context = config.max_context_tokens or _model_context(config)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         st.engine = EngineClient(config.engine_url, connect_timeout_s=config.connect_timeout_s,
                                  read_timeout_s=config.read_timeout_s)
         if tokenizer is not None:
-            st.render = RenderBackend(config, st.engine, tokenizer)
-        st.chat = ChatBackend(config, st.engine)
-        log.info("gateway (%s mode) in front of %s, model %s", config.mode, config.engine_url, config.model_name)
+            st.render = RenderBackend(config, st.engine, tokenizer, st.family, context=context)
+        st.chat = ChatBackend(config, st.engine, st.family)
+        log.info("gateway (%s mode) in front of %s, model %s (%s), context %s tokens", config.mode,
+                 config.engine_url, config.model_name, st.family.name, context or "unchecked")
         try:
             yield
         finally:
@@ -292,18 +318,27 @@ def create_app(config: GatewayConfig, *, tokenizer: Any = None) -> Starlette:
               Route("/v1/messages", messages, methods=["POST"]),
               Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
               Route("/v1/models", models, methods=["GET"]),
-              Route("/health", health, methods=["GET"])]
+              Route("/health", health, methods=["GET"]),
+              Route("/metrics", metrics, methods=["GET"])]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found})
     app.state.k2 = st
     return app
 
 
 def run_gateway(config: GatewayConfig, *, log_level: str = "info") -> None:
-    """Serve in the foreground until interrupted (what ``k2trt gateway`` runs)."""
+    """Serve in the foreground until interrupted (what ``k2trt gateway`` runs); with ``log_format="json"`` this
+    process logs JSON lines (``k2trt.jsonlog``) and the per-request line replaces uvicorn's access log."""
     import uvicorn
 
+    kw: dict[str, Any] = {}
+    if config.log_format == "json":  # before the app is built: what building it logs is JSON too
+        from k2trt.jsonlog import use_json_logs
+
+        use_json_logs(log_level.upper(), static={"component": "gateway"})
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per engine call; the request line suffices
+        kw = {"log_config": None, "access_log": False}
     app = create_app(config)
-    uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, timeout_graceful_shutdown=5)
+    uvicorn.Server(server_config(app, config, log_level=log_level, timeout_graceful_shutdown=5, **kw)).run()
 
 
 class BackgroundGateway:
@@ -319,9 +354,10 @@ class BackgroundGateway:
 
         self.config = config
         self.app = create_app(config, tokenizer=tokenizer)
-        self._server = uvicorn.Server(uvicorn.Config(self.app, host=config.host, port=config.port,
-                                                     log_level=log_level, lifespan="on",
-                                                     timeout_graceful_shutdown=3))
+        # JSON logs: the process that runs this thread owns the handlers (k2trt.jsonlog.use_json_logs)
+        kw: dict[str, Any] = {"log_config": None, "access_log": False} if config.log_format == "json" else {}
+        self._server = uvicorn.Server(server_config(self.app, config, log_level=log_level, lifespan="on",
+                                                    timeout_graceful_shutdown=3, **kw))
         self._thread = threading.Thread(target=self._server.run, name="k2trt-gateway", daemon=True)
 
     @property

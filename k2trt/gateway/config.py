@@ -1,17 +1,60 @@
-"""The gateway's settings: one frozen dataclass, the single source of every default (the CLI reads them here)."""
+"""The gateway's settings: one frozen dataclass, the single source of every default (the CLI reads them here).
+
+``GatewayLimits`` is the part of them a deployment fixes in its bundle (request limits, timeouts, accepted model ids):
+the same fields with the same defaults, carried by a recipe's ``serve.gateway_limits`` and the bundle's
+``launch.json`` to the gateway ``k2trt serve`` starts.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
+from k2trt.chat.families import FAMILY_NAMES
 from k2trt.errors import ConfigError
+from k2trt.jsonlog import DEFAULT_LOG_FORMAT, LOG_FORMATS, LogFormat
+
+__all__ = ["API_KEYS_ENV", "LOG_FORMATS", "MODES", "GatewayConfig", "GatewayLimits", "LogFormat", "read_api_keys"]
 
 Mode = Literal["render", "passthrough"]
 UnknownTools = Literal["drop", "keep"]
 MODES: tuple[str, ...] = ("render", "passthrough")
+API_KEYS_ENV = "K2TRT_GATEWAY_API_KEYS"
+"""The environment variable the gateway reads accepted API keys from (whitespace-separated)."""
+
+
+def read_api_keys(env_var: str | None = None, key_file: str | Path | None = None,
+                  environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """Accepted API keys from an environment variable and/or a secret file — never from argv, which every user of
+    the machine can read in /proc.
+
+    Args:
+        env_var: name of a variable holding whitespace-separated keys (unset or empty: none from it).
+        key_file: a file of whitespace-separated keys; lines starting with ``#`` are comments.
+        environ: the environment to read (default: this process's).
+    Returns:
+        The keys, in order, without duplicates.
+    Raises:
+        ConfigError: ``key_file`` is named but cannot be read.
+    Example:
+        >>> read_api_keys("KEYS", environ={"KEYS": "k1 k2"})
+        ('k1', 'k2')
+    """
+    environ = os.environ if environ is None else environ
+    keys = (environ.get(env_var) or "").split() if env_var else []
+    if key_file is not None:
+        try:
+            text = Path(key_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read the API key file {key_file}: {getattr(e, 'strerror', None) or e}",
+                              "give a readable file of keys, one per line") from None
+        keys += [k for line in text.splitlines() if not line.lstrip().startswith("#") for k in line.split()]
+    return tuple(dict.fromkeys(keys))
 
 
 @dataclass(frozen=True)
@@ -37,23 +80,52 @@ class GatewayConfig:
     """Accepted keys (``Authorization: Bearer KEY`` or ``x-api-key: KEY``); empty means no authentication."""
     served_model_name: str | None = None
     """Model id shown by /v1/models and echoed in responses [default: the model directory's name, else kimi-k2]."""
+    model_aliases: tuple[str, ...] = ()
+    """Other model ids accepted as the served model (a client that insists on its own name); any other ``model`` is
+    a 404 ``model_not_found``. ``*`` accepts every id."""
     engine_model: str | None = None
     """``model`` field sent to the engine [default: the served model name]."""
     max_body_bytes: int = 32 * 2**20
     """Largest request body accepted; larger ones get 413."""
+    max_context_tokens: int | None = None
+    """Tokens the model holds (prompt + max_tokens); a longer request is a 400 before it reaches the engine [default:
+    ``max_position_embeddings`` from --model-dir's config.json; unchecked without one]."""
+    header_timeout_s: float = 15.0
+    """Seconds a client has to send a request's head (line and headers), from connecting or from the end of the
+    previous response; a slower (slowloris) connection is closed."""
+    body_timeout_s: float = 60.0
+    """Seconds a client has to send the whole body after the head; a slower one (or a Content-Length larger than
+    the body) gets 408."""
+    max_header_bytes: int = 32 * 1024
+    """Largest request head (request line + headers); a larger one is refused with 400 and the connection closed."""
+    max_connections: int = 1024
+    """Open client connections (and requests in flight) beyond which new requests get 503."""
+    health_timeout_s: float = 5.0
+    """Seconds /health waits for the engine's /health before answering 503 (a hung engine must not hang it)."""
     connect_timeout_s: float = 5.0
     """Seconds to open a connection to the engine before answering 503."""
     read_timeout_s: float = 600.0
     """Seconds to wait for the engine's next byte before answering 504. A non-streaming request receives nothing
     until its generation ends, so this also bounds one whole non-streaming generation."""
-    default_temperature: float = 0.6
-    """OpenAI requests without ``temperature`` get Moonshot's recommended 0.6 (kimi_formats.md §7)."""
+    chat_family: str | None = None
+    """K2 chat family (``k2-instruct``, ``k2-thinking``, ``k2.5``, ``k2.6``, ``k2.7-code``): its template, thinking
+    switches and sampling defaults [default: detected from --model-dir's chat template, else k2-instruct]."""
+    default_temperature: float | None = None
+    """Temperature for requests without one [default: the family's recommendation for the thinking mode — 0.6 for
+    K2-Instruct and instant mode (kimi_formats.md §7), 1.0 when thinking]."""
+    default_top_p: float | None = None
+    """top_p for requests without one [default: the family's recommendation, 0.95 for K2.5+; none for K2]."""
     anthropic_temperature_scale: float = 0.6
-    """Anthropic ``temperature`` is multiplied by this (Moonshot's mapping: Claude's default 1.0 becomes 0.6)."""
+    """An Anthropic request's own ``temperature`` is multiplied by this (Moonshot's mapping: Claude's default 1.0
+    becomes 0.6); without one, the defaults above apply."""
     unknown_tools: UnknownTools = "drop"
     """Calls to tools the request did not declare: ``drop`` them (as TensorRT-LLM's parser does) or ``keep``."""
     log_prompts: bool = False
     """Log rendered prompts and outputs (off by default: prompts may hold private data)."""
+    log_format: LogFormat = DEFAULT_LOG_FORMAT
+    """``json``: the gateway process logs one JSON object per line (``k2trt.jsonlog``), with one line per model
+    request (request id, API, model, status, latency, token counts — never prompt text or keys); ``text``: uvicorn's
+    usual lines."""
     extra: dict[str, str] = field(default_factory=dict)
     """Free-form labels shown by /health (for example the engine kind the launcher started)."""
 
@@ -65,6 +137,13 @@ class GatewayConfig:
         if self.model_dir:
             return Path(self.model_dir).name or "kimi-k2"
         return "kimi-k2"
+
+    @property
+    def served_models(self) -> frozenset[str] | None:
+        """The model ids a request may name (``None``: any, with the ``*`` alias)."""
+        if "*" in self.model_aliases:
+            return None
+        return frozenset({self.model_name, *self.model_aliases})
 
     def validate(self) -> "GatewayConfig":
         """Check the settings; raise ``ConfigError`` naming the bad one and the fix. Returns ``self``."""
@@ -86,10 +165,75 @@ class GatewayConfig:
             raise ConfigError(f"--port {self.port} is out of range 1..65535")
         if self.max_body_bytes < 1024:
             raise ConfigError(f"max body size {self.max_body_bytes} B is too small", "use at least 1KiB")
-        if self.connect_timeout_s <= 0 or self.read_timeout_s <= 0:
-            raise ConfigError("engine timeouts must be positive seconds")
+        timeouts = {"--connect-timeout": self.connect_timeout_s, "--read-timeout": self.read_timeout_s,
+                    "--health-timeout": self.health_timeout_s, "--header-timeout": self.header_timeout_s,
+                    "--body-timeout": self.body_timeout_s}
+        for flag, v in timeouts.items():
+            if not v > 0:
+                raise ConfigError(f"{flag} {v} must be positive seconds")
+        if self.max_header_bytes < 1024:
+            raise ConfigError(f"max header size {self.max_header_bytes} B is too small", "use at least 1KiB")
+        if self.max_connections < 1:
+            raise ConfigError(f"--max-connections {self.max_connections} must be at least 1")
+        if self.max_context_tokens is not None and self.max_context_tokens < 2:
+            raise ConfigError(f"--max-context {self.max_context_tokens} must be at least 2 tokens")
+        if any(not a for a in self.model_aliases):
+            raise ConfigError("an empty --model-alias names no model", "remove it or give a model id")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"--log-format {self.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
         if self.unknown_tools not in ("drop", "keep"):
             raise ConfigError(f"unknown_tools {self.unknown_tools!r} must be drop or keep")
+        if self.chat_family is not None and self.chat_family not in FAMILY_NAMES:
+            raise ConfigError(f"--chat-family {self.chat_family!r} is not one of {', '.join(FAMILY_NAMES)}")
+        for name, v, hi in (("--default-temperature", self.default_temperature, 2.0),
+                            ("--default-top-p", self.default_top_p, 1.0)):
+            if v is not None and not 0 <= v <= hi:
+                raise ConfigError(f"{name} {v} is outside [0, {hi:g}]")
         if any(not k for k in self.api_keys):
             raise ConfigError("an empty --api-key would accept every request", "remove it or give a value")
+        return self
+
+
+@dataclass(frozen=True)
+class GatewayLimits:
+    """The gateway settings a deployment fixes in its bundle: what a request may be, how long a client and the engine
+    may take, which model ids a request may name. Each field is the ``GatewayConfig`` field of the same name, with
+    its default (a unit test holds them equal); ``GatewayConfig(..., **limits.settings())`` applies them.
+
+    Example:
+        >>> GatewayLimits(max_context_tokens=4096, max_connections=256).validate().settings()["max_connections"]
+        256
+    """
+
+    max_context_tokens: int | None = GatewayConfig.max_context_tokens
+    """Tokens a request may hold (prompt + max_tokens); longer is a 400 ``context_length_exceeded`` before the
+    engine (None: the model's ``max_position_embeddings``; a bundle fills in its recipe's ``context``)."""
+    max_body_bytes: int = GatewayConfig.max_body_bytes
+    """Largest request body (413 beyond it)."""
+    max_header_bytes: int = GatewayConfig.max_header_bytes
+    """Largest request head, request line + headers (431 beyond it)."""
+    header_timeout_s: float = GatewayConfig.header_timeout_s
+    """Seconds a client has to send a request head before its connection is closed."""
+    body_timeout_s: float = GatewayConfig.body_timeout_s
+    """Seconds a client has to send the whole body after the head (408 beyond it)."""
+    max_connections: int = GatewayConfig.max_connections
+    """Open connections (and requests in flight) beyond which new requests get 503."""
+    health_timeout_s: float = GatewayConfig.health_timeout_s
+    """Seconds /health waits for the engine's /health before answering 503."""
+    connect_timeout_s: float = GatewayConfig.connect_timeout_s
+    """Seconds to open a connection to the engine before answering 503."""
+    read_timeout_s: float = GatewayConfig.read_timeout_s
+    """Seconds to wait for the engine's next byte before answering 504."""
+    model_aliases: tuple[str, ...] = GatewayConfig.model_aliases
+    """Other model ids accepted as the served one (``*``: any); other ids are a 404 ``model_not_found``."""
+
+    def settings(self) -> dict[str, object]:
+        """The fields as ``GatewayConfig`` keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def validate(self) -> "GatewayLimits":
+        """Check the values by ``GatewayConfig.validate``'s rules (one set of rules); ConfigError names the bad
+        one. Returns ``self``."""
+        probe = GatewayConfig(engine_url="http://127.0.0.1", mode="passthrough")
+        dataclasses.replace(probe, **self.settings()).validate()
         return self

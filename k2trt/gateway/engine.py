@@ -78,11 +78,18 @@ class EngineClient:
             return ApiError(400, f"the engine rejected the request: {msg}", "invalid_request")
         return ApiError(502, f"the engine failed ({status}): {msg}", "engine_error")
 
-    async def get(self, path: str) -> httpx.Response:
-        """GET ``path``; the raw response (any status). Transport failures raise ``ApiError``."""
+    async def get(self, path: str, *, timeout_s: float | None = None) -> httpx.Response:
+        """GET ``path``; the raw response (any status). Transport failures raise ``ApiError``; ``timeout_s``
+        bounds the whole call (a probe must not wait as long as a generation may)."""
         try:
-            return await self._client.get(path)
+            if timeout_s is None:
+                return await self._client.get(path)
+            return await self._client.get(path, timeout=httpx.Timeout(timeout_s))
         except httpx.HTTPError as e:
+            if timeout_s is not None and isinstance(e, httpx.TimeoutException) \
+                    and not isinstance(e, httpx.ConnectTimeout):
+                raise ApiError(504, f"the engine did not answer {path} within {timeout_s:g}s (hung or "
+                               "overloaded)", "timeout") from None
             raise self._transport_error(e, path) from None
 
     async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:

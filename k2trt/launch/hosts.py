@@ -1,7 +1,8 @@
-"""Host lists: ``-H host1:8,host2:8`` strings and Open MPI hostfiles (``host slots=N``).
+"""Host lists: ``--hosts host1:8,host2:8`` strings and Open MPI hostfiles (``host slots=N``).
 
-Order matters: ranks fill hosts in the order given, so host 1 holds rank 0 (the HTTP server). Errors are one-line
-LaunchErrors naming the offending entry and the accepted syntax.
+Order matters: ranks fill hosts in the order given, so host 1 holds rank 0 (the HTTP server). A host without
+``:N`` takes the deployment's GPUs per node (``HostList.with_slots``), in ``k2trt build --hosts`` and
+``k2trt serve --hosts`` alike. Errors are one-line LaunchErrors naming the offending entry and the accepted syntax.
 
 Example::
 
@@ -12,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from k2trt.errors import LaunchError
@@ -37,12 +39,33 @@ def _check_unique(hosts: list[HostSlots], where: str) -> tuple[HostSlots, ...]:
     return tuple(hosts)
 
 
-def parse_hosts(text: str, default_slots: int = 1) -> tuple[HostSlots, ...]:
-    """Parse ``host1:8,host2:8`` (a missing ``:N`` means ``default_slots``).
+@dataclass(frozen=True)
+class HostList:
+    """Hosts as a user wrote them: names in rank order, and each host's slots where ``:N`` gave them.
+
+    Example: ``parse_host_list("a:8,b").with_slots(4)`` → ``(HostSlots("a", 8), HostSlots("b", 4))``.
+    """
+
+    entries: tuple[tuple[str, int | None], ...]
+    """(host name, slots or None) in rank order."""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(n for n, _ in self.entries)
+
+    def with_slots(self, default: int) -> tuple[HostSlots, ...]:
+        """The hosts, a host without ``:N`` taking ``default`` slots."""
+        return tuple(HostSlots(n, default if s is None else s) for n, s in self.entries)
+
+    def __str__(self) -> str:
+        return ",".join(n if s is None else f"{n}:{s}" for n, s in self.entries)
+
+
+def parse_host_list(text: str) -> HostList:
+    """Parse ``host1:8,host2:8`` or ``host1,host2`` (slots left to the caller's default).
 
     Args:
         text: comma-separated ``HOST[:SLOTS]`` entries.
-        default_slots: slots for an entry without ``:N``.
     Returns:
         The hosts in rank order.
     Raises:
@@ -51,18 +74,28 @@ def parse_hosts(text: str, default_slots: int = 1) -> tuple[HostSlots, ...]:
     entries = [e.strip() for e in text.split(",")]
     if not text.strip() or any(not e for e in entries):
         raise LaunchError(f"host list {text!r} has an empty entry", _SYNTAX)
-    out: list[HostSlots] = []
+    out: list[tuple[str, int | None]] = []
     for e in entries:
         if e.count(":") > 1:
             raise LaunchError(f"host entry {e!r} has more than one ':'", _SYNTAX)
         name, sep, slots_s = e.partition(":")
-        slots = default_slots
+        slots = None
         if sep:
             if not slots_s.isdigit() or int(slots_s) < 1:
                 raise LaunchError(f"host entry {e!r}: slots {slots_s!r} must be a positive integer", _SYNTAX)
             slots = int(slots_s)
-        out.append(HostSlots(_check_name(name, f"host entry {e!r}"), slots))
-    return _check_unique(out, f"host list {text!r}")
+        out.append((_check_name(name, f"host entry {e!r}"), slots))
+    _check_unique([HostSlots(n) for n, _ in out], f"host list {text!r}")
+    return HostList(tuple(out))
+
+
+def parse_hosts(text: str, default_slots: int = 1) -> tuple[HostSlots, ...]:
+    """Parse ``host1:8,host2:8`` (a missing ``:N`` means ``default_slots``): ``parse_host_list`` with slots.
+
+    Raises:
+        LaunchError: as ``parse_host_list``.
+    """
+    return parse_host_list(text).with_slots(default_slots)
 
 
 def parse_hostfile_text(text: str, where: str = "hostfile", default_slots: int = 1) -> tuple[HostSlots, ...]:

@@ -38,6 +38,9 @@ from k2trt.launch.spec import HostSlots, LaunchSpec
 MpiKind = Literal["openmpi", "mpich", "intel", "unknown"]
 JOB_ID_VAR = "K2TRT_JOB_ID"
 """Exported to every rank; lets ``stop`` find a job's processes on this machine by their environment."""
+LOG_FORMAT_VAR = "K2TRT_LOG_FORMAT"
+"""Exported to every rank of a job that logs JSON (``json``; unset otherwise), for ranks that can log JSON themselves
+(the reference server does; TensorRT-LLM's lines are wrapped by the supervisor)."""
 # Variables an enclosing Slurm job leaves behind. The engine's launch wrapper reads SLURM_PROCID *before*
 # OMPI_COMM_WORLD_RANK, so under mpirun every rank would take the outer job's rank; Open MPI would also adopt the
 # outer allocation instead of -H. They are removed from mpirun's environment (OMPI_MCA_*/PRTE_MCA_* tuning stays).
@@ -177,20 +180,23 @@ def mpirun_argv(spec: LaunchSpec, flavor: MpiFlavor, *, euid: int, environ: Mapp
     out.append("--tag-output")  # "[job,rank]<stdout>: " prefixes; the supervisor splits logs per rank from them
     for name, value in spec.env.items():
         out += ["-x", f"{name}={value}"]
-    for name in resolve_env_forward(spec.env_forward, environ, frozenset(spec.env) | {JOB_ID_VAR}):
+    for name in resolve_env_forward(spec.env_forward, environ, frozenset(spec.env) | {JOB_ID_VAR, LOG_FORMAT_VAR}):
         if not name.startswith(SCRUB_PREFIXES):
             out += ["-x", name]
-    out += ["-x", JOB_ID_VAR]
+    out += ["-x", JOB_ID_VAR] + (["-x", LOG_FORMAT_VAR] if spec.log_format == "json" else [])
     out += list(spec.mpi_args)
     return out + list(rank_argv)
 
 
 def launch_environ(environ: Mapping[str, str], spec: LaunchSpec, job_id: str) -> dict[str, str]:
     """Environment for the mpirun process: the caller's, without an enclosing Slurm job's variables, plus the
-    spec's variables and the job id marker."""
-    env = {k: v for k, v in environ.items() if not k.startswith(SCRUB_PREFIXES)}
+    spec's variables, the job id marker and, for a JSON-logging job, its log format (a text job's ranks see none,
+    whatever the caller's environment holds)."""
+    env = {k: v for k, v in environ.items() if not k.startswith(SCRUB_PREFIXES) and k != LOG_FORMAT_VAR}
     env.update(spec.env)
     env[JOB_ID_VAR] = job_id
+    if spec.log_format == "json":
+        env[LOG_FORMAT_VAR] = spec.log_format
     return env
 
 

@@ -2,9 +2,11 @@
 
 Every host is checked in parallel. One probe program runs per host (``python3 -`` over ssh on the configured
 port; this interpreter for localhost, without ssh) and reports GPUs (``nvidia-smi``), the model directory's
-manifest hash, free /dev/shm, whether the HTTP port is free (host 1 only) and the engine version (the bundle's
-``engine_version_probe`` command). The probe's functions are sent as their own source, so local and remote
-hosts run exactly the same code.
+manifest hash, free /dev/shm, whether every port the job binds there is free (the engine's HTTP port and a
+fixed rendezvous port on host 1; the gateway and the disaggregated router on this, the launching, host) and the
+engine version (the bundle's ``engine_version_probe`` command). The probe's functions are sent as their own
+source, so local and remote hosts run exactly the same code. A gateway that must not run without an API key is
+checked here too, against this machine's environment and key file (the supervisor reads the same).
 
 Each failed check is one line naming the host, the cause and the fix; results are data (``to_dict``) for
 ``--json``.
@@ -18,15 +20,32 @@ import json
 import shlex
 import subprocess
 import sys
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from k2trt.errors import LaunchError
+from k2trt.errors import K2trtError, LaunchError
+from k2trt.gateway.config import read_api_keys
 from k2trt.launch.hosts import is_local
 from k2trt.launch.mpi import job_hosts
-from k2trt.launch.spec import HostSlots, LaunchSpec
+from k2trt.launch.spec import GatewayOptions, HostSlots, LaunchSpec
+
+RENDEZVOUS_VAR = "MASTER_PORT"
+"""torch.distributed's rendezvous port: when a spec's environment fixes it, rank 0 binds it on host 1."""
+
+
+@dataclass(frozen=True)
+class Port:
+    """A port some process of the job binds on one host."""
+
+    label: str
+    """What binds it, as the failure line names it (``HTTP port``, ``gateway port``, …)."""
+    bind: str
+    """Address it is bound on."""
+    port: int
+    """The port."""
 
 
 def manifest_hash(model_dir: str) -> str | None:
@@ -74,13 +93,13 @@ def _probe(args: dict) -> dict:  # type: ignore[type-arg]  # runs on the node: s
     except OSError:
         out["shm_free"] = None
     out["ports_busy"] = {}
-    for port in args.get("ports", []):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    for bind, port in args.get("ports", []):
+        s = socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is not "in use"
         try:
-            s.bind((args.get("bind", "0.0.0.0"), port))
+            s.bind((bind, port))
         except OSError as e:
-            out["ports_busy"][str(port)] = e.strerror
+            out["ports_busy"][f"{bind}:{port}"] = e.strerror
         finally:
             s.close()
     if args.get("version_probe"):
@@ -141,8 +160,10 @@ class PreflightReport:
         """LaunchError listing every problem on one line each (the message's first line counts them)."""
         if self.problems:
             body = "\n".join("  " + c.line() for c in self.problems)
+            keys = any(c.name == "gateway" for c in self.problems)  # a security rule, not a node check
             raise LaunchError(f"preflight found {len(self.problems)} problem(s):\n{body}",
-                              "fix them, or pass --skip-preflight to launch anyway")
+                              "fix them" + (" (--skip-preflight does not waive the gateway's API key)" if keys
+                                            else ", or pass --skip-preflight to launch anyway"))
 
 
 def _ssh_base(spec: LaunchSpec, host: str) -> list[str]:
@@ -175,9 +196,13 @@ def _run_probe(spec: LaunchSpec, host: str, args: dict[str, Any]) -> tuple[dict[
         return None, f"unreadable probe output: {r.stdout[-200:]!r}"
 
 
-def _check_host(spec: LaunchSpec, host: HostSlots, ports: list[int], need_gpus: int) -> list[Check]:
+def _check_host(spec: LaunchSpec, host: HostSlots, ports: list[Port], need_gpus: int,
+                job_host: bool = True) -> list[Check]:
+    """Probe ``host``; ``job_host=False`` (the launching host, running only the gateway or router) checks ports."""
     h, out = host.name, []
-    args = {"model_dir": spec.model_dir, "ports": ports, "bind": spec.http_host,
+    if not job_host:
+        spec = dataclasses.replace(spec, engine="reference", model_dir=None, eplb=False)
+    args = {"model_dir": spec.model_dir, "ports": [(p.bind, p.port) for p in ports],
             "version_probe": list(spec.engine_version_probe) if spec.engine == "trtllm" else []}
     res, err = _run_probe(spec, h, args)
     ssh_desc = "local (no ssh)" if is_local(h) else f"port {spec.ssh_port or 22}"
@@ -188,7 +213,9 @@ def _check_host(spec: LaunchSpec, host: HostSlots, ports: list[int], need_gpus: 
                       f"start sshd on port {spec.ssh_port or 22} on {h} with key auth "
                       f"(`ssh -p {spec.ssh_port or 22} {h} true` must work without a password)")]
     out.append(Check(h, "ssh", "ok" if not is_local(h) else "skip", f"{ssh_desc}, hostname {res['hostname']}"))
-    if spec.engine != "trtllm":
+    if not job_host:
+        out.append(Check(h, "gpu", "skip", "the launching host runs only the gateway or router here"))
+    elif spec.engine != "trtllm":
         out.append(Check(h, "gpu", "skip", "reference engine runs on CPU"))
     elif res["gpus"] is None or not res["gpus"]:
         why = "nvidia-smi not found" if res["gpus"] is None else f"nvidia-smi: {res.get('gpu_error')}"
@@ -222,13 +249,13 @@ def _check_host(spec: LaunchSpec, host: HostSlots, ports: list[int], need_gpus: 
                              "mount a larger /dev/shm (docker --shm-size, or tmpfs size=...)"))
         else:
             out.append(Check(h, "shm", "ok", f"{free / 2**30:.1f} GiB free"))
-    for port in ports:
-        busy = res["ports_busy"].get(str(port))
+    for p in ports:
+        busy = res["ports_busy"].get(f"{p.bind}:{p.port}")
         if busy is None:
-            out.append(Check(h, "port", "ok", f"{spec.http_host}:{port} free"))
+            out.append(Check(h, "port", "ok", f"{p.label} {p.bind}:{p.port} free"))
         else:
-            out.append(Check(h, "port", "fail", f"HTTP port {port} is in use ({busy})",
-                             f"stop what listens on {port} (`k2trt stop BUNDLE`?) or choose another port"))
+            out.append(Check(h, "port", "fail", f"{p.label} {p.port} is in use ({busy})",
+                             f"stop what listens on {p.port} (`k2trt stop BUNDLE`?) or choose another port"))
     if spec.engine == "trtllm":
         if not spec.engine_version_probe or not spec.engine_version:
             out.append(Check(h, "engine", "skip", "bundle names no engine version to compare"))
@@ -241,31 +268,94 @@ def _check_host(spec: LaunchSpec, host: HostSlots, ports: list[int], need_gpus: 
     return out
 
 
+def gateway_keys(opts: GatewayOptions, environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The API keys the bundle's gateway accepts, read from its environment variable and key file on this host.
+
+    Args:
+        opts: the spec's gateway options (``api_key_env``, ``api_key_file``, ``require_key``).
+        environ: the environment to read (default: this process's).
+    Returns:
+        The keys (empty: the gateway runs without authentication, allowed only without ``require_key``).
+    Raises:
+        LaunchError: the key file cannot be read, or ``require_key`` is set and no key was found.
+    Example:
+        >>> gateway_keys(GatewayOptions(8080, api_key_env="KEYS"), {"KEYS": "k1 k2"})
+        ('k1', 'k2')
+    """
+    try:
+        keys = read_api_keys(opts.api_key_env, opts.api_key_file, environ)
+    except K2trtError as e:
+        raise LaunchError(f"the gateway's API keys: {e}") from None
+    if keys or not opts.require_key:
+        return keys
+    where = " and ".join(w for w in (f"${opts.api_key_env} is empty" if opts.api_key_env else "",
+                                      f"{opts.api_key_file} holds none" if opts.api_key_file else "") if w)
+    how = f"export {opts.api_key_env}='KEY …'" if opts.api_key_env else f"put keys in {opts.api_key_file}"
+    raise LaunchError(f"the gateway listens on {opts.host}:{opts.port} and requires an API key, but "
+                      f"{where or 'no key source is configured'}",
+                      f"{how}, or rebuild with serve.gateway_auth: optional to serve without keys")
+
+
+def _gateway_check(spec: LaunchSpec) -> Check:
+    assert spec.gateway is not None
+    try:
+        n = len(gateway_keys(spec.gateway))
+    except LaunchError as e:
+        return Check("localhost", "gateway", "fail", str(e.args[0]), e.hint or "")
+    return Check("localhost", "gateway", "ok" if n else "skip",
+                 f"{n} API key(s)" if n else f"no API key: {spec.gateway.host}:{spec.gateway.port} is open")
+
+
+def job_ports(spec: LaunchSpec, bundle_dir: Path | None = None) -> dict[str, list[Port]]:
+    """Every port the job binds, by host name (``localhost`` for the launching host's gateway and router).
+
+    Example: a one-host spec with a gateway → ``{"localhost": [Port("HTTP port", "0.0.0.0", 8000),
+    Port("gateway port", "127.0.0.1", 8080)]}``.
+    """
+    ports: dict[str, list[Port]] = {}
+    if spec.disagg is None:
+        first = job_hosts(spec, bundle_dir)[0].name
+        ports[first] = [Port("HTTP port", spec.http_host, spec.http_port)]
+        rendezvous = spec.env.get(RENDEZVOUS_VAR, "")
+        if rendezvous.isdigit():
+            ports[first].append(Port(f"rendezvous port ({RENDEZVOUS_VAR})", "0.0.0.0", int(rendezvous)))
+    else:
+        for role in spec.disagg.ctx + spec.disagg.gen:
+            first = (role.hosts or (HostSlots("localhost", role.world_size),))[0].name
+            ports.setdefault(first, []).append(Port(f"{role.name} HTTP port", spec.http_host, role.http_port))
+        ports.setdefault("localhost", []).append(Port("router port", spec.http_host, spec.disagg.router_port))
+    if spec.gateway is not None:
+        ports.setdefault("localhost", []).append(Port("gateway port", spec.gateway.host, spec.gateway.port))
+    return ports
+
+
 def run_preflight(spec: LaunchSpec, bundle_dir: Path | None = None, launcher: str = "mpirun") -> PreflightReport:
     """Check every host of the job in parallel; returns the report (raises nothing for failed checks).
 
     Under Slurm the nodes are unknown before allocation, so only this machine's view of the model is checked.
     """
-    ports: dict[str, list[int]] = {}
+    ports: dict[str, list[Port]] = {}
     hosts: dict[str, HostSlots] = {}
     if launcher == "slurm":
         hosts["localhost"] = HostSlots("localhost", 1)
-        spec = dataclasses.replace(spec, engine="reference", eplb=False)  # node checks run in the job
-    elif spec.disagg is None:
-        for i, h in enumerate(job_hosts(spec, bundle_dir)):
-            hosts[h.name] = h
-            ports[h.name] = [spec.http_port] if i == 0 else []
+        spec = dataclasses.replace(spec, engine="reference", eplb=False, gateway=None)  # node checks run in the job
     else:
-        for role in spec.disagg.ctx + spec.disagg.gen:
-            for i, h in enumerate(role.hosts or (HostSlots("localhost", role.world_size),)):
-                hosts.setdefault(h.name, h)
-                ports.setdefault(h.name, []).extend([role.http_port] if i == 0 else [])
-        hosts.setdefault("localhost", HostSlots("localhost", 1))
-        ports.setdefault("localhost", []).append(spec.disagg.router_port)  # the router runs here
+        ports = job_ports(spec, bundle_dir)
+        if spec.disagg is None:
+            hosts.update((h.name, h) for h in job_hosts(spec, bundle_dir))
+        else:
+            for role in spec.disagg.ctx + spec.disagg.gen:
+                for h in role.hosts or (HostSlots("localhost", role.world_size),):
+                    hosts.setdefault(h.name, h)
     need = spec.gpus_per_node or max(h.slots for h in hosts.values())
-    with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
-        results = list(pool.map(lambda h: _check_host(spec, h, ports.get(h.name, []), need), hosts.values()))
+    launching = [HostSlots(name, 1) for name in ports if name not in hosts]  # the gateway's or router's host only
+    every = [(h, True) for h in hosts.values()] + [(h, False) for h in launching]
+    with ThreadPoolExecutor(max_workers=min(32, len(every))) as pool:
+        results = list(pool.map(lambda hj: _check_host(spec, hj[0], ports.get(hj[0].name, []), need, hj[1]),
+                                every))
     checks = [c for r in results for c in r]
+    if spec.gateway is not None:
+        checks.append(_gateway_check(spec))
     if spec.model_dir:  # every node must see the same model, whatever the bundle expected
         hashes = {c.host: c.detail for c in checks if c.name == "model" and c.status == "ok"}
         if len(set(hashes.values())) > 1:

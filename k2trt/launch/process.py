@@ -10,12 +10,18 @@ Rules it enforces:
   any other status or a refused connection is "not ready yet");
 - one exits, all go: when any command, or any local rank, exits, every command is torn down (SIGTERM to every
   process of the job, SIGKILL after the grace period) and the outcome names the failing rank with its last lines;
-- SIGINT/SIGTERM to k2trt request a clean stop; handlers are restored in ``finally``.
+- SIGINT/SIGTERM to k2trt request a clean stop; handlers are restored in ``finally``;
+- the job dies with its supervisor even when that is SIGKILLed: a watchdog process (``watchdog``) holds a pipe
+  only the supervisor writes to, and ends the job when the pipe closes without a clean ``done``;
+- with ``log_format="json"`` every line it writes is a JSON object with the job id (``joblog``): the commands'
+  lines (a rank's own JSON kept, anything else wrapped), and its own messages through ``logging``.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
+import os
 import re
 import signal
 import subprocess
@@ -29,12 +35,18 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any, Callable, Literal
 
+from k2trt.errors import LaunchError
+from k2trt.jsonlog import DEFAULT_LOG_FORMAT, LogFormat
 from k2trt.launch import procs
+from k2trt.launch.joblog import OutputLines
+from k2trt.launch.mpi import JOB_ID_VAR
+from k2trt.launch.watchdog import watchdog_argv
 
 _TAG = re.compile(r"^\[(\d+),(\d+)\]<(stdout|stderr)>:\s?(.*)$")
 # Open MPI's own report of which rank ended the job (4.x says "mpirun noticed", 5.x "prterun noticed").
 _NOTICED = re.compile(r"process rank (\d+) with PID|Process name:\s*\[\[\d+,\d+\],(\d+)\]")
 TAIL_LINES = 30
+log = logging.getLogger("k2trt.launch")
 
 
 @dataclass(frozen=True)
@@ -109,13 +121,14 @@ class _Running:
     """A started JobCommand: its Popen, log files and per-rank tails."""
 
     def __init__(self, cmd: JobCommand, popen: subprocess.Popen[bytes], log_dir: Path,
-                 echo: Callable[[str], None] | None) -> None:
-        self.cmd, self.popen, self.log_dir, self.echo = cmd, popen, log_dir, echo
+                 echo: Callable[[str], None] | None, lines: OutputLines) -> None:
+        self.cmd, self.popen, self.log_dir, self.echo, self.lines = cmd, popen, log_dir, echo, lines
         self.tails: dict[int | None, collections.deque[str]] = collections.defaultdict(
             lambda: collections.deque(maxlen=TAIL_LINES))
         self.files: dict[int | None, IO[str]] = {}
         self.noticed_rank: int | None = None
         self.ranks: dict[int, int] = {}  # rank -> pid of its top process on this machine
+        self.started = 0  # start time of the launcher (procs.start_time), recorded to recognise it later
         self.next_watch = 0.0
         self.ready = cmd.probe_url is None
         self.missing: set[str] = set()
@@ -135,16 +148,17 @@ class _Running:
         for raw in iter(stream.readline, b""):
             line = raw.decode(errors="replace").rstrip("\n")
             m = _TAG.match(line) if self.cmd.tagged else None
-            rank, text = (int(m.group(2)), m.group(4)) if m else (None, line)
+            rank, stream_name, text = (int(m.group(2)), m.group(3), m.group(4)) if m else (None, None, line)
             if rank is None and (n := _NOTICED.search(text)):
                 found = n.group(1) or n.group(2)
                 if found is not None and self.noticed_rank is None:
                     self.noticed_rank = int(found)
+            out = self.lines(text, rank, stream_name)
             with self.lock:
                 self.tails[rank].append(text)
-                self._file(rank).write(text + "\n")
+                self._file(rank).write(out + "\n")
             if self.echo is not None:
-                self.echo(f"[{self.cmd.name}{'' if rank is None else f':{rank}'}] {text}")
+                self.echo(out if self.lines.json else f"[{self.cmd.name}{'' if rank is None else f':{rank}'}] {text}")
         stream.close()
 
     def watch_ranks(self) -> list[int]:
@@ -182,6 +196,8 @@ class Supervisor:
         progress: show a progress bar while waiting for readiness.
         on_state: called with ("ready" | "stopped" | "failed" | "timeout", info) as the job changes state.
         ready_paths: readiness URL paths in preference order.
+        log_format: ``json``: log files (and echoed lines) are JSON objects with the job id, the supervisor's own
+            messages go to ``logging`` (the process's entry installs the handler), no progress bar.
 
     Example::
 
@@ -193,12 +209,16 @@ class Supervisor:
                  grace_s: float = 20.0, job_id: str | None = None, echo: Callable[[str], None] | None = None,
                  progress: bool = True, on_state: Callable[[str, dict[str, Any]], None] | None = None,
                  ready_paths: tuple[str, ...] = ("/health_generate", "/health"), poll_s: float = 0.25,
-                 probe_every_s: float = 1.0) -> None:
+                 probe_every_s: float = 1.0, log_format: LogFormat = DEFAULT_LOG_FORMAT) -> None:
         self.stages, self.log_dir, self.job_id = stages, Path(log_dir), job_id
+        self.log_format = log_format
         self.ready_timeout_s, self.grace_s, self.echo, self.progress = ready_timeout_s, grace_s, echo, progress
         self.on_state, self.ready_paths, self.poll_s, self.probe_every_s = on_state, ready_paths, poll_s, probe_every_s
         self.running: list[_Running] = []
+        self._watchdog: subprocess.Popen[bytes] | None = None
+        self._watch_pipe: IO[str] | None = None
         self._stop_reason: str | None = None
+        self._failed: Outcome | None = None
         self._saved: dict[int, Any] = {}
         self._bar: Any = None
         self._last_line = 0.0
@@ -206,6 +226,7 @@ class Supervisor:
     # ---- context manager -----------------------------------------------------------------------------------
     def __enter__(self) -> Supervisor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._start_watchdog()
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._saved[sig] = signal.signal(sig, self._on_signal)
@@ -215,9 +236,52 @@ class Supervisor:
         try:
             self.teardown()
         finally:
+            self._stop_watchdog()
             for sig, handler in self._saved.items():
                 signal.signal(sig, handler)
             self._saved.clear()
+
+    # ---- the watchdog: the job ends with this process, however it ends ------------------------------------------
+    def _start_watchdog(self) -> None:
+        read_fd, write_fd = os.pipe()  # both non-inheritable: only the watchdog gets the read end, explicitly
+        env = {k: v for k, v in os.environ.items() if k != JOB_ID_VAR}  # it is not a process of the job
+        try:
+            with open(self.log_dir / "watchdog.log", "ab") as out:
+                self._watchdog = subprocess.Popen(watchdog_argv(read_fd, self.grace_s, self.log_format, self.job_id),
+                                                  pass_fds=(read_fd,), env=env, stdin=subprocess.DEVNULL,
+                                                  stdout=out, stderr=out, start_new_session=True)
+        except OSError as e:
+            os.close(write_fd)
+            raise LaunchError(f"could not start the job's watchdog: {e}", "check the Python environment") from None
+        finally:
+            os.close(read_fd)
+        self._watch_pipe = os.fdopen(write_fd, "w", buffering=1, encoding="utf-8")
+        self._tell_watchdog(f"job {self.job_id or ''}")
+
+    def _tell_watchdog(self, line: str) -> None:
+        if self._watch_pipe is None:
+            return
+        try:
+            self._watch_pipe.write(line + "\n")
+        except OSError:  # the watchdog is gone; teardown still works without it
+            pass
+
+    def _stop_watchdog(self) -> None:
+        """Tell the watchdog the job was torn down cleanly and wait for it to exit."""
+        if self._watch_pipe is not None:
+            self._tell_watchdog("done")
+            try:
+                self._watch_pipe.close()
+            except OSError:
+                pass
+            self._watch_pipe = None
+        if self._watchdog is not None:
+            try:
+                self._watchdog.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._watchdog.kill()
+                self._watchdog.wait(timeout=5)
+            self._watchdog = None
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._stop_reason = f"received {signal.Signals(signum).name}"
@@ -226,13 +290,22 @@ class Supervisor:
         """Ask ``run`` to stop cleanly (thread-safe)."""
         self._stop_reason = reason
 
+    def fail(self, message: str, job: str | None = None) -> None:
+        """Make ``run`` end the job as failed with ``message`` (e.g. from ``on_state``, when something the job
+        needs beside its commands could not start); thread-safe."""
+        self._failed = Outcome("failed", message, job=job)
+
     # ---- running -------------------------------------------------------------------------------------------
     def _start(self, cmd: JobCommand) -> _Running:
         popen = subprocess.Popen(list(cmd.argv), env=cmd.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, start_new_session=True)
-        run = _Running(cmd, popen, self.log_dir, self._write)
+        started = procs.start_time(popen.pid) or 0
+        self._tell_watchdog(f"sid {popen.pid} {started}")
+        run = _Running(cmd, popen, self.log_dir, self._write, OutputLines(self.log_format, self.job_id, cmd.name))
+        run.started = started
         self.running.append(run)
-        self._notify("started", {"pids": self.pids()})
+        self._notify("started", {"pids": self.pids(), "pid_starts": {str(r.popen.pid): r.started
+                                                                      for r in self.running}})
         return run
 
     def _write(self, line: str) -> None:
@@ -263,7 +336,7 @@ class Supervisor:
         finally:
             self._close_bar()
         self._notify("ready", {"elapsed_s": round(time.monotonic() - start, 1)})
-        if after_ready is not None:
+        if after_ready is not None and self._failed is None:
             after_ready()
         while True:
             outcome = self._check()
@@ -293,6 +366,8 @@ class Supervisor:
             time.sleep(self.poll_s)
 
     def _check(self) -> Outcome | None:
+        if self._failed is not None:
+            return self._failed
         if self._stop_reason is not None:
             return Outcome("stopped", f"stopped ({self._stop_reason})")
         for r in self.running:
@@ -354,7 +429,7 @@ class Supervisor:
 
     def _open_bar(self) -> None:
         self._last_line = 0.0
-        if self.progress and sys.stderr.isatty():
+        if self.progress and sys.stderr.isatty() and self.log_format == "text":
             from tqdm import tqdm
 
             self._bar = tqdm(total=int(self.ready_timeout_s), unit="s", desc="waiting for readiness",
@@ -366,9 +441,13 @@ class Supervisor:
             self._bar.set_description_str(f"{name}: {note}", refresh=False)
             self._bar.n = min(int(elapsed), self._bar.total)
             self._bar.refresh()
-        elif self.progress and self.echo is not None and elapsed - self._last_line >= 30:  # not a terminal
+        elif self.progress and elapsed - self._last_line >= 30:  # not a terminal
             self._last_line = elapsed
-            self.echo(f"[k2trt] waiting for {name}: {note} ({elapsed:.0f}/{self.ready_timeout_s:.0f}s)")
+            if self.log_format == "json":
+                log.info("waiting for %s: %s (%.0f/%.0fs)", name, note, elapsed, self.ready_timeout_s,
+                         extra={"job": name})
+            elif self.echo is not None:
+                self.echo(f"[k2trt] waiting for {name}: {note} ({elapsed:.0f}/{self.ready_timeout_s:.0f}s)")
 
     def _close_bar(self) -> None:
         if self._bar is not None:

@@ -118,3 +118,33 @@ def kill_job(*, sids: Iterable[int] = (), pgids: Iterable[int] = (), job_id: str
 def pid_alive(pid: int) -> bool:
     """True when ``pid`` exists and is not a zombie."""
     return read_proc(pid) is not None
+
+
+def start_time(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (``/proc/PID/stat`` field 22), or None when it is gone.
+
+    A pid and its start time name one process for the life of the machine's boot: pids are recycled, the pair
+    is not. Example: ``start_time(os.getpid())`` → ``123456``.
+    """
+    try:
+        stat = (_PROC / str(pid) / "stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()
+    return int(fields[19]) if fields[0] not in ("Z", "X") else None
+
+
+def is_process(pid: int, started: int | None) -> bool:
+    """True when ``pid`` is alive and is the process that started at ``started`` (not a later one given the same
+    pid). ``started=None`` (not recorded) never proves it."""
+    return started is not None and start_time(pid) == started
+
+
+def owned_sessions(starts: dict[int, int]) -> list[int]:
+    """The session ids among ``starts`` (session leader pid → its start time) still safe to scan for a job.
+
+    A leader that is still alive must be the recorded process. A dead leader's session id is safe too: Linux does
+    not hand out a pid again while any process still has it as its session or group id, so the members found
+    under it are the job's own (a recycled pid shows up as a live leader with another start time, and is skipped).
+    """
+    return [sid for sid, started in starts.items() if not pid_alive(sid) or start_time(sid) == started]

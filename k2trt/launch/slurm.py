@@ -8,6 +8,11 @@ Variable hygiene, because Slurm variables nest badly:
   step's values, because the engine's launch wrapper takes its world size from ``SLURM_NTASKS`` and its rank from
   ``SLURM_PROCID`` (before any MPI variable), so both must describe exactly this step.
 - ``--kill-on-bad-exit=1``: one rank dying ends the step, the Slurm analogue of the mpirun supervisor.
+
+Container mounts: with ``slurm.container_image`` set, every path the job reads or writes (the model directory, the
+bundle with its config, the log directory, and any other absolute path on the engine's command line) is mounted at
+the same path inside the container unless a ``slurm.container_mounts`` entry already maps it; the default mounts are
+listed in the script and in ``k2trt serve --launcher slurm --dry-run``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from k2trt.errors import LaunchError
-from k2trt.launch.mpi import JOB_ID_VAR
+from k2trt.launch.mpi import JOB_ID_VAR, LOG_FORMAT_VAR
 from k2trt.launch.spec import LaunchSpec
 
 SBATCH_FILE = "serve.sbatch"
@@ -35,6 +40,44 @@ def slurm_shape(spec: LaunchSpec) -> tuple[int, int]:
         raise LaunchError(f"slurm: {nodes} nodes x {per_node} tasks < world size {spec.world_size}",
                           "raise slurm.nodes or slurm.ntasks_per_node")
     return nodes, per_node
+
+
+_FILE_SUFFIXES = (".yml", ".yaml", ".json", ".txt", ".jinja", ".py", ".sh")
+
+
+def _covered(path: str, dests: list[str]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in dests)
+
+
+def default_mounts(spec: LaunchSpec, bundle_dir: Path) -> list[tuple[str, str]]:
+    """``(SRC:DST, why)`` identity mounts for every path the job uses that no ``container_mounts`` entry maps.
+
+    Empty without a container image. A path inside another mounted path adds nothing; a file on the command line
+    mounts its directory.
+
+    Example: a spec with ``model_dir="/lustre/K2"`` and bundle ``/scratch/b`` gives
+    ``[("/lustre/K2:/lustre/K2", "model"), ("/scratch/b:/scratch/b", "bundle, config and logs")]``.
+    """
+    if not spec.slurm.container_image:
+        return []
+    dests = [m.split(":")[1] if ":" in m else m for m in spec.slurm.container_mounts]
+    bundle = str(bundle_dir.absolute())
+    log_dir = str((bundle_dir / spec.log_dir).absolute())
+    wanted: list[tuple[str, str]] = []
+    if spec.model_dir:
+        wanted.append((spec.model_dir, "model"))
+    wanted += [(bundle, "bundle, config and logs"), (log_dir, "logs")]
+    for arg in spec.argv:
+        value = arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else arg
+        if value.startswith("/") and not value.startswith(("/dev/", "/proc/", "/sys/")):
+            path = str(Path(value).parent) if value.endswith(_FILE_SUFFIXES) else value
+            wanted.append((path, "engine command line"))
+    out: list[tuple[str, str]] = []
+    for path, why in wanted:
+        if not _covered(path, dests):
+            out.append((f"{path}:{path}", why))
+            dests.append(path)
+    return out
 
 
 def sbatch_script(spec: LaunchSpec, bundle_dir: Path) -> str:
@@ -64,13 +107,19 @@ def sbatch_script(spec: LaunchSpec, bundle_dir: Path) -> str:
     lines += list(s.setup)
     lines += [f"export {k}={q(v)}" for k, v in spec.env.items()]
     lines.append(f'export {JOB_ID_VAR}="slurm-${{SLURM_JOB_ID}}"')
+    if spec.log_format == "json":  # ranks that can log JSON do (srun's own lines stay text)
+        lines.append(f"export {LOG_FORMAT_VAR}={spec.log_format}")
     srun = ["srun", f"--nodes={nodes}", f"--ntasks={spec.world_size}", f"--ntasks-per-node={per_node}",
             f"--mpi={s.mpi}", "--kill-on-bad-exit=1", "--export=ALL",
             f"--output={log_dir / 'server.rank%t.log'}"]
+    mounts = default_mounts(spec, bundle_dir)
+    if mounts:
+        lines += [f"# container mount (default, {why}): {m}" for m, why in mounts]
     if s.container_image:
         srun.append(f"--container-image={s.container_image}")
-        if s.container_mounts:
-            srun.append(f"--container-mounts={','.join(s.container_mounts)}")
+        all_mounts = list(s.container_mounts) + [m for m, _ in mounts]
+        if all_mounts:
+            srun.append(f"--container-mounts={','.join(all_mounts)}")
         if s.container_workdir:
             srun.append(f"--container-workdir={s.container_workdir}")
     elif s.container_mounts or s.container_workdir:

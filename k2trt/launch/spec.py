@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
-import os
-import tempfile
+import ipaddress
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,14 +27,33 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from k2trt.errors import ConfigError
+from k2trt.fsio import atomic_write_json, read_mapping
+from k2trt.gateway.config import GatewayConfig, GatewayLimits
+from k2trt.jsonlog import DEFAULT_LOG_FORMAT, LogFormat
+from k2trt.trtllm.deploy import ENV_FORWARD
 
 EngineKind = Literal["trtllm", "reference"]
 LauncherKind = Literal["mpirun", "slurm"]
 SCHEMA_VERSION = 1
 LAUNCH_FILE = "launch.json"
 DEFAULT_READY_PATHS = ("/health_generate", "/health")
-DEFAULT_ENV_FORWARD = ("NCCL_*", "UCX_*", "HF_*", "TRTLLM_*", "TLLM_*")
+DEFAULT_ENV_FORWARD = ENV_FORWARD
+"""Launching-environment variables forwarded to every rank by default: what the production engine's ranks read
+(the engine's own list, ``k2trt.trtllm.deploy.ENV_FORWARD``)."""
 LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def is_loopback(host: str) -> bool:
+    """True when a listen address reaches only this machine (``127.0.0.0/8``, ``::1``, ``localhost``).
+
+    Example: ``is_loopback("0.0.0.0")`` → False.
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it resolves to some interface, assume beyond loopback
+        return False
 
 
 @dataclass(frozen=True)
@@ -127,6 +144,40 @@ class GatewayOptions:
     mode: str = "render"
     """``render``: the gateway renders K2 prompts and parses tool calls; ``passthrough``: the engine does both
     (TensorRT-LLM with its kimi_k2 tool parser)."""
+    api_key_env: str | None = None
+    """Environment variable on the launching host holding the accepted API keys (whitespace-separated), read when
+    the job starts. Keys never travel in argv, which every user of the machine can read in /proc."""
+    api_key_file: str | None = None
+    """Absolute path of a file on the launching host holding the accepted API keys (whitespace-separated, ``#``
+    comment lines), read when the job starts (e.g. a mounted secret)."""
+    require_key: bool = False
+    """Refuse to start the job without at least one key (the bundle builder sets it for a gateway that listens
+    beyond loopback, unless the recipe opts out)."""
+    served_model_name: str | None = None
+    """Model id clients use (the recipe's ``model.served_name``); None: the model directory's name."""
+    limits: GatewayLimits = field(default_factory=GatewayLimits)
+    """Request limits, timeouts and accepted model ids (``GatewayConfig``'s fields of the same names and defaults;
+    the bundle builder sets ``max_context_tokens`` to the recipe's context)."""
+
+    def config(self, engine_url: str, model_dir: str | None, api_keys: tuple[str, ...] = (),
+               log_format: LogFormat = DEFAULT_LOG_FORMAT) -> GatewayConfig:
+        """The settings of this gateway in front of the engine at ``engine_url`` (not yet validated).
+
+        Args:
+            engine_url: the engine's base URL (probed ready by the launcher).
+            model_dir: the model directory (tokenizer, chat template, context).
+            api_keys: the accepted keys, read when the job starts (``preflight.gateway_keys``).
+            log_format: the job's log format.
+        Returns:
+            A ``GatewayConfig``.
+        Example:
+            >>> GatewayOptions(8080).config("http://127.0.0.1:8000", "/m").max_connections
+            1024
+        """
+        return GatewayConfig(engine_url=engine_url, model_dir=model_dir, host=self.host, port=self.port,
+                             mode=self.mode, api_keys=api_keys,  # type: ignore[arg-type]
+                             served_model_name=self.served_model_name, log_format=log_format,
+                             **self.limits.settings())  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -195,6 +246,10 @@ class LaunchSpec:
     """Disaggregated roles; when set, ``argv`` is empty and the router is the client-facing server."""
     gateway: GatewayOptions | None = None
     """The gateway to start in front of the engine once it is ready (None: clients talk to the engine)."""
+    log_format: LogFormat = DEFAULT_LOG_FORMAT
+    """``json``: every log the job writes is JSON lines carrying the job id (and a rank's lines its rank): the
+    supervisor, the watchdog, the gateway, and the ranks (the launcher exports ``K2TRT_LOG_FORMAT``; lines a rank
+    prints in any other form are wrapped by the supervisor); ``text``: each program's usual lines."""
     schema_version: int = SCHEMA_VERSION
     """Version of this file format; a newer one than this k2trt knows is refused."""
 
@@ -223,6 +278,8 @@ class LaunchSpec:
             raise ConfigError(f"engine {self.engine!r} is not one of {get_args(EngineKind)}")
         if self.launcher not in get_args(LauncherKind):
             raise ConfigError(f"launcher {self.launcher!r} is not one of {get_args(LauncherKind)}")
+        if self.log_format not in get_args(LogFormat):
+            raise ConfigError(f"log_format {self.log_format!r} is not one of {get_args(LogFormat)}")
         _check_port("http_port", self.http_port)
         if self.gateway is not None:
             _check_port("gateway.port", self.gateway.port)
@@ -231,9 +288,19 @@ class LaunchSpec:
             if self.gateway.port == self.http_port and self.first_probe_host() == "127.0.0.1":
                 raise ConfigError(f"gateway.port {self.gateway.port} is the engine's port on this machine",
                                   "give the gateway its own port")
+            env = self.gateway.api_key_env
+            if env is not None and (not env or not env.replace("_", "a").isalnum() or env[0].isdigit()):
+                raise ConfigError(f"gateway.api_key_env {env!r} is not a valid variable name")
+            if self.gateway.api_key_file is not None and not Path(self.gateway.api_key_file).is_absolute():
+                raise ConfigError(f"gateway.api_key_file {self.gateway.api_key_file!r} is not an absolute path",
+                                  "name the key file by its absolute path on the launching host")
             if self.model_dir is None and self.gateway.mode == "render":
                 raise ConfigError("the gateway renders K2 prompts but the spec names no model_dir",
                                   "set model_dir (the tokenizer and chat template live there)")
+            try:
+                self.gateway.limits.validate()
+            except ConfigError as e:
+                raise ConfigError(f"gateway.limits: {e}") from None
         if self.ssh_port is not None:
             _check_port("ssh_port", self.ssh_port)
         if self.ready_timeout_s <= 0 or self.stop_grace_s < 0:
@@ -280,23 +347,14 @@ class LaunchSpec:
         return _from_jsonable(cls, data, "launch")  # type: ignore[no-any-return]
 
     def dump(self, path: str | Path) -> Path:
-        """Write JSON atomically (temp file in the same directory, then rename). Returns the path."""
-        path = Path(path)
-        write_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+        """Write JSON atomically (``k2trt.fsio``). Returns the path."""
+        return atomic_write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> LaunchSpec:
         """Read and validate a ``launch.json``; a missing or malformed file is a ConfigError."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path} does not exist", "pass a bundle written by `k2trt build`, or --spec FILE")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a JSON object")
+        data = read_mapping(path, what="launch spec", fmt="json",
+                            hint="pass a bundle written by `k2trt build`, or --spec FILE")
         return cls.from_dict(data).validate()
 
 
@@ -323,21 +381,6 @@ def _check_ranks(what: str, world: int, hosts: tuple[HostSlots, ...], oversubscr
     if slots < world and not oversubscribe:
         raise ConfigError(f"{what}: {world} ranks but only {slots} slots on {[h.name for h in hosts]}",
                           "add hosts/slots or lower the world size")
-
-
-def write_atomic(path: Path, text: str, mode: int | None = None) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same directory and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _to_jsonable(obj: Any) -> Any:

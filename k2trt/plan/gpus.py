@@ -84,6 +84,7 @@ CATALOG["cpu"] = Gpu("cpu", "CPU rank (reference engine)", 8, 8.0, 0.02, False, 
                      "assumption: CI machine rank", reserve_gib=0.5, reference_only=True)
 
 ALIASES = {"h100-80": "h100", "h200-141": "h200", "h20-96": "h20", "a100-80": "a100"}
+DEFAULT_GPU = "h200"  # what k2trt plans for when not told (`k2trt plan --gpu`, a recipe's cluster.gpu)
 
 
 def gpu(key: str) -> Gpu:

@@ -18,6 +18,17 @@ activation reserve, in blocks of ``tokens_per_block`` (32) tokens.
 Reserve (documented assumption, k2_numbers.md E2): 8 GiB per GPU for activations at ``max_num_tokens`` 8192, the
 MoE workspace, CUDA graphs (up to ~200 MB each, TensorRT-LLM's CudaGraphConfig doc), NCCL buffers and allocator
 slack. Override with ``reserve_gib``.
+
+Load time (an estimate, used to budget start-up probes): every rank reads its own shard, so a load takes the largest
+rank's weight bytes over the per-GPU read bandwidth of the checkpoint storage (``LOAD_GBPS``, an assumption a recipe
+overrides with ``cluster.load_gbps``), plus a fixed engine start-up after the read (``ENGINE_START_S``, an assumption).
+
+EPLB host copy: with online expert load balancing TensorRT-LLM's ``HostMoeTensorSharer`` has the ranks of each node
+split *every* routed expert of every MoE layer between them and place their share in POSIX shared memory, so each node
+holds one whole copy of the routed experts in ``/dev/shm`` (NVIDIA/TensorRT-LLM
+``tensorrt_llm/_torch/modules/fused_moe/moe_load_balancer.py`` @ 000a01de: ``expert_start = local_rank *
+expert_count // local_size``, one ``SharedMemory`` per layer and local rank). ``routed_expert_bytes`` sizes it from
+the checkpoint's own tensors (its format's bytes; the release may keep them in another layout: an estimate).
 """
 
 from __future__ import annotations
@@ -25,15 +36,69 @@ from __future__ import annotations
 import bisect
 import functools
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal, get_args
 
+from k2trt.errors import ConfigError
 from k2trt.mapping import EXPERT_ROLES, Mapping
 from k2trt.plan.gpus import RESERVE_GIB, GiB, Gpu
-from k2trt.spec import DTYPE_BYTES, ModelSpec, TensorInfo
+from k2trt.spec import DTYPE_BYTES, ModelSpec, Quantization, TensorInfo
+from k2trt.trtllm.render import KV_FRACTION
 
-KV_FRACTION = 0.9  # TensorRT-LLM KvCacheConfig.free_gpu_memory_fraction default (trtllm.md §2.3)
 TOKENS_PER_BLOCK = 32  # KvCacheConfig.tokens_per_block default
-KV_BYTES = {"bf16": 2, "fp8": 1}
+KvDtype = Literal["fp8", "bf16"]
+"""KV cache element type: one byte (FP8) or two (BF16) per element."""
+DEFAULT_KV_DTYPE: KvDtype = "fp8"  # K2's FP8 KV cache halves the MLA latent's bytes; the recipes' default too
+KV_BYTES: dict[str, int] = {"fp8": 1, "bf16": 2}
+LOAD_GBPS = 0.5
+"""Checkpoint read bandwidth per GPU during load, GB/s (10^9 bytes/s): 4 GB/s for an 8-GPU node reading shared
+network storage. An assumption; a recipe sets its storage's with ``cluster.load_gbps``."""
+ENGINE_START_S = 600.0
+"""TensorRT-LLM's start-up after the weights are read (model construction, weight post-processing, CUDA-graph
+capture, warm-up), seconds. An assumption: K2 start-ups of ten-odd minutes are what users report."""
+REFERENCE_START_S = 30.0
+"""The reference engine's start-up after its (CPU-sized) weights are read, seconds (assumption)."""
+
+WeightFormat = Literal["fp8_block", "bf16", "nvfp4", "w4a8"]
+"""How a checkpoint stores its linear weights: K2's block FP8 (128×128 ``weight_scale_inv``), BF16, NVFP4 routed
+experts (ModelOpt), or W4A8 routed experts with block FP8 elsewhere. Recipes and ``--weights`` name one of these;
+``parse_weight_format`` also takes the spellings users meet elsewhere."""
+WEIGHT_FORMATS: tuple[str, ...] = get_args(WeightFormat)
+# Other spellings of the same formats: ``fp8`` (recipes and ``k2trt plan --weights`` before the formats had one
+# name) and ``fp8-block`` (``k2trt convert --to``, whose choices are kebab-case like every k2trt flag value).
+_WEIGHT_ALIASES = {"fp8": "fp8_block", "fp8-block": "fp8_block"}
+
+
+def parse_weight_format(text: str) -> WeightFormat:
+    """A weight format from any of its spellings.
+
+    Args:
+        text: ``fp8_block`` (also ``fp8`` or ``fp8-block``), ``bf16``, ``nvfp4`` or ``w4a8``; case-insensitive.
+    Returns:
+        The canonical name, as ``weight_format`` reports it.
+    Raises:
+        ConfigError: not a weight format (one line, listing them).
+    Example:
+        >>> parse_weight_format("fp8")
+        'fp8_block'
+    """
+    key = str(text).strip().lower()
+    key = _WEIGHT_ALIASES.get(key, key)
+    if key not in WEIGHT_FORMATS:
+        raise ConfigError(f"{text!r} is not a weight format", "use fp8 (fp8_block), bf16, nvfp4 or w4a8")
+    return key  # type: ignore[return-value]
+
+
+def convert_target(fmt: WeightFormat) -> str:
+    """The ``k2trt convert --to`` choice that writes ``fmt`` (its kebab-case spelling)."""
+    return fmt.replace("_", "-")
+
+
+def with_weights(spec: ModelSpec, fmt: WeightFormat) -> ModelSpec:
+    """``spec`` re-described as stored in ``fmt`` (what ``k2trt convert --to`` would write), for planning a
+    checkpoint that does not exist yet."""
+    if fmt == "bf16":
+        return spec.with_quantization(None)
+    return spec.with_quantization(Quantization() if fmt == "fp8_block" else Quantization.requant(fmt))
 NVFP4_BYTES_PER_ELEM = 0.5 + 1 / 16  # E2M1 + an FP8 scale per 16 elements
 NVFP4_BYTES_PER_TENSOR = 8  # weight_scale_2 and input_scale, FP32 each
 
@@ -49,7 +114,8 @@ CATEGORY = {
 
 
 def weight_format(spec: ModelSpec) -> str:
-    """``fp8_block``, ``bf16``, ``nvfp4`` or ``w4a8`` from the spec's quantization (config.json / hf_quant_config)."""
+    """The spec's :data:`WeightFormat` from its quantization (config.json / hf_quant_config); another
+    ``quant_method`` (a format k2trt does not plan) is returned as it is named."""
     q = spec.quantization
     if q is None:
         return "bf16"
@@ -196,6 +262,11 @@ class MemoryPlan:
     """Concurrent full-context sequences the instance can hold."""
     fits: bool
     """Weights + reserve fit and at least one full-context sequence fits."""
+    load_s: float = 0.0
+    """Estimated seconds from launch to serving: the largest shard at the storage's per-GPU bandwidth plus the
+    engine's start-up (module docstring; an estimate)."""
+    eplb_shm_bytes: float = 0.0
+    """Host shared memory each node needs for online EPLB's copy of the routed experts; 0 without online EPLB."""
 
     @property
     def system_kv_tokens(self) -> int:
@@ -210,18 +281,22 @@ class MemoryPlan:
             "kv_budget_gib": round(self.kv_budget / g, 3), "kv_bytes_per_token": self.kv_bytes_per_token,
             "kv_tokens_per_gpu": self.kv_tokens_per_gpu, "kv_pools": self.pools,
             "system_kv_tokens": self.system_kv_tokens, "seq_tokens": self.seq_tokens,
-            "max_sequences": self.max_sequences, "fits": self.fits,
+            "max_sequences": self.max_sequences, "fits": self.fits, "load_s": round(self.load_s, 1),
+            "eplb_shm_gib": round(self.eplb_shm_bytes / g, 3),
         }
 
 
 def memory_plan(spec: ModelSpec, mapping: Mapping, gpu: Gpu, context: int, kv_dtype: str = "fp8",
-                kv_fraction: float = KV_FRACTION, reserve_gib: float = RESERVE_GIB) -> MemoryPlan:
-    """Weights per GPU, the KV pool left over, and how many ``context``-token sequences fit.
+                kv_fraction: float = KV_FRACTION, reserve_gib: float = RESERVE_GIB, *,
+                load_gbps: float = LOAD_GBPS, eplb_online: bool = False) -> MemoryPlan:
+    """Weights per GPU, the KV pool left over, how many ``context``-token sequences fit, the load estimate and the
+    EPLB host copy.
 
     Args:
         spec: the model; mapping: a layout bound to it (checked); gpu: catalog entry; context: tokens per sequence;
         kv_dtype: ``fp8`` or ``bf16``; kv_fraction: TensorRT-LLM's ``free_gpu_memory_fraction``;
-        reserve_gib: activation/CUDA-graph/workspace reserve.
+        reserve_gib: activation/CUDA-graph/workspace reserve; load_gbps: checkpoint read bandwidth per GPU, GB/s;
+        eplb_online: the engine runs online expert load balancing (sizes ``eplb_shm_bytes``).
     """
     per_rank = [rank_bytes(mapping, r, spec) for r in extreme_ranks(mapping)]
     worst = max(per_rank, key=lambda rb: rb.total)
@@ -236,8 +311,39 @@ def memory_plan(spec: ModelSpec, mapping: Mapping, gpu: Gpu, context: int, kv_dt
     pools = mapping.tp if mapping.enable_attention_dp else 1
     seq = -(-context // TOKENS_PER_BLOCK) * TOKENS_PER_BLOCK
     max_seqs = pools * (tokens // seq)
+    start = REFERENCE_START_S if gpu.reference_only else ENGINE_START_S
     return MemoryPlan(worst.total, min(rb.total for rb in per_rank), worst.by_category, usable, reserve,
-                      kv_fraction, budget, kvpt, tokens, pools, seq, max_seqs, free > 0 and max_seqs >= 1)
+                      kv_fraction, budget, kvpt, tokens, pools, seq, max_seqs, free > 0 and max_seqs >= 1,
+                      load_seconds(worst.total, load_gbps, start),
+                      routed_expert_bytes(spec) if eplb_online else 0.0)
+
+
+def load_seconds(weights_per_gpu: float, gbps: float = LOAD_GBPS, start_s: float = ENGINE_START_S) -> float:
+    """Estimated seconds from launch to serving: ``weights_per_gpu`` bytes read at ``gbps`` GB/s, plus ``start_s``.
+
+    Example: ``load_seconds(60e9)`` → 720.0 (120 s of reading at 0.5 GB/s, then 600 s of start-up).
+    """
+    if gbps <= 0:
+        raise ConfigError(f"storage bandwidth {gbps} GB/s must be > 0", "set cluster.load_gbps to a positive number")
+    return weights_per_gpu / (gbps * 1e9) + start_s
+
+
+def routed_expert_bytes(spec: ModelSpec) -> float:
+    """Bytes of every routed expert of every MoE layer (weights and their scales) in the checkpoint's format: the
+    host copy online EPLB keeps in each node's ``/dev/shm`` (module docstring).
+
+    Example: K2-Instruct block FP8 → about 0.95 TiB.
+    """
+    fmt = weight_format(spec)
+    total = 0.0
+    for g in inventory(spec).groups:
+        if g.experts:
+            n = sum(len(ids) for ids in g.experts.values())
+            t = g.sample
+            total += n * tensor_bytes(t, t.numel, fmt)
+            if fmt == "nvfp4" and t.role in EXPERT_ROLES and t.scale_of is None and t.dtype != "U8":
+                total += n * NVFP4_BYTES_PER_TENSOR
+    return total
 
 
 

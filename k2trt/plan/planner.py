@@ -13,13 +13,21 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from k2trt.errors import PlanError
+from k2trt.errors import K2trtError, PlanError
+from k2trt.layout import Layout
+from k2trt.mapping import GPUS_PER_NODE
 from k2trt.plan.gpus import GiB, Gpu
-from k2trt.plan.layout import Layout, candidate_layouts
-from k2trt.plan.memory import KV_FRACTION, MemoryPlan, inventory, memory_plan, weight_format
+from k2trt.plan.memory import (DEFAULT_KV_DTYPE, KV_BYTES, LOAD_GBPS, KvDtype, MemoryPlan, inventory,
+                               memory_plan, parse_weight_format, weight_format, with_weights)
 from k2trt.plan.roofline import Roofline, roofline
 from k2trt.plan.rules import Finding, RuleContext, evaluate
-from k2trt.spec import ModelSpec
+from k2trt.spec import ModelSpec, preset
+from k2trt.trtllm.render import KV_FRACTION
+
+DEFAULT_PRESET = "k2-instruct"
+"""The model planned when neither a checkpoint nor a preset is named (and a recipe's ``model.preset``)."""
+DEFAULT_CONTEXT = preset(DEFAULT_PRESET).max_position_embeddings
+"""K2's whole context (131,072 tokens): what a deployment must hold unless told otherwise."""
 
 
 @dataclass(frozen=True)
@@ -30,7 +38,7 @@ class Cluster:
     """Catalog entry."""
     nodes: int = 1
     """Nodes in the instance."""
-    gpus_per_node: int = 8
+    gpus_per_node: int = GPUS_PER_NODE
     """GPUs (ranks) per node."""
 
     @property
@@ -49,9 +57,9 @@ class PlanRequest:
     """The model (preset or checkpoint config)."""
     cluster: Cluster
     """Where it runs."""
-    context: int = 131072
+    context: int = DEFAULT_CONTEXT
     """Tokens per sequence (prompt + output) the deployment must hold."""
-    kv_dtype: str = "fp8"
+    kv_dtype: KvDtype = DEFAULT_KV_DTYPE
     """KV cache dtype: ``fp8`` or ``bf16``."""
     kv_fraction: float = KV_FRACTION
     """TensorRT-LLM ``kv_cache_config.free_gpu_memory_fraction``."""
@@ -65,6 +73,8 @@ class PlanRequest:
     """trtllm-serve runs with a tool parser."""
     model_name: str = "model"
     """Label for reports (preset name or checkpoint path)."""
+    load_gbps: float = LOAD_GBPS
+    """Checkpoint read bandwidth per GPU, GB/s, for the load-time estimate (an assumption unless measured)."""
 
     @property
     def reserve(self) -> float:
@@ -73,10 +83,12 @@ class PlanRequest:
     def validate(self) -> None:
         if self.context < 1:
             raise PlanError(f"context {self.context} must be ≥ 1")
-        if self.kv_dtype not in ("fp8", "bf16"):
+        if self.kv_dtype not in KV_BYTES:
             raise PlanError(f"kv dtype {self.kv_dtype!r} is not fp8 or bf16")
         if not 0 < self.kv_fraction <= 1:
             raise PlanError(f"KV memory fraction {self.kv_fraction} must be in (0, 1]")
+        if self.load_gbps <= 0:
+            raise PlanError(f"storage bandwidth {self.load_gbps} GB/s must be > 0")
 
 
 @dataclass
@@ -141,8 +153,27 @@ class Plan:
             "cluster": {"gpu": r.cluster.gpu.key, "gpu_name": r.cluster.gpu.name, "nodes": r.cluster.nodes,
                         "gpus_per_node": r.cluster.gpus_per_node},
             "context": r.context, "kv_dtype": r.kv_dtype, "kv_fraction": r.kv_fraction, "reserve_gib": r.reserve,
-            "release": r.release, "layouts": [lp.to_dict() for lp in self.layouts],
+            "release": r.release, "load_gbps": r.load_gbps, "layouts": [lp.to_dict() for lp in self.layouts],
         }
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def candidate_layouts(world_size: int, spec: ModelSpec) -> list[Layout]:
+    """Every tp × pp = world_size, ep | tp, with and without attention-DP (valid or not; the planner judges)."""
+    out: list[Layout] = []
+    for pp in _divisors(world_size):
+        if pp > spec.num_hidden_layers:
+            continue
+        tp = world_size // pp
+        for ep in _divisors(tp):
+            for adp in (False, True):
+                if adp and tp == 1:
+                    continue
+                out.append(Layout(tp, ep, None, pp, adp))
+    return out
 
 
 def plan_layout(req: PlanRequest, layout: Layout) -> LayoutPlan:
@@ -160,7 +191,7 @@ def plan_layout(req: PlanRequest, layout: Layout) -> LayoutPlan:
         lp.invalid = str(e)
         return lp
     lp.memory = memory_plan(req.spec, m, req.cluster.gpu, req.context, req.kv_dtype, req.kv_fraction,
-                            req.reserve)
+                            req.reserve, load_gbps=req.load_gbps, eplb_online=req.eplb_online)
     lp.roofline = roofline(req.spec, m, req.cluster.gpu, req.context, req.kv_dtype)
     lp.findings = evaluate(RuleContext(req.spec, m, req.cluster.gpu, req.context, lp.memory, req.release,
                                        req.eplb_online, req.tool_parser))
@@ -238,8 +269,14 @@ def to_markdown(p: Plan, only_first: bool = False) -> str:
         lines.append("| " + " | ".join(_row(lp)) + " |")
     for lp in judged[:1] if only_first else judged:
         if lp.memory is not None:
-            cats = ", ".join(f"{k} {v / GiB:.2f}" for k, v in sorted(lp.memory.by_category.items()) if v)
-            lines += ["", f"**{lp.layout}** weights per GPU (GiB): {cats}."]
+            m = lp.memory
+            cats = ", ".join(f"{k} {v / GiB:.2f}" for k, v in sorted(m.by_category.items()) if v)
+            lines += ["", f"**{lp.layout}** weights per GPU (GiB): {cats}.",
+                      f"Estimated load: {m.load_s / 60:.0f} min ({m.weights_max / GiB:.1f} GiB per GPU at "
+                      f"{r.load_gbps:g} GB/s per GPU, then the engine's start-up; an estimate)."]
+            if m.eplb_shm_bytes:
+                lines.append(f"Online EPLB keeps {m.eplb_shm_bytes / GiB:,.0f} GiB of routed experts in each "
+                             "node's /dev/shm.")
         for f in lp.findings:
             lines.append(f"- {f.severity}: {f.message}")
     for lp in p.layouts:
@@ -251,20 +288,18 @@ def to_markdown(p: Plan, only_first: bool = False) -> str:
 def resolve_spec(checkpoint: str | None = None, preset_name: str | None = None,
                  weights: str | None = None) -> tuple[ModelSpec, str]:
     """The model to plan: a checkpoint's config.json or a preset, optionally re-described as another weight format
-    (``fp8``, ``bf16``, or ``nvfp4`` / ``w4a8``: what ``k2trt convert --to nvfp4|w4a8`` would write)."""
-    from k2trt.spec import ModelSpec as _MS
-    from k2trt.spec import Quantization, preset
-
+    (any spelling ``parse_weight_format`` takes; ``nvfp4`` / ``w4a8``: what ``k2trt convert --to`` would write)."""
     if checkpoint and preset_name:
         raise PlanError("give --checkpoint or --preset, not both")
     if checkpoint:
-        spec, name = _MS.from_config(checkpoint), str(checkpoint)
+        spec, name = ModelSpec.from_config(checkpoint), str(checkpoint)
     else:
-        name = preset_name or "k2-instruct"
+        name = preset_name or DEFAULT_PRESET
         spec = preset(name)
     if weights:
-        if weights not in ("fp8", "bf16", "nvfp4", "w4a8"):
-            raise PlanError(f"weight format {weights!r} is not fp8, bf16, nvfp4 or w4a8")
-        spec = spec.with_quantization(None if weights == "bf16" else
-                                      Quantization() if weights == "fp8" else Quantization.requant(weights))
+        try:
+            fmt = parse_weight_format(weights)
+        except K2trtError as e:
+            raise PlanError(f"weight format: {e}") from None
+        spec = with_weights(spec, fmt)
     return spec, name

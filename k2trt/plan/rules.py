@@ -14,6 +14,8 @@ from k2trt.mapping import Mapping
 from k2trt.plan.gpus import GiB, Gpu
 from k2trt.plan.memory import MemoryPlan, weight_format
 from k2trt.spec import ModelSpec
+from k2trt.trtllm import known
+from k2trt.trtllm.deploy import EPLB_SHM_DEFAULT, EPLB_SHM_VAR
 
 MIN_VIABLE_SEQUENCES = 4  # fewer concurrent full-context sequences than this is not a serving deployment (assumption)
 MARGINAL_WEIGHT_SHARE = 0.70  # weights above 70% of usable memory leave KV room for short contexts only (assumption)
@@ -30,7 +32,8 @@ class RuleContext:
     context: int
     memory: MemoryPlan
     release: str | None = None
-    """TensorRT-LLM schema profile (``1.0``, ``1.2``, ``main``) or None when unknown."""
+    """TensorRT-LLM schema profile name (``1.3.0rc24``) or None when unknown; release facts come from
+    ``k2trt.trtllm.known.RELEASE_FACTS`` for that profile, never from another release's."""
     eplb_online: bool = False
     """moe_config.load_balancer.layer_updates_per_iter > 0."""
     tool_parser: bool = False
@@ -67,6 +70,14 @@ def _heads_per_rank(c: RuleContext) -> int:
 def _cross_node_moe_tp(c: RuleContext) -> list[list[int]]:
     m = c.mapping
     return [g for g in m.groups("moe_tp") if len({r // m.gpus_per_node for r in g}) > 1] if m.mtp > 1 else []
+
+
+def _over_fused_limit(c: RuleContext) -> tuple[int, int] | None:
+    """The release's fused-routing limit (experts, top-k) when K2 exceeds it, else None (also when unknown)."""
+    lim = known.release_fact(c.release, "fused_routing_limit")
+    if lim and (c.spec.n_routed_experts > lim[0] or c.spec.num_experts_per_tok > lim[1]):
+        return int(lim[0]), int(lim[1])
+    return None
 
 
 def _weight_share(c: RuleContext) -> float:
@@ -109,18 +120,30 @@ RULES: tuple[Rule, ...] = (
          lambda c: f"MoE-TP groups {_cross_node_moe_tp(c)[:3]}… span nodes, so every MoE layer all-reduces expert "
                    f"partial sums across nodes; ep{c.mapping.tp} (MoE-TP 1) keeps experts whole"),
     Rule("routing-unfused", "warning",
-         lambda c: c.spec.n_group == 1 and c.spec.topk_group == 1 and c.release == "main",
+         lambda c: c.spec.n_group == 1 and c.spec.topk_group == 1
+         and known.release_fact(c.release, "routing_unfused_k2") is True,
          lambda c: "K2's n_group=1/topk_group=1 routing takes TensorRT-LLM's unfused PyTorch fallback on early-2026 "
                    "main builds (log: 'not supported by the fused routing kernel'); PR #13032/#13186 (Apr 2026) "
                    "loosened it — check the pinned build's log"),
     Rule("routing-over-fused-limit", "warning",
-         lambda c: c.release in ("1.0", "1.2") and (c.spec.n_routed_experts > 384 or c.spec.num_experts_per_tok > 8),
+         lambda c: _over_fused_limit(c) is not None,
          lambda c: f"{c.spec.n_routed_experts} experts / top-{c.spec.num_experts_per_tok} exceed the fused "
-                   "noaux_tc kernel's limit (≤384, ≤8) on 1.x builds: routing runs unfused"),
+                   f"noaux_tc kernel's limit (≤{_over_fused_limit(c)[0]}, ≤{_over_fused_limit(c)[1]}) on "  # type: ignore[index]
+                   f"TensorRT-LLM {c.release}: routing runs unfused"),
+    Rule("w4a8-not-loadable", "error",
+         lambda c: weight_format(c.spec) == "w4a8" and c.release is not None
+         and known.release_fact(c.release, "w4a8_mixed_precision") is not True,
+         lambda c: f"W4A8 checkpoints declare quant_algo MIXED_PRECISION, and TensorRT-LLM's DeepseekV3 decoder "
+                   f"layer asserts on it ({known.W4A8_EVIDENCE}); "
+                   + (f"{c.release} does not load it" if known.release_fact(c.release, "w4a8_mixed_precision")
+                      is False else f"that {c.release} loads it is not established")
+                   + ", so the recipe is refused — serve the FP8 checkpoint (k2-h200-2x8-*) instead"),
     Rule("eplb-needs-shm", "warning",
          lambda c: c.eplb_online,
-         lambda c: "online EPLB shares expert weights through /dev/shm (TRTLLM_EPLB_SHM_NAME=moe_shared): run "
-                   "containers with --ipc=host or a large --shm-size, and clean /dev/shm/moe_shared_* after a crash"),
+         lambda c: f"online EPLB keeps a host copy of every routed expert in each node's /dev/shm "
+                   f"({c.memory.eplb_shm_bytes / GiB:,.0f} GiB; {EPLB_SHM_VAR}={EPLB_SHM_DEFAULT}): run "
+                   f"containers with --ipc=host or a /dev/shm that large, and clean /dev/shm/{EPLB_SHM_DEFAULT}_* after a "
+                   "crash"),
     Rule("tool-parser-multinode", "warning",
          lambda c: c.tool_parser and c.mapping.nodes > 1,
          lambda c: "multi-node trtllm-serve with --trust_remote_code --tool_parser kimi_k2 hung on builds before "

@@ -31,7 +31,7 @@ from torch import nn
 from k2trt.spec import ModelSpec
 
 AttnImpl = Literal["naive", "absorb", "sdpa"]
-# get(role, layer, expert) -> this process's (possibly sliced) float tensor; see weights.CheckpointReader.
+# get(role, layer, expert) -> this process's (possibly sliced) float tensor; see checkpoint.reader.CheckpointReader.
 WeightFn = Callable[[str, "int | None", "int | None"], torch.Tensor]
 
 
@@ -413,10 +413,10 @@ class Transformer(nn.Module):
 
 def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, attn_impl: AttnImpl = "absorb",
                spec: ModelSpec | None = None) -> Transformer:
-    """The whole model from a block-FP8 or BF16 checkpoint directory, weights dequantised to ``dtype``.
+    """The whole model from a checkpoint directory in any format ``checkpoint.reader`` reads (block FP8, BF16,
+    NVFP4, W4A8), weights dequantised to ``dtype``.
 
-    Tensors are read with safetensors' ``safe_open``; ``rotary_emb.inv_freq`` tensors are never loaded (RoPE is
-    recomputed from the config).
+    ``rotary_emb.inv_freq`` tensors are never loaded (RoPE is recomputed from the config).
     Example:
         ``model = load_model("/tmp/tiny-k2", attn_impl="naive")``
     """

@@ -1,8 +1,8 @@
 """The reference K2 sharded across ranks exactly as TensorRT-LLM's ``Mapping`` shards it, over torch.distributed.
 
 Each rank reads only its own slice of every tensor straight from the checkpoint (``k2trt.mapping.Mapping.shard`` →
-``CheckpointReader.get(rows=, cols=)`` → safetensors ``get_slice``); no rank ever materialises a full copy of a
-sharded weight. Collectives use gloo (CPU), with a timeout so a dead peer ends the job instead of hanging it.
+``CheckpointReader.get(rows=, cols=)``: positional reads of those rows, columns cut from bounded row chunks); no
+rank ever materialises a full copy of a sharded weight. Collectives use gloo (CPU), with a timeout so a dead peer ends the job instead of hanging it.
 What is summed or gathered follows TensorRT-LLM's DeepseekV3 (trtllm.md §4–5, ``modeling_deepseekv3.py``):
 
 - attention: q_b/kv_b column-split by heads, o_proj row-split → all-reduce; q_a/kv_a and the norms replicated;
@@ -26,53 +26,33 @@ import argparse
 import datetime
 import json
 import os
-import re
 import socket
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
 
-from k2trt.errors import ConfigError, LaunchError
-from k2trt.mapping import Mapping
-from k2trt.reference.model import AttnImpl, KVCache, Placement, Transformer, WeightFn
 from k2trt.checkpoint.reader import CheckpointReader
+from k2trt.errors import ConfigError, K2trtError, LaunchError
+from k2trt.layout import Layout
+from k2trt.mapping import Mapping
+from k2trt.reference import DEFAULT_TIMEOUT_S
+from k2trt.reference.model import AttnImpl, KVCache, Placement, Transformer, WeightFn
 from k2trt.spec import ModelSpec
 
-DEFAULT_TIMEOUT_S = 120.0
 
 
-@dataclass(frozen=True)
-class Layout:
-    """A parallel layout of the reference engine: TP size, MoE expert-parallel size, attention-DP."""
-
-    tp: int = 1
-    """Ranks (the world: pipeline parallelism is not part of the reference engine)."""
-    ep: int = 1
-    """MoE expert-parallel size; moe_tp = tp / ep."""
-    adp: bool = False
-    """Attention data parallelism."""
-
-    @classmethod
-    def parse(cls, text: str) -> "Layout":
-        """``"tp4,ep2,adp"`` (commas optional: ``tp4ep2``) → Layout. Raises ConfigError on anything else."""
-        t = text.replace(" ", "").lower()
-        m = re.fullmatch(r"tp(\d+),?(?:ep(\d+))?,?(adp)?", t)
-        if not m:
-            raise ConfigError(f"layout {text!r} is not like tp4,ep2[,adp]", "write tpN[,epM][,adp]")
-        return cls(int(m.group(1)), int(m.group(2) or 1), bool(m.group(3)))
-
-    def __str__(self) -> str:
-        return f"tp{self.tp},ep{self.ep}" + (",adp" if self.adp else "")
-
-    def mapping(self, spec: ModelSpec) -> Mapping:
-        """The TensorRT-LLM Mapping of this layout, bound to the model and checked against it."""
-        m = Mapping(world_size=self.tp, tp=self.tp, moe_ep=self.ep, enable_attention_dp=self.adp, spec=spec)
-        m.check()
-        return m
+def reference_mapping(layout: Layout, spec: ModelSpec) -> Mapping:
+    """The Mapping the reference engine shards ``spec`` by: TP (the world), MoE EP × TP and attention-DP, checked
+    against the model. Raises ConfigError for pipeline stages, which the reference engine does not run."""
+    if layout.pp != 1:
+        raise ConfigError(f"layout {layout}: the reference engine does not run pipeline stages",
+                          "drop pp<N> (tp is the whole world of the reference engine)")
+    m = layout.mapping(spec=spec)
+    m.check()
+    return m
 
 
 # ---- process group ---------------------------------------------------------------------------------------------
@@ -184,7 +164,7 @@ def placement_for(spec: ModelSpec, mapping: Mapping, rank: int) -> Placement:
 
 def shard_weights(reader: CheckpointReader, spec: ModelSpec, mapping: Mapping, rank: int,
                   dtype: torch.dtype = torch.float32) -> WeightFn:
-    """A weight function that reads exactly ``rank``'s shard of each tensor (Mapping.shard → get_slice)."""
+    """A weight function that reads exactly ``rank``'s shard of each tensor (Mapping.shard → CheckpointReader.get)."""
     inventory = {(t.role, t.layer, t.expert): t for t in spec.tensors() if t.scale_of is None}
 
     def get(role: str, layer: int | None, expert: int | None) -> torch.Tensor:
@@ -237,7 +217,7 @@ def build_rank_model(model_dir: str | Path, layout: Layout, rank: int, comm: Dis
     """``rank``'s shard of the model (a Transformer, or a DataParallel wrapper under attention-DP) and the reader
     that loaded it (its ``reads`` log shows what was read)."""
     spec = ModelSpec.from_config(model_dir)
-    mapping = layout.mapping(spec)
+    mapping = reference_mapping(layout, spec)
     reader = CheckpointReader(Path(model_dir))
     get = shard_weights(reader, spec, mapping, rank, dtype)
     model = Transformer(spec, get, attn_impl=attn_impl, placement=placement_for(spec, mapping, rank),
@@ -310,20 +290,53 @@ def run_check(model_dir: Path, layout: Layout, out: Path, *, seed: int = 0, deco
         dist.destroy_process_group()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _layout_arg(text: str) -> Layout:
+    try:
+        return Layout.parse(text)
+    except K2trtError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m k2trt.reference.parallel`` (``check_argv`` writes it)."""
     ap = argparse.ArgumentParser(prog="python -m k2trt.reference.parallel",
                                  description="One rank of the sharded reference K2 (run under mpirun).")
     ap.add_argument("--check", metavar="MODEL_DIR", required=True, help="checkpoint directory")
-    ap.add_argument("--layout", required=True, help="tpN[,epM][,adp]")
+    ap.add_argument("--layout", required=True, type=_layout_arg, help="tpN[,epM][,adp]")
     ap.add_argument("--out", required=True, help="directory for logits.pt and reads-RANK.json")
     ap.add_argument("--seed", type=int, default=0, help="seed of the check prompts")
     ap.add_argument("--decode", type=int, default=3, help="greedy tokens to decode after the prefill")
     ap.add_argument("--attn-impl", choices=["naive", "absorb"], default="absorb")
     ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="collective timeout (s)")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def check_argv(model_dir: str | Path, layout: Layout, out: str | Path, *, seed: int = 0,
+               attn_impl: AttnImpl = "absorb", timeout_s: float = DEFAULT_TIMEOUT_S) -> list[str]:
+    """The rank command of a sharded check, spelled for :func:`parser` (every rank runs it under mpirun).
+
+    Args:
+        model_dir: checkpoint directory.
+        layout: the layout to shard by (no pipeline stages).
+        out: where rank 0 writes ``logits.pt`` and every rank ``reads-RANK.json``.
+        seed, attn_impl, timeout_s: the check's prompt seed, attention path and collective timeout.
+    Returns:
+        ``[python, "-m", "k2trt.reference.parallel", "--check", MODEL, "--layout", "tp4,ep2", …]`` with the
+        interpreter running this code (it has k2trt and torch).
+    Example:
+        >>> check_argv("/m", Layout.parse("tp4ep2"), "/o")[3:7]
+        ['--check', '/m', '--layout', 'tp4,ep2']
+    """
+    return [sys.executable, "-m", "k2trt.reference.parallel", "--check", str(model_dir), "--layout",
+            layout.text(","), "--out", str(out), "--seed", str(seed), "--attn-impl", attn_impl,
+            "--timeout", str(timeout_s)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = parser().parse_args(argv)
     torch.set_num_threads(1)  # many ranks share a few cores
-    run_check(Path(a.check), Layout.parse(a.layout), Path(a.out), seed=a.seed, decode=a.decode,
-              attn_impl=a.attn_impl, timeout_s=a.timeout)
+    run_check(Path(a.check), a.layout, Path(a.out), seed=a.seed, decode=a.decode, attn_impl=a.attn_impl,
+              timeout_s=a.timeout)
     return 0
 
 

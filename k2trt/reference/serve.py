@@ -1,6 +1,8 @@
 """The reference K2 server: the subset of trtllm-serve's HTTP surface that k2trt uses, over the sharded reference.
 
-``mpirun -np N python -m k2trt.reference.serve MODEL_DIR --tp N [--ep M] [--adp] --host 127.0.0.1 --port P``.
+``mpirun -np N python -m k2trt.reference.serve MODEL_DIR --tp N [--ep M] [--adp] --host 127.0.0.1 --port P``
+(``serve_argv`` writes that command for launchers, ``parser`` reads it; both import no torch, so a login-node bundle
+build can spell it — the engine's own imports wait for ``main``).
 Every rank loads its own shard (``parallel.build_rank_model``). Rank 0 serves HTTP (starlette + uvicorn) and runs
 the engine thread; the other ranks follow: for each static batch rank 0 broadcasts the work, every rank runs the same
 ``generate`` loop in lockstep, and rank 0's tokens and stop decisions are broadcast each step.
@@ -13,9 +15,21 @@ tokens allowed, as TensorRT-LLM does — or as token ids; ``max_tokens``, ``temp
 ``<|im_end|>`` and ``[EOS]``. Streamed text deltas never split a UTF-8 character and never show a prefix of a stop
 string that later matches.
 
+Requests: every sampling value is checked before it is queued (``generate.SamplingParams``: finite, in range,
+representable — a seed outside ``torch.Generator``'s range, NaN/Infinity, a negative temperature are 400s; a
+vanishing temperature is greedy), stop strings are bounded (``MAX_STOPS``, ``MAX_STOP_CHARS``), and the body must be
+strict JSON (no ``NaN``/``Infinity`` literals). A failure
+inside one request — its sampling or its text — fails that request only: a 500 (or an ``error`` event in a stream)
+while the batch and the job go on. A client that disconnects cancels its request: queued, it is dropped; running,
+rank 0 sees the flag between decode steps and broadcasts the row's end with the step's tokens, so every rank drops
+it at the same step and the batch (and the queue behind it) moves on.
+
 Failure policy: a rank that fails ends the job. Collectives have a timeout; rank 0 broadcasts a heartbeat while idle,
-so a dead peer is noticed within seconds; any engine error on rank 0 exits the process (and with it the HTTP loop),
-and mpirun then takes the other ranks down.
+so a dead peer is noticed within seconds; an engine error on rank 0 outside a request (a collective, the forward
+pass) exits the process (and with it the HTTP loop), and mpirun then takes the other ranks down.
+
+Logs: text lines naming the rank, or (``--log-format json``, or ``K2TRT_LOG_FORMAT=json`` as the launcher exports it)
+one JSON object per line carrying the job id (``K2TRT_JOB_ID``) and the rank (``k2trt.jsonlog``).
 """
 
 from __future__ import annotations
@@ -32,16 +46,26 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
 
-import torch
+from k2trt.errors import ConfigError
+from k2trt.jsonlog import DEFAULT_LOG_FORMAT, LOG_FORMATS, use_json_logs
+from k2trt.layout import Layout
+from k2trt.reference import DEFAULT_TIMEOUT_S
 
-from k2trt.reference.generate import Completion, SamplingParams, generate
-from k2trt.reference.parallel import (DEFAULT_TIMEOUT_S, DistCollectives, Layout, build_rank_model, env_rank,
-                                      init_distributed)
+from k2trt.asgi import ClientGone, until_disconnect
+from k2trt.sampling import SamplingValueError
+
+if TYPE_CHECKING:
+    from k2trt.reference.generate import Completion, SamplingParams
+    from k2trt.reference.parallel import DistCollectives
 
 log = logging.getLogger("k2trt.reference.serve")
 HEARTBEAT_S = 2.0
+MAX_STOPS, MAX_STOP_CHARS = 32, 256
+"""Stop strings per request, and characters per stop string: holding back a stop string's prefix costs time
+quadratic in its length at every token, so one request with a 100,000-character stop string would stall every
+decode step of its batch (~0.2 s a token here)."""
 
 
 # ---- text side of one request ------------------------------------------------------------------------------------
@@ -87,6 +111,8 @@ class Request:
     text: TextStream
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    """Set when the client has gone: the engine drops the request (queued) or ends its row (running)."""
 
     def push(self, kind: str, payload: Any) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, payload))
@@ -114,17 +140,21 @@ class Engine:
         self.pending.put(req)
 
     def _take(self) -> list[Request]:
-        try:
-            batch = [self.pending.get(timeout=self.heartbeat_s)]
-        except queue.Empty:
-            return []
-        deadline = time.monotonic() + self.batch_wait_s
-        while len(batch) < self.max_batch:
+        """The next static batch, without requests whose client has gone; ``[]`` after an idle heartbeat."""
+        while True:
             try:
-                batch.append(self.pending.get(timeout=max(0.0, deadline - time.monotonic())))
+                batch = [self.pending.get(timeout=self.heartbeat_s)]
             except queue.Empty:
-                break
-        return batch
+                return []
+            deadline = time.monotonic() + self.batch_wait_s
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self.pending.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
+            live = [r for r in batch if not r.cancelled.is_set()]
+            if live:
+                return live
 
     def _broadcast(self, cmd: dict[str, Any]) -> None:
         if self.comm is not None:
@@ -155,8 +185,14 @@ class Engine:
                 batch[i].push("delta", delta)
             return stopped
 
+        from k2trt.reference.generate import generate
+
         def on_finish(i: int, c: Completion) -> None:
             r = batch[i]
+            if c.finish_reason == "error":
+                log.warning("request failed (the batch goes on): %s", c.error)
+                r.push("error", c.error)
+                return
             tail = r.text.finish()
             if tail:
                 r.push("delta", tail)
@@ -164,11 +200,13 @@ class Engine:
             r.push("done", (c, r.text.stop_reason if r.text.stop_reason is not None else c.stop_token))
 
         generate(self.model, prompts, params, on_token=on_token, on_finish=on_finish,
-                 agree=self.comm.broadcast if self.comm else None)
+                 agree=self.comm.broadcast if self.comm else None, cancelled=lambda i: batch[i].cancelled.is_set())
 
 
 def follow(model: Any, comm: DistCollectives) -> None:
     """A follower rank: run every batch rank 0 broadcasts, in lockstep, until it says exit."""
+    from k2trt.reference.generate import generate
+
     while True:
         cmd = comm.broadcast_object(None)
         if cmd["op"] == "exit":
@@ -185,6 +223,14 @@ class BadRequest(Exception):
         self.param = param
 
 
+class RequestFailed(Exception):
+    """Generation failed for this request alone (the engine goes on)."""
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> Any:
     from starlette.responses import JSONResponse
 
@@ -196,10 +242,11 @@ def build_app(engine: Engine, tok: Any, spec: Any, model_name: str) -> Any:
     """The starlette app of rank 0."""
     from starlette.applications import Starlette
     from starlette.requests import Request as HttpRequest
-    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
     from k2trt.chat.template import render_ids
+    from k2trt.reference.generate import SamplingParams
 
     created = int(time.time())
 
@@ -210,27 +257,38 @@ def build_app(engine: Engine, tok: Any, spec: Any, model_name: str) -> Any:
         if n_prompt + max_tokens > spec.max_position_embeddings:
             raise BadRequest(f"prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) exceeds the context of "
                              f"{spec.max_position_embeddings} tokens", "max_tokens")
-        temperature = float(body.get("temperature", 1.0) if body.get("temperature") is not None else 1.0)
-        top_p = float(body.get("top_p") if body.get("top_p") is not None else 1.0)
-        top_k = int(body.get("top_k") or 0)
-        if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
-            raise BadRequest("temperature must be ≥ 0, top_p in (0, 1], top_k ≥ 0", "temperature")
         stop = body.get("stop") or []
-        stop = [stop] if isinstance(stop, str) else list(stop)
-        if not all(isinstance(s, str) for s in stop):
+        stop = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
             raise BadRequest("stop must be a string or a list of strings", "stop")
+        if len(stop) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in stop):
+            raise BadRequest(f"stop takes at most {MAX_STOPS} strings of at most {MAX_STOP_CHARS} characters",
+                             "stop")
         extra = body.get("stop_token_ids") or []
-        seed = body.get("seed")
-        ignore_eos = body.get("ignore_eos", False)
-        if not isinstance(ignore_eos, bool):
-            raise BadRequest("ignore_eos must be true or false", "ignore_eos")
+        if not isinstance(extra, list):
+            raise BadRequest("stop_token_ids must be a list of token ids", "stop_token_ids")
+        for key in ("ignore_eos", "skip_special_tokens", "stream"):
+            if not isinstance(body.get(key, False), bool):
+                raise BadRequest(f"{key} must be true or false", key)
+        if not isinstance(body.get("stream_options") or {}, dict):
+            raise BadRequest("stream_options must be an object", "stream_options")
         # ignore_eos (benchmarks with a fixed output length) drops the model's own stop tokens; explicitly
         # requested stop_token_ids still apply, as in TensorRT-LLM and vLLM
-        base = () if ignore_eos else tuple(tok.stop_ids)
-        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                                seed=int(seed) if seed is not None else None,
-                                stop_ids=tuple(dict.fromkeys([*base, *map(int, extra)])))
-        return params, stop, bool(body.get("skip_special_tokens", True))
+        base = () if body.get("ignore_eos") else tuple(tok.stop_ids)
+        given = {k: body[k] for k in ("temperature", "top_p", "top_k", "seed") if body.get(k) is not None}
+        try:  # SamplingParams checks every value (finite, in range, representable)
+            params = SamplingParams(max_tokens=max_tokens, **{"temperature": 1.0, "top_p": 1.0, "top_k": 0, **given},
+                                    stop_ids=tuple(dict.fromkeys([*base, *extra])))
+        except SamplingValueError as e:
+            raise BadRequest(str(e), e.param) from None
+        return params, stop, body.get("skip_special_tokens", True)
+
+    def encode_text(text: str) -> list[int]:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest("prompt is not valid Unicode text (a lone surrogate)", "prompt") from None
+        return list(tok.encode_with_specials(text))
 
     def check_ids(ids: Any) -> list[int]:
         if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool)
@@ -242,10 +300,12 @@ def build_app(engine: Engine, tok: Any, spec: Any, model_name: str) -> Any:
         return ids
 
     async def parse(http: HttpRequest) -> dict[str, Any]:
-        try:
-            body = await http.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise BadRequest("the request body is not JSON") from None
+        try:  # strict JSON: NaN and Infinity are not numbers a client can send
+            body = json.loads(await http.body(), parse_constant=_no_constant)
+        except RecursionError:
+            raise BadRequest("the request body nests too deeply") from None
+        except ValueError as e:  # NaN/Infinity, malformed JSON, bytes that are not UTF-8
+            raise BadRequest(f"the request body is not strict JSON ({str(e).splitlines()[0][:120]})") from None
         if not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object")
         return body
@@ -264,26 +324,44 @@ def build_app(engine: Engine, tok: Any, spec: Any, model_name: str) -> Any:
             kind, payload = await req.events.get()
             if kind == "delta":
                 parts.append(payload)
+            elif kind == "error":
+                raise RequestFailed(payload)
             else:
                 c, stop_reason = payload
                 return "".join(parts), c, stop_reason
+
+    async def answer(http: HttpRequest, req: Request) -> tuple[str, Completion, Any]:
+        """A non-streamed request's result; the request is cancelled if its client goes first."""
+        try:
+            return await until_disconnect(http, run(req))
+        finally:
+            req.cancelled.set()  # a no-op once it finished; else the engine drops it
 
     def usage(c: Completion) -> dict[str, int]:
         return {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
                 "total_tokens": c.prompt_tokens + c.completion_tokens}
 
     async def sse(req: Request, chunk: Any, final: Any, include_usage: bool) -> AsyncIterator[bytes]:
-        while True:
-            kind, payload = await req.events.get()
-            if kind == "delta":
-                yield b"data: " + json.dumps(chunk(payload)).encode() + b"\n\n"
-                continue
-            c, reason = payload
-            yield b"data: " + json.dumps(final(c, reason)).encode() + b"\n\n"
-            if include_usage:
-                yield b"data: " + json.dumps({**chunk(None), "choices": [], "usage": usage(c)}).encode() + b"\n\n"
-            yield b"data: [DONE]\n\n"
-            return
+        try:
+            while True:
+                kind, payload = await req.events.get()
+                if kind == "delta":
+                    yield b"data: " + json.dumps(chunk(payload)).encode() + b"\n\n"
+                    continue
+                if kind == "error":
+                    err = {"error": {"message": f"generation failed: {payload}", "type": "internal_server_error",
+                                     "param": None, "code": 500}}
+                    yield b"data: " + json.dumps(err).encode() + b"\n\ndata: [DONE]\n\n"
+                    return
+                c, reason = payload
+                yield b"data: " + json.dumps(final(c, reason)).encode() + b"\n\n"
+                if include_usage:
+                    yield b"data: " + json.dumps({**chunk(None), "choices": [], "usage": usage(c)}).encode() + \
+                        b"\n\n"
+                yield b"data: [DONE]\n\n"
+                return
+        finally:  # Starlette cancels this iterator when the client disconnects: the engine drops the request
+            req.cancelled.set()
 
     async def completions(http: HttpRequest) -> Any:
         try:
@@ -291,7 +369,7 @@ def build_app(engine: Engine, tok: Any, spec: Any, model_name: str) -> Any:
             p = body.get("prompt")
             if isinstance(p, list) and len(p) == 1 and isinstance(p[0], (str, list)):
                 p = p[0]  # a batch of one
-            ids = tok.encode_with_specials(p) if isinstance(p, str) and p else check_ids(p)
+            ids = encode_text(p) if isinstance(p, str) and p else check_ids(p)
             req = enqueue(ids, body)
         except BadRequest as e:
             return _error(400, str(e), e.param)
@@ -307,7 +385,12 @@ def build_app(engine: Engine, tok: Any, spec: Any, model_name: str) -> Any:
                                                        "finish_reason": c.finish_reason, "stop_reason": r,
                                                        "logprobs": None}]}
             return StreamingResponse(sse(req, chunk, final, include), media_type="text/event-stream")
-        text, c, reason = await run(req)
+        try:
+            text, c, reason = await answer(http, req)
+        except RequestFailed as e:
+            return _error(500, f"generation failed: {e}", kind="internal_server_error")
+        except ClientGone:
+            return Response(status_code=499)
         return JSONResponse({**head, "choices": [{"index": 0, "text": text, "finish_reason": c.finish_reason,
                                                   "stop_reason": reason, "logprobs": None}],
                              "usage": usage(c)})
@@ -344,7 +427,12 @@ def build_app(engine: Engine, tok: Any, spec: Any, model_name: str) -> Any:
                                   "choices": [{"index": 0, "delta": {}, "finish_reason": c.finish_reason,
                                                "stop_reason": r}]}
             return StreamingResponse(sse(req, chunk, final, include), media_type="text/event-stream")
-        text, c, reason = await run(req)
+        try:
+            text, c, reason = await answer(http, req)
+        except RequestFailed as e:
+            return _error(500, f"generation failed: {e}", kind="internal_server_error")
+        except ClientGone:
+            return Response(status_code=499)
         return JSONResponse({**head, "object": "chat.completion",
                              "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                           "finish_reason": c.finish_reason,
@@ -363,14 +451,21 @@ def build_app(engine: Engine, tok: Any, spec: Any, model_name: str) -> Any:
     async def health_generate(_: HttpRequest) -> Any:
         try:
             req = enqueue([tok.im_end_id], {"max_tokens": 1, "temperature": 0})
-            _, c, _ = await asyncio.wait_for(run(req), timeout=60)
-        except (RuntimeError, asyncio.TimeoutError, BadRequest) as e:
+            try:
+                _, c, _ = await asyncio.wait_for(run(req), timeout=60)
+            finally:
+                req.cancelled.set()
+        except (RuntimeError, RequestFailed, asyncio.TimeoutError, BadRequest) as e:
             return _error(503, f"generation failed: {e or 'timeout'}", kind="service_unavailable")
         if c.completion_tokens != 1:
             return _error(503, "generation produced no token", kind="service_unavailable")
         return JSONResponse({"status": "ok"})
 
-    return Starlette(routes=[
+    async def internal(_: HttpRequest, exc: Exception) -> Any:  # a bug: still an answer in the API's shape
+        log.exception("request failed", exc_info=exc)
+        return _error(500, f"internal server error: {type(exc).__name__}", kind="internal_server_error")
+
+    return Starlette(exception_handlers={Exception: internal}, routes=[
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
@@ -381,7 +476,8 @@ def build_app(engine: Engine, tok: Any, spec: Any, model_name: str) -> Any:
 
 # ---- process entry -------------------------------------------------------------------------------------------------
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m k2trt.reference.serve`` (``serve_argv`` writes it)."""
     ap = argparse.ArgumentParser(prog="python -m k2trt.reference.serve",
                                  description="Reference K2 server (trtllm-serve's HTTP subset); run under mpirun.")
     ap.add_argument("model_dir", help="checkpoint directory (config.json, safetensors, tokenizer)")
@@ -396,9 +492,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--plugins", choices=["off", "auto", "triton"], default="off",
                     help="route the MoE through k2trt's Triton kernels (auto: fall back to their torch references)")
     ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="collective timeout (s)")
-    a = ap.parse_args(argv)
+    ap.add_argument("--log-format", choices=LOG_FORMATS, default=None,
+                    help="json: one JSON object per line with the job id and this rank [default: $K2TRT_LOG_FORMAT, "
+                         f"which the launcher exports, else {DEFAULT_LOG_FORMAT}]")
+    return ap
+
+
+def serve_argv(model_dir: str, layout: Layout, *, host: str, port: int, plugins: str = "off",
+               served_model_name: str | None = None) -> tuple[str, ...]:
+    """The command every rank of a reference server runs under mpirun, spelled for :func:`parser`.
+
+    Args:
+        model_dir: checkpoint directory.
+        layout: TP (the world), MoE expert parallelism and attention-DP; the reference engine has no pipeline.
+        host, port: where rank 0 serves HTTP.
+        plugins: ``off``, ``auto`` or ``triton`` (the MoE through k2trt's kernels).
+        served_model_name: the model id clients use (None: the checkpoint path).
+    Returns:
+        The argv, starting with the interpreter running this code (it has k2trt and torch; a bare ``python`` on
+        PATH may be another one).
+    Raises:
+        ConfigError: the layout has pipeline stages.
+    Example:
+        >>> serve_argv("/m", Layout(2), host="127.0.0.1", port=8000)[3:7]
+        ('/m', '--tp', '2', '--ep')
+    """
+    if layout.pp != 1:
+        raise ConfigError(f"layout {layout}: the reference engine does not run pipeline stages",
+                          "drop pp<N> (tp is the whole world of the reference engine)")
+    a = [sys.executable, "-m", "k2trt.reference.serve", model_dir, "--tp", str(layout.tp),
+         "--ep", str(layout.mapping().ep)]
+    a += ["--adp"] if layout.adp else []
+    a += ["--plugins", plugins] if plugins != "off" else []
+    a += ["--host", host, "--port", str(port)]
+    a += ["--served-model-name", served_model_name] if served_model_name else []
+    return tuple(a)
+
+
+def _setup_logging(requested: str | None, rank: int) -> str:
+    """Log as ``requested`` (else as the launcher's ``K2TRT_LOG_FORMAT`` says): JSON lines carrying the job id
+    (``K2TRT_JOB_ID``) and this rank, or text lines naming the rank. Returns the format used."""
+    from k2trt.launch.mpi import JOB_ID_VAR, LOG_FORMAT_VAR
+
+    fmt = requested or os.environ.get(LOG_FORMAT_VAR) or DEFAULT_LOG_FORMAT
+    if fmt == "json":
+        job_id = os.environ.get(JOB_ID_VAR)
+        use_json_logs(logging.INFO, static={**({"job_id": job_id} if job_id else {}), "rank": rank,
+                                            "component": "engine"})
+        return fmt
     logging.basicConfig(level=logging.INFO, format="%(asctime)s rank%(rank)s %(levelname)s %(message)s")
-    rank, world, _ = env_rank()
     old = logging.getLogRecordFactory()
 
     def factory(*args: Any, **kw: Any) -> logging.LogRecord:
@@ -407,7 +549,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return rec
 
     logging.setLogRecordFactory(factory)
-    layout = Layout(a.tp, a.ep, a.adp)
+    return "text"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import torch
+
+    from k2trt.reference.parallel import DistCollectives, build_rank_model, env_rank, init_distributed
+
+    a = parser().parse_args(argv)
+    rank, world, _ = env_rank()
+    log_format = _setup_logging(a.log_format, rank)
+    layout = Layout(a.tp, a.ep, adp=a.adp)
     if world != layout.tp:
         log.error("layout %s needs %d ranks but the job has %d (launch with mpirun -np %d)", layout, layout.tp,
                   world, layout.tp)
@@ -434,7 +587,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     engine = Engine(model, comm, max_batch=a.max_batch)
     engine.thread.start()
     app = build_app(engine, tok, model.spec, a.served_model_name or a.model_dir)
-    server = uvicorn.Server(uvicorn.Config(app, host=a.host, port=a.port, log_level="warning"))
+    # as JSON, uvicorn keeps the handlers _setup_logging installed (its own config would print text)
+    quiet: dict[str, Any] = {"log_config": None, "access_log": False} if log_format == "json" else {}
+    server = uvicorn.Server(uvicorn.Config(app, host=a.host, port=a.port, log_level="warning", **quiet))
     log.info("serving %s on http://%s:%d", layout, a.host, a.port)
     server.run()
     engine.stopping.set()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from k2trt.errors import ConfigError, LaunchError
+from k2trt.layout import Layout
+from k2trt.reference import DEFAULT_TIMEOUT_S
 from k2trt.reference.model import AttnImpl, Transformer, load_model
 from k2trt.spec import ModelSpec
 
@@ -166,23 +167,21 @@ def against_transformers(ckpt: str | Path, *, prompts: int = 4, length: int = 16
                   asdict(t), judge(m, t), {"checkpoint": str(ckpt), "prompts": prompts, "length": length})
 
 
-def layout_argv(ckpt: str | Path, layout: str, out: str | Path, *, np: int | None = None, master_port: int = 0,
-                seed: int = 0, attn_impl: AttnImpl = "absorb", timeout_s: float = 120.0
+def layout_argv(ckpt: str | Path, layout: Layout, out: str | Path, *, np: int | None = None, master_port: int = 0,
+                seed: int = 0, attn_impl: AttnImpl = "absorb", timeout_s: float = DEFAULT_TIMEOUT_S
                 ) -> tuple[list[str], dict[str, str]]:
     """(mpirun argv, environment) of a sharded check (``np`` defaults to the layout's tp; it must equal it)."""
-    from k2trt.reference.parallel import Layout, free_port, mpirun_command
+    from k2trt.reference.parallel import check_argv, free_port, mpirun_command
 
-    lay = Layout.parse(layout)
-    np = np or lay.tp
-    if np != lay.tp:
-        raise ConfigError(f"layout {lay} runs on {lay.tp} ranks, not --np {np}", f"use --np {lay.tp}")
+    np = np or layout.tp
+    if np != layout.tp:
+        raise ConfigError(f"layout {layout} runs on {layout.tp} ranks, not --np {np}", f"use --np {layout.tp}")
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(master_port or free_port())}
-    return mpirun_command(np, [sys.executable, "-m", "k2trt.reference.parallel", "--check", str(ckpt), "--layout",
-                            str(lay), "--out", str(out), "--seed", str(seed), "--attn-impl", attn_impl,
-                            "--timeout", str(timeout_s)], env=env)
+    return mpirun_command(np, check_argv(ckpt, layout, out, seed=seed, attn_impl=attn_impl, timeout_s=timeout_s),
+                          env=env)
 
 
-def against_layout(ckpt: str | Path, layout: str, *, np: int | None = None, master_port: int = 0, seed: int = 0,
+def against_layout(ckpt: str | Path, layout: Layout, *, np: int | None = None, master_port: int = 0, seed: int = 0,
                    attn_impl: AttnImpl = "absorb", thresholds: Thresholds | None = None,
                    timeout_s: float = 600.0) -> Report:
     """The sharded reference (real mpirun, one process per rank) vs the unsharded one on ``ckpt``."""

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from k2trt.checkpoint.formats import tensor_name
 from k2trt.checkpoint.fp8 import dequantize, quantize
 from k2trt.reference.model import Gate, Transformer
 from k2trt.spec import ModelSpec, TensorInfo
@@ -40,7 +41,7 @@ _RESIDUAL_OUT = ("o", "dense_down", "expert_down", "shared_down")
 def initial_value(spec: ModelSpec, info: TensorInfo, seed: int) -> torch.Tensor:
     """The float32 starting value of one checkpoint tensor (module docstring)."""
     g = torch.Generator()
-    g.manual_seed((seed * 1_000_003 + zlib.crc32(info.name.encode())) & 0x7FFF_FFFF_FFFF)
+    g.manual_seed((seed * 1_000_003 + zlib.crc32(tensor_name(info).encode())) & 0x7FFF_FFFF_FFFF)
     shape = info.shape
     if info.role in _NORMS:
         return torch.ones(shape)
@@ -103,6 +104,8 @@ class TrainableK2:
                 key = by_ptr[p.data_ptr()]
                 self.params[key], self._owner[key] = p, (mod, attr)
         self.infos = {k: infos[k] for k in self.params}
+        # Hugging Face names key the seeds, the optimizer's order and the saved state: fixed across spec changes
+        self._names = {k: tensor_name(self.infos[k]) for k in self.params}
         self.gates = [m for m in self.model.modules() if isinstance(m, Gate)]
         for key, p in self.params.items():
             p.requires_grad_(key[0] != "router_bias")
@@ -110,10 +113,10 @@ class TrainableK2:
 
     def names(self) -> list[str]:
         """Checkpoint tensor names of the parameters, in a fixed order (the optimizer's)."""
-        return [self.infos[k].name for k in self.keys()]
+        return [self._names[k] for k in self.keys()]
 
     def keys(self) -> list[Key]:
-        return sorted(self.params, key=lambda k: self.infos[k].name)
+        return sorted(self.params, key=lambda k: self._names[k])
 
     def trainable(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(decayed matrices, undecayed norms) in ``keys()`` order; router biases are not trained by gradient."""
@@ -144,11 +147,11 @@ class TrainableK2:
 
     def state(self) -> dict[str, torch.Tensor]:
         """Master weights by checkpoint tensor name (float32 copies)."""
-        return {self.infos[k].name: self.params[k].detach().clone() for k in self.keys()}
+        return {self._names[k]: self.params[k].detach().clone() for k in self.keys()}
 
     @torch.no_grad()
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        by_name = {self.infos[k].name: k for k in self.params}
+        by_name = {self._names[k]: k for k in self.params}
         if set(state) != set(by_name):
             raise ValueError("the saved state does not hold this model's tensors")
         for name, value in state.items():
@@ -165,9 +168,9 @@ class TrainableK2:
         """
         from k2trt.checkpoint.synth import synthesize
 
-        by_name = {self.infos[k].name: self.params[k] for k in self.params}
+        by_key = {self.infos[k]: self.params[k] for k in self.params}
         return synthesize(self.spec, out_dir, seed=tokenizer_seed, force=force, preset_name="tiny",
-                          weights=lambda info: by_name[info.name])
+                          weights=lambda info: by_key[info])
 
 
 def stored_value(info: TensorInfo, w: torch.Tensor) -> torch.Tensor:

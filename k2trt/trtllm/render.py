@@ -9,8 +9,6 @@ host/port and model, which the argv states explicitly. ``write_config`` lints be
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,18 +16,25 @@ from typing import Any
 import yaml
 
 from k2trt.errors import ConfigError
+from k2trt.fsio import atomic_write
 from k2trt.trtllm.lint import LintResult, lint
 from k2trt.trtllm.profiles import profile_for
 
 SERVE_EXE = "trtllm-serve"
 TOOL_PARSER = "kimi_k2"
+KV_FRACTION = 0.9
+"""KvCacheConfig.free_gpu_memory_fraction default (trtllm.md §2.3): the planner's and the recipes' default too."""
+SERVER_ROLES = {"ctx": "context", "gen": "generation"}
+"""k2trt's disaggregated role keys → TensorRT-LLM's server roles (``--server_role``, per-role YAML)."""
+DEFAULT_TRANSCEIVER = "UCX"
+"""``cache_transceiver_config.backend`` unless a recipe names another KV transfer backend."""
 
 
 @dataclass(frozen=True)
 class EngineOptions:
     """Engine knobs of a deployment, in k2trt's words (rendered to TensorRT-LLM keys per release)."""
 
-    kv_fraction: float = 0.9
+    kv_fraction: float = KV_FRACTION
     """Share of free GPU memory (after weights and activations) for the KV cache (TensorRT-LLM default 0.9)."""
     block_reuse: bool = True
     """Prefix (KV block) reuse; supported for MLA on SM90/100/120."""
@@ -48,7 +53,10 @@ class EngineOptions:
     iter_log: bool = False
     """Per-iteration log lines."""
     iter_stats: bool = True
-    """Keep per-iteration stats for GET /metrics (polled by k2trt bench)."""
+    """Keep per-iteration stats: GET /metrics (JSON) and the KV-cache and queue gauges of the Prometheus endpoint."""
+    prometheus: bool = True
+    """Serve Prometheus metrics at ``/prometheus/metrics`` (``return_perf_metrics``; ``metrics.PROMETHEUS_PATH``),
+    which ``k2trt bench`` scrapes beside the gateway's ``/metrics``."""
     chunked_prefill: bool = False
     """Split long prompts across steps."""
     adp_balance: bool = False
@@ -66,9 +74,9 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def llm_options(opts: EngineOptions, *, adp: bool, kv_dtype: str, max_seq_len: int,
-                role: str | None = None, transceiver: str = "UCX", version: str | None = None) -> dict[str, Any]:
-    """The extra-llm-api dict for one instance (``role``: None, ``context`` or ``generation`` for disaggregation).
+def llm_options(opts: EngineOptions, *, adp: bool, kv_dtype: str, max_seq_len: int, role: str | None = None,
+                transceiver: str = DEFAULT_TRANSCEIVER, version: str | None = None) -> dict[str, Any]:
+    """The extra-llm-api dict for one instance (``role``: None, or a ``SERVER_ROLES`` value for disaggregation).
 
     Example: ``llm_options(EngineOptions(), adp=False, kv_dtype="fp8", max_seq_len=131072)["kv_cache_config"]``
     → ``{"free_gpu_memory_fraction": 0.9, "enable_block_reuse": True, "dtype": "fp8"}``.
@@ -98,6 +106,8 @@ def llm_options(opts: EngineOptions, *, adp: bool, kv_dtype: str, max_seq_len: i
     d["print_iter_log"] = opts.iter_log
     if opts.iter_stats:
         d["enable_iter_perf_stats"] = True
+    if opts.prometheus and "return_perf_metrics" in prof.fields:  # releases before the Prometheus route lack it
+        d["return_perf_metrics"] = True
     if opts.tokenizer_mode:
         d["tokenizer_mode"] = opts.tokenizer_mode
     if role is not None:
@@ -113,27 +123,13 @@ def dump_yaml(doc: dict[str, Any], header: str = "") -> str:
     return head + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
 
 
-def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_config(path: Path, doc: dict[str, Any], version: str | None = None, header: str = "") -> LintResult:
     """Lint ``doc`` for the release, then write it atomically. Raises ConfigError (nothing written) on lint errors."""
     res = lint(doc, version)
     if not res.ok:
         raise ConfigError(f"refusing to write {path}: {res.errors[0]}",
                           f"{len(res.errors)} lint error(s); run k2trt config check")
-    atomic_write(path, dump_yaml(doc, header))
+    atomic_write(path, dump_yaml(doc, header), perm=0o644)
     return res
 
 

@@ -1,10 +1,13 @@
-"""``k2trt bench`` end to end: the real aiperf against the reference K2 server on 127.0.0.1.
+"""``k2trt bench`` end to end: the real aiperf against the reference K2 server on 127.0.0.1, directly and through
+the gateway, with the servers' Prometheus metrics scraped beside the client's numbers.
 
-Nothing here is a double: the tiny K2 checkpoint served by ``python -m k2trt.reference.serve`` (one rank), aiperf
-0.13 as a subprocess with its own services, its synthetic prompts made with the tokenizer.json that k2trt derives
-from the checkpoint's tiktoken file, real HTTP/SSE, matplotlib, and the ``k2trt`` CLI as a subprocess. The
-process-group tests at the end use a small Python process tree in place of aiperf, to check the kill path
-without waiting on a real benchmark.
+The sweeps use no double: the tiny K2 checkpoint served by ``python -m k2trt.reference.serve`` (one rank), the
+gateway in front of it, aiperf 0.13 as a subprocess with its own services, its synthetic prompts made with the
+tokenizer.json that k2trt derives from the checkpoint's tiktoken file, real HTTP/SSE, matplotlib, and the
+``k2trt`` CLI as a subprocess. The one exception is the engine's Prometheus endpoint: TensorRT-LLM cannot run
+here, so the engine double (tests/e2e/engine_double.py) stands in for trtllm-serve's metric surface in
+``test_engine_prometheus_metrics_beside_the_gateways``. The process-group tests at the end use a small Python
+process tree in place of aiperf, to check the kill path without waiting on a real benchmark.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import httpx
 import pytest
 import yaml
 
@@ -28,6 +32,7 @@ from launch_helpers import stop_group
 pytestmark = pytest.mark.e2e
 
 PORT = 18410
+GW_PORT, TRT_PORT, TRT_GW_PORT = 18570, 18571, 18572
 MODEL = "tiny-k2"
 ISL, OSL = 16, 8
 
@@ -150,6 +155,9 @@ def test_sweep_report_and_gate(server: str, tiny_ckpt: Path, tmp_path: Path) -> 
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
     report = (out / "REPORT.md").read_text()
     assert "### ISL 16 / OSL 8" in report and "![pareto](pareto.png)" in report and "**FAIL**" in report
+    # the reference engine has no Prometheus endpoint: nothing scraped, and the report says why
+    assert all("gateway" not in p["server"] and "engine" not in p["server"] for p in pts)
+    assert "No server-side metrics: no Prometheus endpoint answered" in report
     assert res["gate"]["passed"] is False and [g["concurrency"] for g in res["gate"]["regressions"]] == [2]
     rows = [ln for ln in report.splitlines() if re.match(r"\| [12] \| ", ln)]
     assert len(rows) == 2, report
@@ -182,6 +190,85 @@ def test_sweep_report_and_gate(server: str, tiny_ckpt: Path, tmp_path: Path) -> 
     assert again.returncode == 2 and "already exists" in again.stderr
     assert json.loads((out / "results.json").read_text()) == res
     shutil.rmtree(out / "points")  # keep tmp small
+
+
+def _sweep(tmp_path: Path, endpoint: str, model_dir: Path, *extra: str, concurrency: int = 2) -> tuple[
+        dict, str, Path]:
+    """One chat point (ISL/OSL 16/8, 2 × concurrency requests) through the CLI; (its point, REPORT.md, out).
+    No warm-up: aiperf's phase-boundary scrape is best-effort (not awaited before the measured phase starts), so
+    warm-up requests that finish next to the boundary could be counted in the point; without them the servers'
+    counts over the point must equal the measured requests exactly."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    spec_file = tmp_path / "bench.yaml"
+    spec_file.write_text(yaml.safe_dump({"bench": {
+        "endpoint": "chat", "streaming": True, "isl_osl": [[ISL, OSL]], "concurrency": [concurrency],
+        "request_multiplier": 2, "warmup": 0, "model": MODEL, "ready_timeout_s": 120, "point_timeout_s": 200}}))
+    out = tmp_path / "out"
+    r = _k2trt("bench", "--spec", str(spec_file), "--endpoint", endpoint, "--model-dir", str(model_dir),
+               "--out", str(out), *extra)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    [point] = json.loads((out / "results.json").read_text())["points"]
+    assert (out / point["artifact_dir"] / "server_metrics_export.json").is_file()
+    return point, (out / "REPORT.md").read_text(), out
+
+
+def test_bench_through_the_gateway_scrapes_its_metrics(server: str, tiny_ckpt: Path, tmp_path: Path) -> None:
+    """The reference engine has no Prometheus endpoint, so through the gateway the gateway's /metrics is what is
+    scraped: over the measured phase it counts exactly the requests aiperf measured and their OSL tokens each."""
+    from k2trt.gateway import BackgroundGateway, GatewayConfig
+
+    cfg = GatewayConfig(engine_url=server, model_dir=str(tiny_ckpt), port=GW_PORT, served_model_name=MODEL)
+    with BackgroundGateway(cfg) as gw:
+        p, report, _ = _sweep(tmp_path, gw.url, tiny_ckpt)
+    g, m = p["server"]["gateway"], p["metrics"]
+    assert p["ok"] and p["server"]["endpoints"] == [gw.url + "/metrics"] and "engine" not in p["server"]
+    assert g["requests"] == p["completed"] == p["requests"] == 4
+    assert g["output_tokens"] == 4 * OSL and g["input_tokens"] > 4 * ISL  # the chat template adds to ISL
+    assert g["input_tokens"] == 4 * m["input_tokens"]  # aiperf's ISL is the usage the gateway sent back
+    assert 0 < g["latency_ms_avg"] < m["latency_ms_avg"]  # the server's window lies inside the client's
+    assert 0 < g["ttft_ms_avg"] < g["latency_ms_avg"] and g["itl_ms_avg"] > 0
+    assert g["ttft_ms_p50"] > 0 and g["ttft_ms_p99"] >= g["ttft_ms_p50"] and g["latency_ms_p99"] > 0
+    assert 1 <= g["concurrency_max"] <= 2
+    row = next(ln for ln in report.splitlines() if ln.startswith("| 2 | gateway |"))
+    assert row.startswith("| 2 | gateway | 4 |") and f"`{gw.url}/metrics`" in report
+
+
+def test_engine_prometheus_metrics_beside_the_gateways(tiny_ckpt: Path, tmp_path: Path) -> None:
+    """trtllm-serve's metrics (the engine double standing in for it, with TensorRT-LLM's names): through the
+    gateway with ``--server-metrics ENGINE/prometheus/metrics`` both sources are reported and agree; aimed at
+    the engine itself, aiperf finds /prometheus/metrics behind the JSON /metrics by itself."""
+    from engine_double import EngineDouble, Reply
+
+    from k2trt.chat.tokenizer import K2Tokenizer
+    from k2trt.gateway import BackgroundGateway, GatewayConfig
+
+    tok = K2Tokenizer.from_dir(tiny_ckpt)
+    reply = "Hello! " * 8
+    n_out = len(tok.encode_with_specials(reply))
+    # paced like a model (~0.6 s a request): aiperf's phase-boundary scrapes then bracket every request
+    d = EngineDouble(port=TRT_PORT, tokenizer=tok, default=Reply(reply), prometheus=True, delay_s=0.03).start()
+    try:
+        cfg = GatewayConfig(engine_url=d.url, model_dir=str(tiny_ckpt), port=TRT_GW_PORT, served_model_name=MODEL)
+        with BackgroundGateway(cfg, tokenizer=tok) as gw:
+            # one generation first, as `k2trt serve`'s readiness probe (/health_generate) makes: TensorRT-LLM
+            # creates its series at the first request, and one first seen inside a point loses its first counts
+            httpx.post(gw.url + "/v1/chat/completions", json={"model": MODEL, "messages": [
+                {"role": "user", "content": "hi"}]}, timeout=30).raise_for_status()
+            p, report, _ = _sweep(tmp_path / "gw", gw.url, tiny_ckpt, "--server-metrics",
+                                  d.url + "/prometheus/metrics")
+        direct, direct_report, _ = _sweep(tmp_path / "engine", d.url, tiny_ckpt, concurrency=1)
+    finally:
+        d.stop()
+    g, e = p["server"]["gateway"], p["server"]["engine"]
+    assert sorted(p["server"]["endpoints"]) == sorted([gw.url + "/metrics", d.url + "/prometheus/metrics"])
+    assert g["requests"] == e["requests"] == 4 and g["output_tokens"] == e["output_tokens"] == 4 * n_out
+    assert 0 < e["latency_ms_avg"] < g["latency_ms_avg"]  # the engine's time lies inside the gateway's
+    assert 0 < e["kv_cache_utilization_max"] <= 1 and g.get("kv_cache_utilization_max") is None
+    assert "| 2 | gateway | 4 |" in report and "| 2 | engine | 4 |" in report
+    assert g["latency_ms_p99"] is not None and e["latency_ms_p99"] is not None  # one API's series: percentiles
+    de = direct["server"]["engine"]
+    assert "gateway" not in direct["server"] and de["requests"] == 2 and de["output_tokens"] == 2 * 5  # chat usage
+    assert "| 1 | engine | 2 |" in direct_report
 
 
 def test_waits_for_the_model_and_says_what_it_saw(server: str, tiny_ckpt: Path, tmp_path: Path) -> None:

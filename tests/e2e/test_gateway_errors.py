@@ -5,6 +5,7 @@ model's output; the sockets, the gateway and the SDKs are real)."""
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,7 +21,7 @@ from k2trt.gateway import BackgroundGateway, GatewayConfig
 
 pytestmark = pytest.mark.e2e
 
-ENGINE_PORT, AUTH_PORT, DOWN_PORT, SLOW_PORT, NOTHING_PORT = 18120, 18121, 18122, 18123, 18129
+ENGINE_PORT, AUTH_PORT, DOWN_PORT, SLOW_PORT, CAP_PORT, NOTHING_PORT = 18120, 18121, 18122, 18123, 18124, 18129
 KEY = "sk-k2trt-test"
 MSG = [{"role": "user", "content": "hello"}]
 
@@ -41,7 +42,7 @@ def engine() -> Iterator[EngineDouble]:
 def gw(engine: EngineDouble, tiny_ckpt: Path, tok: K2Tokenizer) -> Iterator[BackgroundGateway]:
     """API keys on, a 64 KiB body limit."""
     cfg = GatewayConfig(engine_url=engine.url, model_dir=str(tiny_ckpt), port=AUTH_PORT, api_keys=(KEY, "other"),
-                        max_body_bytes=64 * 1024)
+                        max_body_bytes=64 * 1024, model_aliases=("m",))
     with BackgroundGateway(cfg, tokenizer=tok) as g:
         yield g
 
@@ -154,7 +155,7 @@ def test_body_size_limit(gw: BackgroundGateway, engine: EngineDouble) -> None:
 
 def test_engine_down_is_503_in_both_shapes(tiny_ckpt: Path, tok: K2Tokenizer) -> None:
     cfg = GatewayConfig(engine_url=f"http://127.0.0.1:{NOTHING_PORT}", model_dir=str(tiny_ckpt), port=DOWN_PORT,
-                        connect_timeout_s=2)
+                        connect_timeout_s=2, model_aliases=("m",))
     with BackgroundGateway(cfg, tokenizer=tok) as g:
         with pytest.raises(openai.InternalServerError) as ei:
             _oai(g.url).chat.completions.create(model="m", messages=MSG)  # type: ignore[arg-type]
@@ -172,7 +173,8 @@ def test_engine_down_is_503_in_both_shapes(tiny_ckpt: Path, tok: K2Tokenizer) ->
 
 def test_engine_unhealthy_and_slow(engine: EngineDouble, tiny_ckpt: Path, tok: K2Tokenizer) -> None:
     engine.health_status = 500
-    cfg = GatewayConfig(engine_url=engine.url, model_dir=str(tiny_ckpt), port=SLOW_PORT, read_timeout_s=0.3)
+    cfg = GatewayConfig(engine_url=engine.url, model_dir=str(tiny_ckpt), port=SLOW_PORT, read_timeout_s=0.3,
+                        model_aliases=("m",))
     with BackgroundGateway(cfg, tokenizer=tok) as g:
         h = httpx.get(g.url + "/health")
         assert h.status_code == 503 and "500" in h.json()["engine"]
@@ -214,7 +216,8 @@ def test_prompts_not_logged_unless_asked(engine: EngineDouble, tiny_ckpt: Path, 
                                          caplog: pytest.LogCaptureFixture) -> None:
     secret = "my-secret-diagnosis-4711"
     for log_prompts in (False, True):
-        cfg = GatewayConfig(engine_url=engine.url, model_dir=str(tiny_ckpt), port=SLOW_PORT, log_prompts=log_prompts)
+        cfg = GatewayConfig(engine_url=engine.url, model_dir=str(tiny_ckpt), port=SLOW_PORT, log_prompts=log_prompts,
+                            model_aliases=("m",))
         caplog.clear()
         with caplog.at_level(logging.DEBUG, logger="k2trt.gateway"), BackgroundGateway(cfg, tokenizer=tok) as g:
             engine.script(Reply("reply-text-0815"))
@@ -222,3 +225,34 @@ def test_prompts_not_logged_unless_asked(engine: EngineDouble, tiny_ckpt: Path, 
         logged = "\n".join(r.getMessage() for r in caplog.records)
         assert "gateway (render mode)" in logged  # the logger was captured at all
         assert (secret in logged) == log_prompts and ("reply-text-0815" in logged) == log_prompts
+
+
+def test_the_connection_cap_answers_in_each_apis_shape(engine: EngineDouble, tiny_ckpt: Path,
+                                                      tok: K2Tokenizer) -> None:
+    """Past ``max_connections`` a request gets a 503 both SDKs read as their API error (uvicorn's own answer was a
+    plain-text "Service Unavailable"), the connection is closed, and the gateway serves again once below it."""
+    cfg = GatewayConfig(engine_url=engine.url, model_dir=str(tiny_ckpt), port=CAP_PORT, max_connections=3,
+                        model_aliases=("m",))
+    with BackgroundGateway(cfg, tokenizer=tok) as g:
+        idle = [socket.create_connection(("127.0.0.1", CAP_PORT), timeout=5) for _ in range(3)]
+        try:
+            time.sleep(0.3)
+            r = httpx.get(g.url + "/v1/models", timeout=10)
+            err = _is_openai_error(r, 503, "server_error")
+            assert err["code"] == "overloaded" and "limit of 3 open connections" in err["message"]
+            assert r.headers["connection"] == "close"
+            _is_anthropic_error(httpx.post(g.url + "/v1/messages", json={"model": "m", "max_tokens": 4,
+                                                                           "messages": MSG}, timeout=10),
+                                503, "overloaded_error")
+            with pytest.raises(openai.InternalServerError) as oe:
+                _oai(g.url).chat.completions.create(model="m", messages=MSG)
+            assert oe.value.status_code == 503 and oe.value.code == "overloaded"
+            with pytest.raises(anthropic.InternalServerError) as ae:
+                _ant(g.url).messages.create(model="m", max_tokens=4, messages=MSG)  # type: ignore[arg-type]
+            assert ae.value.status_code == 503 and ae.value.body["error"]["type"] == "overloaded_error"  # type: ignore
+        finally:
+            for s in idle:
+                s.close()
+        time.sleep(0.3)
+        engine.script(Reply("fine"))
+        assert _oai(g.url).chat.completions.create(model="m", messages=MSG).choices[0].message.content == "fine"

@@ -82,7 +82,8 @@ def engine_url(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 @pytest.fixture(scope="module")
 def gateway(engine_url: str, tiny_ckpt: Path) -> Iterator[BackgroundGateway]:
-    cfg = GatewayConfig(engine_url=engine_url, model_dir=str(tiny_ckpt), port=GATEWAY_PORT, read_timeout_s=120)
+    cfg = GatewayConfig(engine_url=engine_url, model_dir=str(tiny_ckpt), port=GATEWAY_PORT, read_timeout_s=120,
+                        model_aliases=("m",))
     with BackgroundGateway(cfg) as gw:
         yield gw
 

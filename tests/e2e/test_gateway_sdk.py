@@ -59,7 +59,7 @@ def engine() -> Iterator[EngineDouble]:
 @pytest.fixture(scope="module")
 def gateway(engine: EngineDouble, tiny_ckpt: Path, tok: K2Tokenizer) -> Iterator[BackgroundGateway]:
     cfg = GatewayConfig(engine_url=engine.url, model_dir=str(tiny_ckpt), port=GATEWAY_PORT,
-                        served_model_name="kimi-k2-tiny")
+                        served_model_name="kimi-k2-tiny", model_aliases=("m",))
     with BackgroundGateway(cfg, tokenizer=tok) as gw:
         yield gw
 
@@ -404,7 +404,8 @@ def test_anthropic_count_tokens(ant: anthropic.Anthropic, tok: K2Tokenizer) -> N
 # --- passthrough mode -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def passthrough(engine: EngineDouble) -> Iterator[BackgroundGateway]:
-    cfg = GatewayConfig(engine_url=engine.url, mode="passthrough", port=PASSTHROUGH_PORT)
+    cfg = GatewayConfig(engine_url=engine.url, mode="passthrough", port=PASSTHROUGH_PORT,
+                        model_aliases=("m",))
     with BackgroundGateway(cfg) as gw:
         yield gw
 

@@ -13,11 +13,13 @@ import pytest
 import torch
 
 import k2trt
+from k2trt.checkpoint.formats import inventory
 from k2trt.errors import ConfigError
+from k2trt.layout import Layout
 from k2trt.mapping import Mapping
 from k2trt.reference.generate import SamplingParams, generate
 from k2trt.reference.model import load_model
-from k2trt.reference.parallel import Layout, mpirun_command
+from k2trt.reference.parallel import mpirun_command
 from k2trt.spec import ModelSpec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("single_thread")]
@@ -52,7 +54,7 @@ def test_sharded_logits_equal_unsharded(tiny_ckpt, unsharded, tmp_path, layout, 
     spec = ModelSpec.from_config(tiny_ckpt)
     lay = Layout.parse(layout)
     mapping = Mapping(world_size=lay.tp, tp=lay.tp, moe_ep=lay.ep, enable_attention_dp=lay.adp, spec=spec)
-    weights = {t.name: t for t in spec.tensors() if t.scale_of is None}
+    weights = {n: t for n, t in inventory(spec).items() if t.scale_of is None}
     total = sum(t.nbytes for t in spec.tensors())
     partial = 0  # reads of a strict part of a tensor, or tensors a rank never touched
     for rank in range(lay.tp):

@@ -184,7 +184,7 @@ def test_cli_dry_run_of_a_packaged_recipe(tmp_path: Path) -> None:
     plan = json.loads(r.output)
     rec = load_recipe("tiny-cpu")
     assert rec.bench is not None
-    assert plan["spec"]["concurrency"] == rec.bench["concurrency"]
+    assert plan["spec"]["concurrency"] == rec.bench.to_dict()["concurrency"]
     argv = plan["points"][0]["argv"]
     assert argv[argv.index("--url") + 1] == f"http://127.0.0.1:{rec.serve.port}"
 

@@ -99,3 +99,35 @@ def test_report_tables_gate_and_provenance(tmp_path: Path) -> None:
     assert "| command | `k2trt bench --recipe h200x16` |" in text
     assert "  isl_osl:\n  - [1024, 1024]\n  - [8192, 1024]\n  concurrency: [1, 2, 4, 8, 16, 32, 64, 128, 256]\n" \
         in text  # the spec, as a recipe would spell it
+
+
+def test_report_puts_server_figures_beside_the_clients() -> None:
+    r = sweep(BenchSpec.from_dict({"isl_osl": [[16, 8]], "concurrency": [1, 2], "gpus": 1}))
+    gw = {"requests": 8.0, "ttft_ms_avg": 12.5, "ttft_ms_p50": 11.0, "ttft_ms_p99": None, "itl_ms_avg": 3.25,
+          "latency_ms_avg": 40.0, "latency_ms_p99": 61.0, "input_tokens": 400.0, "output_tokens": 64.0,
+          "concurrency_max": 1.0}
+    eng = {**gw, "ttft_ms_avg": 9.0, "kv_cache_utilization_max": 0.125}
+    r.points[0].server = {"endpoints": ["http://gw:8080/metrics", "http://e:8000/prometheus/metrics"],
+                          "gateway": gw, "engine": eng}
+    r.points[1].server = {"endpoints": ["http://gw:8080/metrics"], "gateway": {**gw, "requests": 16.0}}
+    text = render_report(r)
+    head = next(ln for ln in text.splitlines() if ln.startswith("| concurrency | source |"))
+    cols = [c.strip() for c in head.strip("|").split("|")]
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in text.splitlines()
+            if re.match(r"\| \d+ \| (gateway|engine) \|", ln)]
+    assert [(x[0], x[1]) for x in rows] == [("1", "gateway"), ("1", "engine"), ("2", "gateway")]
+    cell = {(x[0], x[1], c): v for x in rows for c, v in zip(cols, x)}
+    assert cell[("1", "gateway", "requests")] == "8" and cell[("2", "gateway", "requests")] == "16"
+    assert cell[("1", "gateway", "TTFT avg ms")] == "12.5" and cell[("1", "engine", "TTFT avg ms")] == "9"
+    assert cell[("1", "gateway", "TTFT p99")] == "–" and cell[("1", "gateway", "KV cache max")] == "–"
+    assert cell[("1", "engine", "KV cache max")] == "0.125"
+    assert text.index("| 1 | 8 |") < text.index("| 1 | gateway |")  # under the client's table of the same pair
+    assert "scraped from `http://e:8000/prometheus/metrics`, `http://gw:8080/metrics` during each point" in text
+
+
+def test_report_says_why_there_are_no_server_figures() -> None:
+    r = sweep(BenchSpec.from_dict({"isl_osl": [[16, 8]], "concurrency": [1]}))
+    text = render_report(r)
+    assert "| source |" not in text and "No server-side metrics: no Prometheus endpoint answered" in text
+    r.points[0].argv.append("--no-server-metrics")
+    assert "Server-side metrics were not collected (`--no-server-metrics`)." in render_report(r)

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from k2trt.bench import spec as spec_mod
-from k2trt.bench.spec import BenchSpec, load_bench_section, spec_from_recipe
+from k2trt.bench.spec import BenchSpec, load_bench_section
+from k2trt.bundle.recipe import spec_from_recipe
 from k2trt.errors import ConfigError
 
 # The tiny CPU sweep the demo and CI run against the reference engine.

@@ -10,12 +10,13 @@ import json
 import sys
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from k2trt.bundle.build import build_bundle
-from k2trt.bundle.recipe import load_recipe
+from k2trt.bundle.recipe import list_recipes, load_recipe
 from k2trt.cli import cli
 from k2trt.errors import CheckpointError, ConfigError, PlanError
 from k2trt.launch.preflight import manifest_hash
@@ -130,6 +131,21 @@ def test_disaggregated_bundle(sparse_k2: Path, tmp_path: Path) -> None:
     assert lint_text(ctx_yml).ok and lint_text((out / "gen.yml").read_text()).ok
 
 
+def test_the_router_config_is_linted_as_the_release_reads_it(sparse_k2: Path, tmp_path: Path) -> None:
+    """disagg.yml is judged like the workers' YAML: its notes land in PLAN.md, and a router config the release
+    rejects (an IPv6 host: TensorRT-LLM splits each URL on ':' into one host and one port) refuses the build."""
+    res = build_bundle(load_recipe("k2-h200-disagg"), sparse_k2, tmp_path / "ok", hosts=("a", "b", "c", "d"))
+    assert any(n.startswith("config router: ") for n in res.notes), res.notes
+    assert "config router: " in (tmp_path / "ok" / "PLAN.md").read_text()
+    for version in (None, "main"):  # judged by the pinned release, and fully where disagg_utils.py was read
+        sets = [] if version is None else [f"serve.trtllm={version}"]
+        with pytest.raises(ConfigError, match=r"router config \(disagg.yml\) fails the lint: .*context_servers"
+                                              r"\.urls\[0\]: 'fd00::a:8001' is not host:port"):
+            build_bundle(load_recipe("k2-h200-disagg", sets), sparse_k2, tmp_path / "bad",
+                         hosts=("fd00::a", "fd00::b", "fd00::c", "fd00::d"))
+        assert not (tmp_path / "bad").exists()
+
+
 def test_reference_plugins_reach_the_engine_argv(tiny_ckpt: Path, tmp_path: Path) -> None:
     res_dir = tmp_path / "b"
     build_bundle(load_recipe("tiny-cpu", ["serve.plugins=triton"]), tiny_ckpt, res_dir)
@@ -139,3 +155,87 @@ def test_reference_plugins_reach_the_engine_argv(tiny_ckpt: Path, tmp_path: Path
         load_recipe("k2-h200-2x8-tp16ep8", ["serve.plugins=auto"])
     with pytest.raises(ConfigError):
         load_recipe("tiny-cpu", ["serve.plugins=cuda"])
+
+
+def test_engine_argv_is_spelled_by_the_engine_entry_point(tiny_ckpt: Path, tmp_path: Path) -> None:
+    """The reference rank command comes from ``k2trt.reference.serve`` and parses back with that module's own
+    parser (so a renamed flag cannot drift); the reference engine refuses pipeline stages it cannot run."""
+    from k2trt.layout import Layout
+    from k2trt.reference.serve import parser
+
+    r = load_recipe("tiny-cpu", ["serve.plugins=auto", "model.served_name=tiny", "layout=tp2ep2adp"])
+    argv = build_bundle(r, tiny_ckpt, tmp_path / "b", dry_run=True).files["launch.json"]
+    argv = json.loads(argv)["argv"]
+    assert argv[:3] == [sys.executable, "-m", "k2trt.reference.serve"]
+    a = parser().parse_args(argv[3:])
+    assert (a.model_dir, a.tp, a.ep, a.adp, a.plugins, a.served_model_name, a.host, a.port) == (
+        str(tiny_ckpt.resolve()), 2, 2, True, "auto", "tiny", "127.0.0.1", 18000)
+    with pytest.raises(ConfigError, match="does not run pipeline stages"):
+        build_bundle(load_recipe("tiny-cpu", ["layout=tp1pp2"]), tiny_ckpt, tmp_path / "pp", dry_run=True)
+    assert Layout.parse("tp1pp2").world_size == 2
+
+
+@pytest.fixture(scope="module")
+def format_ckpts(sparse_k2: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A header-only full-size K2 per weight format the packaged recipes need (as ``convert --to`` writes it)."""
+    from k2trt.checkpoint.synth import synthesize
+    from k2trt.spec import Quantization, preset
+
+    out = {"fp8_block": sparse_k2}
+    for fmt in ("nvfp4", "w4a8"):
+        spec = preset("k2-instruct").with_quantization(Quantization.requant(fmt))
+        out[fmt] = synthesize(spec, tmp_path_factory.mktemp(fmt) / "k2", sparse=True, tokenizer=False,
+                              preset_name="k2-instruct")
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list_recipes())
+def test_plan_recipe_plans_exactly_what_build_checks(name: str, tiny_ckpt: Path, format_ckpts: dict[str, Path]) -> None:
+    """``k2trt plan --recipe R`` gives the plan ``k2trt build --recipe R`` writes into its bundle, for every
+    packaged recipe: cluster, context, KV, release and every layout verdict (per-GPU bytes, KV capacity, roofline,
+    findings). Only the checkpoint totals may differ: the recipe's preset lists K2-Instruct's 61 never-loaded
+    ``rotary_emb.inv_freq`` tensors, which the synthesized (and any converted) checkpoint does not have."""
+    r = load_recipe(name)
+    ckpt = tiny_ckpt if r.model.preset == "tiny" else format_ckpts[r.model.weights or "fp8_block"]
+    out = CliRunner().invoke(cli, ["plan", "--recipe", name, "--json"])
+    planned = json.loads(out.output)
+    assert planned["recipe"] == name
+    if out.exit_code == 1:  # a recipe the pinned release cannot serve: build refuses with the reasons plan shows
+        reasons = [f["message"] for p in planned["plans"].values() for f in p["layouts"][0]["findings"]
+                   if f["severity"] == "error"]
+        with pytest.raises(PlanError) as refused:
+            build_bundle(r, ckpt, ckpt.parent / "unused", dry_run=True)
+        assert reasons and all(m in str(refused.value) for m in reasons)
+        return
+    assert out.exit_code == 0, out.output
+    res = build_bundle(r, ckpt, ckpt.parent / "unused", dry_run=True)
+    built = res.to_dict()["plans"]
+    assert json.loads(res.files["manifest.json"])["plan"] == {role: p["layouts"][0] for role, p in built.items()}
+    assert planned["plans"].keys() == built.keys()
+
+    def plan_part(p: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in p.items() if k not in ("tensors", "checkpoint_gib")}
+
+    for role, p in built.items():
+        assert plan_part(planned["plans"][role]) == plan_part(p) and p["layouts"][0]["ok"]
+
+
+@pytest.mark.parametrize("name", ["tiny-cpu", "k2-h200-disagg"])
+def test_plan_recipe_with_the_checkpoint_is_the_build_plan(name: str, tiny_ckpt: Path, sparse_k2: Path) -> None:
+    """With ``--checkpoint`` the plan is build's to the byte, checkpoint totals included."""
+    r = load_recipe(name)
+    ckpt = tiny_ckpt if r.model.preset == "tiny" else sparse_k2
+    built = build_bundle(r, ckpt, ckpt.parent / "unused", dry_run=True).to_dict()["plans"]
+    out = CliRunner().invoke(cli, ["plan", "--recipe", name, "--checkpoint", str(ckpt), "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output) == {"recipe": name, "plans": built}
+
+
+def test_plan_recipe_takes_changes_through_set_only(tiny_ckpt: Path) -> None:
+    r = CliRunner().invoke(cli, ["plan", "--recipe", "tiny-cpu", "--nodes", "2"])
+    assert r.exit_code == 2 and "--nodes: the recipe decides this" in r.output and "--set" in r.output
+    r = CliRunner().invoke(cli, ["plan", "--recipe", "tiny-cpu", "--set", "context=400000000"])
+    assert r.exit_code == 1 and "less than one" in r.output  # the plan build would refuse, shown, exit 1
+    r = CliRunner().invoke(cli, ["plan", "--set", "context=4"])
+    assert r.exit_code == 2 and "give --recipe" in r.output

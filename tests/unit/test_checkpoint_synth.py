@@ -10,6 +10,7 @@ import torch
 from safetensors import safe_open
 
 from k2trt.checkpoint import files
+from k2trt.checkpoint.formats import inventory
 from k2trt.checkpoint.fp8 import dequantize, quantize, scale_problems
 from k2trt.checkpoint.synth import synthesize
 from k2trt.errors import CheckpointError
@@ -38,7 +39,7 @@ def test_tiny_checkpoint_has_k2_file_set(tiny) -> None:
 def test_index_matches_files_and_inventory(tiny) -> None:
     idx = files.read_index(tiny)
     present = files.tensor_locations(tiny)
-    assert set(idx["weight_map"]) == set(present) == {t.name for t in preset("tiny").tensors()}
+    assert set(idx["weight_map"]) == set(present) == set(inventory(preset("tiny")))
     assert all(present[n].file == f for n, f in idx["weight_map"].items())
     assert idx["metadata"]["total_size"] == sum(e.nbytes for e in present.values())
 
@@ -46,13 +47,13 @@ def test_index_matches_files_and_inventory(tiny) -> None:
 def test_weights_are_fp8_with_scales_and_sane(tiny) -> None:
     spec = preset("tiny")
     loc = files.tensor_locations(tiny)
-    for t in spec.tensors():
+    for name, t in inventory(spec).items():
         if not t.is_fp8:
             continue
-        with safe_open(tiny / loc[t.name].file, "pt") as f:
-            w = f.get_tensor(t.name)
-        with safe_open(tiny / loc[t.name + "_scale_inv"].file, "pt") as f:
-            s = f.get_tensor(t.name + "_scale_inv")
+        with safe_open(tiny / loc[name].file, "pt") as f:
+            w = f.get_tensor(name)
+        with safe_open(tiny / loc[name + "_scale_inv"].file, "pt") as f:
+            s = f.get_tensor(name + "_scale_inv")
         assert w.dtype == torch.float8_e4m3fn and s.dtype == torch.float32
         assert scale_problems(s) is None
         x = dequantize(w, s)

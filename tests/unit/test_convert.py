@@ -23,7 +23,9 @@ from k2trt.checkpoint import names
 from k2trt.checkpoint.convert import ConvertOptions, convert, plan_conversion
 from k2trt.checkpoint.fp8 import dequantize
 from k2trt.checkpoint.inspect import inspect_checkpoint
-from k2trt.checkpoint.manifest import MANIFEST_FILE, sha256_file, single_threaded_torch, verify_output
+from k2trt.checkpoint.files import sha256_file
+from k2trt.checkpoint.manifest import MANIFEST_FILE
+from k2trt.checkpoint.verify import verify_output
 from k2trt.cli import cli
 from k2trt.errors import CheckpointError
 from k2trt.spec import preset
@@ -94,8 +96,10 @@ def test_trtllm_keeps_kimi_k2_with_remote_code_and_copies(tiny_ckpt: Path, tmp_p
 
 @pytest.fixture
 def one_thread() -> Iterator[None]:
-    with single_threaded_torch():  # torch's intra-op threads make small element-wise ops slow on busy cores
-        yield
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # torch's intra-op threads make small element-wise ops slow on busy cores
+    yield
+    torch.set_num_threads(old)
 
 
 def test_bf16_dequantises_with_exact_block_math(tiny_ckpt: Path, bf16_out: Path, one_thread: None) -> None:

@@ -60,3 +60,39 @@ def test_read_mapping_missing_file_uses_the_callers_error_and_hint(tmp_path):
         read_mapping(tmp_path / "launch.json", what="launch spec", error=LaunchError, hint="run k2trt build")
     (tmp_path / "ok.yml").write_text("a: 1\n")
     assert read_mapping(tmp_path / "ok.yml") == {"a": 1}
+
+
+@pytest.mark.parametrize("name, text, needle", [("s.json", "{trunc", "not valid JSON"),
+                                                ("s.json", "[1]", "must hold a mapping, not list"),
+                                                ("s.yml", "a: [1", "not valid YAML"),
+                                                ("s.json", b"\xff\xfe", "not UTF-8 text")])
+def test_read_mapping_gives_the_callers_fix_for_a_bad_file_too(tmp_path, name, text, needle):
+    path = tmp_path / name
+    path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
+    with pytest.raises(LaunchError) as e:
+        read_mapping(path, what="state file", error=LaunchError, hint="delete it")
+    assert needle in str(e.value) and str(e.value).endswith("(delete it)") and "\n" not in str(e.value)
+    with pytest.raises(LaunchError, match=r"is a directory, not a file \(delete it\)"):
+        read_mapping(tmp_path, what="state file", error=LaunchError, hint="delete it")
+
+
+def test_atomic_dir_replaces_a_directory_whole_or_not_at_all(tmp_path):
+    from k2trt.fsio import atomic_dir
+
+    out = tmp_path / "bundle"
+    old = os.umask(0o077)  # the explicit mode must win over a narrow umask
+    try:
+        with atomic_dir(out, perm=0o755) as stage:
+            atomic_write(stage / "a", "1")
+            assert not out.exists()  # nothing under the final name until the directory is complete
+    finally:
+        os.umask(old)
+    assert sorted(os.listdir(out)) == ["a"] and stat.S_IMODE(out.stat().st_mode) == 0o755
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out) as stage:
+            atomic_write(stage / "b", "2")
+            raise RuntimeError("half-built")
+    assert sorted(os.listdir(out)) == ["a"] and sorted(os.listdir(tmp_path)) == ["bundle"]
+    with atomic_dir(out) as stage:
+        atomic_write(stage / "b", "2")
+    assert sorted(os.listdir(out)) == ["b"] and sorted(os.listdir(tmp_path)) == ["bundle"]

@@ -83,7 +83,7 @@ def test_anthropic_translation_follows_kimi_mapping() -> None:
     assert job.messages == [
         {"role": "system", "content": "AB"},
         {"role": "user", "content": "weather?"},
-        {"role": "assistant", "content": "Checking.", "tool_calls": [
+        {"role": "assistant", "content": "Checking.", "reasoning_content": "hmm", "tool_calls": [
             {"id": "toolu_01", "type": "function",
              "function": {"name": "get_weather", "arguments": json.dumps({"city": "北京"}, ensure_ascii=False)}}]},
         {"role": "tool", "tool_call_id": "toolu_01", "content": "Sunny\n22C", "name": "get_weather"},

@@ -12,11 +12,11 @@ import k2trt
 
 ROOT = Path(k2trt.__file__).parent
 # Packages/modules that must never need torch (DESIGN.md: they run on login nodes).
-LIGHT = ["k2trt.spec", "k2trt.errors", "k2trt.cli", "k2trt.cli_options", "k2trt.mapping", "k2trt.build",
-         "k2trt.checkpoint.names", "k2trt.checkpoint.files", "k2trt.checkpoint.inspect", "k2trt.checkpoint.fp8",
-         "k2trt.checkpoint.synth", "k2trt.checkpoint.convert", "k2trt.demo", "k2trt.train.config",
-         "k2trt.train.pools", "k2trt.train.tools", "k2trt.train.corpus", "k2trt.train.render"]
-LIGHT_PACKAGES = ["plan", "trtllm", "launch", "commands", "chat", "gateway", "bundle", "bench"]
+LIGHT = ["k2trt.spec", "k2trt.errors", "k2trt.cli", "k2trt.cli_options", "k2trt.mapping", "k2trt.layout",
+         "k2trt.demo", "k2trt.sampling", "k2trt.asgi", "k2trt.train.config", "k2trt.train.pools",
+         "k2trt.train.tools", "k2trt.train.corpus", "k2trt.train.render",
+         "k2trt.reference.serve"]  # the reference server's argv is spelled by login-node bundle builds
+LIGHT_PACKAGES = ["checkpoint", "plan", "trtllm", "launch", "commands", "chat", "gateway", "bundle", "bench"]
 
 BLOCK = "import sys\nfor m in ('torch', 'triton', 'transformers'):\n    sys.modules[m] = None\n"
 

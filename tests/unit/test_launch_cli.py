@@ -59,3 +59,17 @@ def test_hosts_override_from_the_command_line(tmp_path: Path) -> None:
     assert r.exit_code != 0 and "slots '0' must be a positive integer" in str(r.exception)
     r = CliRunner().invoke(cli, ["serve", str(b), "-H", "n1:1", "-n", "--launcher", "slurm"])
     assert r.exit_code != 0 and "2 ranks but only 1 slots" in str(r.exception)
+
+
+def test_a_corrupt_state_file_is_one_line_with_the_fix(tmp_path: Path) -> None:
+    """status and stop cannot tell the job's processes from others without the state file: the error says so in
+    one line and names the fix."""
+    b = _bundle(tmp_path)
+    (b / "logs").mkdir()
+    for text, cause in (('{"status": "ready", "pid', "is not valid JSON"), ("[]", "must hold a mapping")):
+        (b / "logs" / "serve.state.json").write_text(text)
+        for cmd in ("status", "stop"):
+            r = CliRunner().invoke(cli, [cmd, str(b)])
+            msg = str(r.exception)
+            assert r.exit_code != 0 and f"state file {b / 'logs' / 'serve.state.json'} {cause}" in msg, msg
+            assert msg.endswith("(delete it once no job from this bundle runs)") and "\n" not in msg

@@ -108,3 +108,34 @@ def test_submit_without_sbatch_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(LaunchError, match="sbatch not found on PATH") as e:
         submit(script)
     assert str(script) in str(e.value)
+
+
+def test_container_mounts_every_path_the_job_uses_by_default(tmp_path: Path) -> None:
+    """With an image and no mounts, the model, bundle (config), logs and other absolute argv paths are mounted at
+    the same path; a user mount that already maps a path adds nothing for it."""
+    from k2trt.launch.runner import plan_launch
+    from k2trt.launch.slurm import default_mounts
+
+    argv = ("trtllm-serve", "serve", "/lustre/K2", "--config", "/scratch/b/config.yml",
+            "--chat_template=/opt/tmpl/k2.jinja", "--custom_module_dirs", "/opt/plugins")
+    spec = LaunchSpec(engine="trtllm", argv=argv, world_size=8, hosts=(HostSlots("a", 8),), launcher="slurm",
+                      model_dir="/lustre/K2", log_dir="/var/log/k2",
+                      slurm=SlurmOptions(container_image="nvcr.io#nvidia/tensorrt-llm/release:1.3.0rc24"))
+    mounts = dict(default_mounts(spec, Path("/scratch/b")))
+    assert list(mounts) == ["/lustre/K2:/lustre/K2", "/scratch/b:/scratch/b", "/var/log/k2:/var/log/k2",
+                            "/opt/tmpl:/opt/tmpl", "/opt/plugins:/opt/plugins"]
+    assert mounts["/lustre/K2:/lustre/K2"] == "model"
+    text = sbatch_script(spec, Path("/scratch/b"))
+    assert ("--container-mounts=/lustre/K2:/lustre/K2,/scratch/b:/scratch/b,/var/log/k2:/var/log/k2,"
+            "/opt/tmpl:/opt/tmpl,/opt/plugins:/opt/plugins") in text
+    assert "# container mount (default, model): /lustre/K2:/lustre/K2" in text
+    dry = plan_launch(spec, Path("/scratch/b"), launcher="slurm").render()
+    assert "# note: container mount (default, model): /lustre/K2:/lustre/K2" in dry
+    # a user mount mapping /lustre (as /lustre) covers the model; the rest is still added
+    user = dataclasses.replace(spec, slurm=dataclasses.replace(spec.slurm, container_mounts=("/gpfs/l:/lustre",)))
+    got = [m for m, _ in default_mounts(user, Path("/scratch/b"))]
+    assert "/lustre/K2:/lustre/K2" not in got and "/scratch/b:/scratch/b" in got
+    assert "--container-mounts=/gpfs/l:/lustre,/scratch/b:/scratch/b" in sbatch_script(user, Path("/scratch/b"))
+    # no image: nothing is mounted and nothing is said
+    bare = dataclasses.replace(spec, slurm=SlurmOptions())
+    assert default_mounts(bare, Path("/scratch/b")) == [] and "container" not in sbatch_script(bare, Path("/b"))

@@ -13,13 +13,15 @@ from click.testing import CliRunner
 
 from k2trt.cli import cli
 from k2trt.errors import PlanError
+from k2trt.layout import Layout
 from k2trt.mapping import Mapping
 from k2trt.plan.gpus import CATALOG, GiB, gpu
-from k2trt.plan.layout import Layout, candidate_layouts, parse_layout
 from k2trt.plan.memory import extreme_ranks, inventory, kv_bytes_per_token, memory_plan, rank_bytes
-from k2trt.plan.planner import Cluster, PlanRequest, plan, plan_layout, resolve_spec, to_markdown
+from k2trt.plan.planner import (Cluster, PlanRequest, candidate_layouts, plan, plan_layout, resolve_spec,
+                                to_markdown)
 from k2trt.plan.roofline import active_params, expected_max_experts, roofline
 from k2trt.spec import preset
+from k2trt.trtllm import known
 
 K2 = preset("k2-instruct")
 TINY = preset("tiny")
@@ -54,7 +56,7 @@ def test_k2_tp16_ep8_weights_per_gpu_exact() -> None:
 
 @pytest.mark.parametrize("layout", ["tp16ep8", "tp16ep16adp", "tp8pp2ep4", "tp4pp4"])
 def test_extreme_ranks_bound_every_rank(layout: str) -> None:
-    m = parse_layout(layout).mapping(8, K2)
+    m = Layout.parse(layout).mapping(8, K2)
     every = [rank_bytes(m, r).total for r in range(m.world_size)]
     ext = [rank_bytes(m, r).total for r in extreme_ranks(m)]
     assert max(ext) == max(every) and min(ext) == min(every)
@@ -89,7 +91,7 @@ def test_e2_16x_h200_kv_capacity() -> None:
 
 
 def _findings(req: PlanRequest, layout: str) -> tuple[object, set[str]]:
-    lp = plan_layout(req, parse_layout(layout))
+    lp = plan_layout(req, Layout.parse(layout))
     return lp, {f.rule for f in lp.findings}
 
 
@@ -111,12 +113,32 @@ def test_16x_h100_is_marginal_and_16x_h200_is_not() -> None:
     assert not rules & {"few-heads-per-rank", "moe-tp-spans-nodes"}
 
 
-def test_release_and_feature_rules() -> None:
-    req = PlanRequest(K2, Cluster(gpu("h200"), 2, 8), 32768, release="main", eplb_online=True, tool_parser=True)
+def test_release_and_feature_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    req = PlanRequest(K2, Cluster(gpu("h200"), 2, 8), 32768, release="1.3.0rc24", eplb_online=True,
+                      tool_parser=True)
     _, rules = _findings(req, "tp16ep16")
-    assert {"routing-unfused", "eplb-needs-shm", "tool-parser-multinode"} <= rules
-    _, rules = _findings(PlanRequest(K2, Cluster(gpu("h200"), 2, 8), 32768, release="1.2"), "tp16ep16")
-    assert "routing-unfused" not in rules
+    assert {"eplb-needs-shm", "tool-parser-multinode"} <= rules
+    # nobody has read 1.3.0rc24's routing code: the routing rules say nothing rather than borrow another release's
+    assert not rules & {"routing-unfused", "routing-over-fused-limit"}
+    # a release-facts row (what a reading of that release's routing.py would add) drives them
+    monkeypatch.setitem(known.RELEASE_FACTS, "9.9.9", {"routing_unfused_k2": True, "fused_routing_limit": (256, 8)})
+    lp, rules = _findings(PlanRequest(K2, Cluster(gpu("h200"), 2, 8), 32768, release="9.9.9"), "tp16ep16")
+    assert {"routing-unfused", "routing-over-fused-limit"} <= rules
+    assert any("≤256" in f.message for f in lp.findings)  # type: ignore[attr-defined]
+
+
+def test_w4a8_is_refused_where_loading_it_is_not_established(monkeypatch: pytest.MonkeyPatch) -> None:
+    w4a8, _ = resolve_spec(None, "k2-instruct", "w4a8")
+    lp, rules = _findings(PlanRequest(w4a8, Cluster(gpu("h200"), 1, 8), 32768, release="1.3.0rc24"), "tp8ep8adp")
+    msg = next(f.message for f in lp.findings if f.rule == "w4a8-not-loadable")  # type: ignore[attr-defined]
+    assert not lp.ok and "MIXED_PRECISION is ambiguous" in msg and "modeling_deepseekv3.py@" in msg  # type: ignore[attr-defined]
+    _, rules = _findings(PlanRequest(w4a8, Cluster(gpu("h200"), 1, 8), 32768), "tp8ep8adp")
+    assert "w4a8-not-loadable" not in rules  # no release named: not release-specific
+    monkeypatch.setitem(known.RELEASE_FACTS, "9.9.9", {"w4a8_mixed_precision": True})
+    _, rules = _findings(PlanRequest(w4a8, Cluster(gpu("h200"), 1, 8), 32768, release="9.9.9"), "tp8ep8adp")
+    assert "w4a8-not-loadable" not in rules
+    _, rules = _findings(PlanRequest(K2, Cluster(gpu("h200"), 2, 8), 32768, release="1.3.0rc24"), "tp16ep16")
+    assert "w4a8-not-loadable" not in rules
 
 
 def test_no_fp8_on_a100_and_no_fp4_on_hopper() -> None:
@@ -164,18 +186,6 @@ def test_roofline_is_bytes_over_bandwidth_and_flops_over_peak() -> None:
     assert long.busiest_rank_bytes - r.busiest_rank_bytes == 35136 * (131072 - 1)
 
 
-def test_layout_syntax() -> None:
-    assert parse_layout("tp16ep8") == Layout(16, 8)
-    assert parse_layout("TP16EP16ADP") == Layout(16, 16, adp=True)
-    assert parse_layout("tp4,ep2,adp") == Layout(4, 2, adp=True)
-    assert parse_layout("tp8pp2") == Layout(8, pp=2)
-    assert parse_layout("tp16mtp2") == Layout(16, None, 2)
-    assert str(parse_layout("tp16ep16adp")) == "tp16ep16adp" and str(parse_layout("tp8")) == "tp8"
-    for bad in ("ep8", "tp16ep", "tp16x", "tp0", "tp2tp4", ""):
-        with pytest.raises(PlanError):
-            parse_layout(bad)
-
-
 def test_enumeration_ranks_and_explains_invalid_layouts() -> None:
     p = plan(PlanRequest(K2, Cluster(gpu("h200"), 4, 8), 131072))
     names = [str(lp.layout) for lp in p.layouts]
@@ -190,7 +200,7 @@ def test_enumeration_ranks_and_explains_invalid_layouts() -> None:
 
 
 def test_wrong_world_size_is_invalid() -> None:
-    lp = plan_layout(PlanRequest(K2, Cluster(gpu("h200"), 1, 8)), parse_layout("tp16ep8"))
+    lp = plan_layout(PlanRequest(K2, Cluster(gpu("h200"), 1, 8)), Layout.parse("tp16ep8"))
     assert lp.invalid and "16 GPUs" in lp.invalid
 
 
@@ -215,3 +225,39 @@ def test_plan_command_json_and_exit_codes() -> None:
     run = CliRunner().invoke(cli, ["plan", "--preset", "tiny", "--gpu", "cpu", "--gpus-per-node", "2",
                                    "--context", "2048", "--layout", "tp2"])
     assert run.exit_code == 0 and "tp2" in run.output
+
+
+def test_eplb_host_copy_is_every_routed_expert() -> None:
+    """Online EPLB's /dev/shm copy is every routed expert of every MoE layer (TensorRT-LLM's HostMoeTensorSharer):
+    for K2 FP8 a hand sum over K2's dimensions; for NVFP4 it stays under the 640 GB /dev/shm TensorRT-LLM's
+    K2-Thinking guide gives 8×B200 for its 594 GB checkpoint."""
+    from k2trt.plan.memory import routed_expert_bytes
+    from k2trt.spec import Quantization
+
+    h, i = 7168, 2048
+    fp8 = h * i + (-(-h // 128)) * (-(-i // 128)) * 4   # one FP8 expert matrix and its fp32 128×128 block scales
+    assert routed_expert_bytes(K2) == 60 * 384 * 3 * fp8  # 60 MoE layers (61 minus one dense) × 384 × gate/up/down
+    nvfp4 = routed_expert_bytes(K2.with_quantization(Quantization.requant("nvfp4")))
+    assert 0.5e12 < nvfp4 < 640e9
+    req = PlanRequest(K2, Cluster(gpu("h200"), 2, 8), 32768, eplb_online=True)
+    lp = plan_layout(req, Layout.parse("tp16ep16"))
+    assert lp.memory is not None and lp.memory.eplb_shm_bytes == routed_expert_bytes(K2)
+    assert "945 GiB" in next(f.message for f in lp.findings if f.rule == "eplb-needs-shm")
+    assert plan_layout(PlanRequest(K2, Cluster(gpu("h200"), 2, 8), 32768), Layout.parse("tp16ep16")
+                       ).memory.eplb_shm_bytes == 0  # type: ignore[union-attr]
+
+
+def test_load_estimate_is_the_largest_shard_over_the_storage_bandwidth() -> None:
+    from k2trt.plan.memory import ENGINE_START_S, LOAD_GBPS, REFERENCE_START_S
+
+    for gbps in (LOAD_GBPS, 2.0):
+        req = PlanRequest(K2, Cluster(gpu("h200"), 2, 8), 32768, load_gbps=gbps)
+        m = plan_layout(req, Layout.parse("tp16ep8")).memory
+        assert m is not None and m.load_s == pytest.approx(m.weights_max / (gbps * 1e9) + ENGINE_START_S)
+        assert m.to_dict()["load_s"] == round(m.load_s, 1)
+    p = plan(PlanRequest(K2, Cluster(gpu("h200"), 2, 8), 32768), [Layout.parse("tp16ep8")])
+    assert "Estimated load: 12 min (63.1 GiB per GPU at 0.5 GB/s per GPU" in to_markdown(p)
+    tiny = plan_layout(PlanRequest(TINY, Cluster(gpu("cpu"), 1, 2), 2048), Layout.parse("tp2")).memory
+    assert tiny is not None and REFERENCE_START_S <= tiny.load_s < REFERENCE_START_S + 1
+    with pytest.raises(PlanError, match="bandwidth"):
+        plan_layout(PlanRequest(K2, Cluster(gpu("h200"), 2, 8), 32768, load_gbps=0), Layout.parse("tp16ep8"))

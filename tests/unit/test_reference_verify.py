@@ -81,3 +81,15 @@ def test_metrics_and_judge() -> None:
     m = logit_metrics(a, b)
     assert m["top1"] == 0.5 and m["max_abs"] == 2
     assert judge(m, Thresholds(min_top1=0.9, max_abs=5)) == ["top1 0.5 is not >= min_top1 0.9"]
+
+
+def test_check_argv_parses_back_with_its_own_parser() -> None:
+    """The sharded check's command line is written by the module that parses it: every value comes back."""
+    from k2trt.layout import Layout
+    from k2trt.reference.parallel import check_argv, parser
+
+    lay = Layout.parse("tp4,ep4,adp")
+    argv = check_argv("/m", lay, "/o", seed=7, attn_impl="naive", timeout_s=33.0)
+    assert argv[1:3] == ["-m", "k2trt.reference.parallel"] and argv[argv.index("--layout") + 1] == "tp4,ep4,adp"
+    a = parser().parse_args(argv[3:])
+    assert (a.check, a.layout, a.out, a.seed, a.attn_impl, a.timeout) == ("/m", lay, "/o", 7, "naive", 33.0)

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from k2trt.checkpoint.formats import inventory
 from k2trt.errors import ConfigError
 from k2trt.spec import PRESETS, ModelSpec, preset, scale_shape
 
@@ -18,7 +19,8 @@ def test_k2_instruct_inventory_matches_the_real_checkpoint() -> None:
     assert len(ts) == 139_644
     assert sum(t.numel for t in ts) == 1_026_470_731_056
     assert len({t.name for t in ts}) == len(ts)
-    by_name = {t.name: t for t in ts}
+    by_name = inventory(spec)  # the same tensors under their Hugging Face names (checkpoint.formats spells them)
+    assert len(by_name) == len(ts)
     kv_a = by_name["model.layers.0.self_attn.kv_a_proj_with_mqa.weight"]
     assert kv_a.shape == (576, 7168) and kv_a.dtype == "F8_E4M3"
     assert by_name["model.layers.0.self_attn.kv_a_proj_with_mqa.weight_scale_inv"].shape == (5, 56)

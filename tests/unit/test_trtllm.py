@@ -17,7 +17,7 @@ from k2trt.trtllm import NGC_IMAGE, PINNED_RELEASE
 from k2trt.trtllm.disagg import RoleServers, disagg_config, router_argv
 from k2trt.trtllm.doctor import doctor
 from k2trt.trtllm.lint import generated_batch_sizes, lint, lint_text
-from k2trt.trtllm.profiles import profile_for
+from k2trt.trtllm.profiles import available, profile_for
 from k2trt.trtllm.render import EngineOptions, llm_options, serve_argv, write_config
 
 # The shape of Moonshot's deploy-guide heredoc: the stale cuda_graph_config.padding_enabled key.
@@ -37,18 +37,31 @@ def _issue(res, path):  # type: ignore[no-untyped-def]
 
 
 def test_profiles_resolve_versions() -> None:
-    assert profile_for().version == PINNED_RELEASE and profile_for().name == "main"
+    p = profile_for()
+    assert p.version == PINNED_RELEASE and p.name == PINNED_RELEASE == "1.3.0rc24"
     assert NGC_IMAGE.endswith(":" + PINNED_RELEASE)
-    assert profile_for("1.0.0rc4").name == "1.0" and profile_for("1.1.0").name == "1.0"
-    assert profile_for("1.2.1").name == "1.2" and profile_for("1.3.0rc21").name == "main"
-    assert profile_for("1.2").serve["config_flag"] == "--config"
-    assert profile_for("1.0").serve["config_flag"] == "--extra_llm_api_options"
-    assert "WIDEEP" in profile_for("1.2").fields["moe_config"]["fields"]["backend"]["values"]
-    assert "WIDEEP" not in profile_for("main").fields["moe_config"]["fields"]["backend"]["values"]
+    assert profile_for("1.3").name == "1.3.0rc24" and profile_for("v1.3.0rc24").name == "1.3.0rc24"
+    assert p.serve["config_flag"] == "--config" and p.serve["tp_flag"] == "--tp_size"
+    assert "WIDEEP" in p.models["MoeConfig"]["fields"]["backend"]["type"]["vals"]  # still there at rc24
     with pytest.raises(ConfigError, match="not a TensorRT-LLM version"):
         profile_for("banana")
-    with pytest.raises(ConfigError, match="predates"):
-        profile_for("0.20.0")
+    one_two = profile_for("1.2")
+    assert one_two.name == "1.2.1" and one_two.serve["config_flag"] == "--config"
+    assert one_two.serve["yaml_merge"] == "deep" and one_two.has_tool_parser("kimi_k2")
+    assert "WIDEEP" in one_two.models["MoeConfig"]["fields"]["backend"]["type"]["vals"]
+    assert "num_nextn_predict_layers" in one_two.models["MTPDecodingConfig"]["fields"]
+    # a release without its own profile is refused, never judged by another release's schema
+    one_oh = profile_for("1.0")
+    assert one_oh.name == "1.0.0" and one_oh.serve["config_flag"] == "--extra_llm_api_options"
+    assert one_oh.serve["yaml_merge"] == "shallow" and not one_oh.has_tool_parser("kimi_k2")
+    assert "enable_trtllm_sampler" in one_oh.fields and "sampler_type" not in one_oh.fields
+    for other in ("0.20.0", "1.3.0rc7", "1.2.0", "0.21"):
+        with pytest.raises(ConfigError, match="no schema profile"):
+            profile_for(other)
+    # main has its own profile now (raw llm_args.py@0004396…, issue 12), and only main/latest/head select it
+    for alias in ("main", "latest", "head"):
+        assert profile_for(alias).name == "main"
+    assert profile_for("main").models["TorchLlmArgs"]["handled"]["sampler_type"]["action"] == "removed"
 
 
 def test_stale_key_gets_its_new_spelling() -> None:
@@ -65,54 +78,99 @@ def test_unknown_keys_with_did_you_mean() -> None:
     assert "max_batch_size" in _issue(res, "max_batch_sise").fix
     assert "free_gpu_memory_fraction" in _issue(res, "kv_cache_config.free_gpu_mem_fraction").fix
     assert "valid keys" in _issue(lint({"zzz": 1}), "zzz").fix
+    # attention_dp_config is a strict model at rc24: an unknown key in it is rejected, not passed through
+    assert _issue(lint({"attention_dp_config": {"enable_balanse": True}}),
+                  "attention_dp_config.enable_balanse").severity == "error"
 
 
 def test_wrong_types_ranges_and_nulls() -> None:
     res = lint({"max_batch_size": "128", "enable_attention_dp": "yes", "stream_interval": 0,
                 "kv_cache_config": {"free_gpu_memory_fraction": 1.5}, "moe_config": None,
-                "cuda_graph_config": {"batch_sizes": [1, "2"]}})
-    assert "expected int" in _issue(res, "max_batch_size").message
-    assert "expected bool" in _issue(res, "enable_attention_dp").message
-    assert "minimum 1" in _issue(res, "stream_interval").message
-    assert "maximum 1.0" in _issue(res, "kv_cache_config.free_gpu_memory_fraction").message
+                "cuda_graph_config": {"batch_sizes": [1, "x"]}})
+    # pydantic's lax mode reads "128" and "yes": TensorRT-LLM accepts them, so they are warnings, not errors
+    assert _issue(res, "max_batch_size").severity == "warning" and "reads it as 128" in \
+        _issue(res, "max_batch_size").message
+    assert _issue(res, "enable_attention_dp").severity == "warning"
+    assert "not above 0" in _issue(res, "stream_interval").message
+    assert "maximum 1" in _issue(res, "kv_cache_config.free_gpu_memory_fraction").message
     assert "null" in _issue(res, "moe_config").message
-    assert "list[int]" in _issue(res, "cuda_graph_config.batch_sizes").message
+    assert _issue(res, "cuda_graph_config.batch_sizes").severity == "error"
     assert lint({"cuda_graph_config": None, "max_num_tokens": 4096, "kv_cache_config": {"dtype": "fp8"}}).ok
-    assert not lint({"max_batch_size": True}).ok  # a bool is not an int
+    assert not lint({"enable_attention_dp": "maybe"}).ok and not lint({"max_batch_size": 1.5}).ok
+
+
+def test_scalar_judgements_match_pydantic_lax_mode() -> None:
+    """The linter's scalar rules against pydantic itself (the library TorchLlmArgs validates with)."""
+    pydantic = pytest.importorskip("pydantic")
+    from k2trt.trtllm.lint import _scalar
+
+    for kind, typ in (("int", int), ("float", float), ("bool", bool), ("str", str)):
+        ta = pydantic.TypeAdapter(typ)
+        for v in (0, 1, 2, 1.0, 1.5, True, False, "1", "2", "1.5", "yes", "no", "x", "", None, [1]):
+            try:
+                ta.validate_python(v)
+                accepted = True
+            except pydantic.ValidationError:
+                accepted = False
+            error, _, _ = _scalar(v, {"k": kind})
+            assert (error is None) == accepted, (kind, v, error)
 
 
 def test_enums_per_release() -> None:
     res = lint({"moe_config": {"backend": "cutlass"}})
     assert "'CUTLASS'" in _issue(res, "moe_config.backend").fix
-    assert lint({"moe_config": {"backend": "WIDEEP"}}, "1.2").ok
-    i = _issue(lint({"moe_config": {"backend": "WIDEEP"}}, "main"), "moe_config.backend")
-    assert i.severity == "error" and "CUTEDSL" in i.fix
-    assert not lint({"sampler_type": "TRTLLMSampler"}, "main").ok and lint({"sampler_type": "TRTLLMSampler"}, "1.2").ok
-    assert not lint({"kv_cache_config": {"dtype": "nvfp4"}}, "1.0").ok
-    assert lint({"kv_cache_config": {"dtype": "nvfp4"}}, "main").ok
-    assert not lint({"enable_trtllm_sampler": True}, "1.2").ok and lint({"enable_trtllm_sampler": True}, "1.0").ok
+    assert lint({"moe_config": {"backend": "WIDEEP"}}).ok
+    assert lint({"sampler_type": "TRTLLMSampler"}).ok  # Union[str, SamplerType] at rc24: deprecated, accepted
+    assert lint({"kv_cache_config": {"dtype": "nvfp4"}}).ok
+    i = _issue(lint({"enable_trtllm_sampler": True}), "enable_trtllm_sampler")
+    assert i.severity == "error" and "sampler_type" in i.fix and "TRTLLMSampler" in i.fix
+    eagle = _issue(lint({"speculative_config": {"decoding_type": "Eagle", "max_draft_len": 3}}),
+                   "speculative_config.decoding_type")
+    assert eagle.severity == "warning" and "Eagle3" in eagle.fix  # rc24 treats Eagle as Eagle3 with a warning
 
 
 def test_cuda_graph_size_rules_follow_the_release() -> None:
     both = {"cuda_graph_config": {"batch_sizes": [1, 2, 4], "max_batch_size": 8}}
-    assert not lint(both, "main").ok and not lint(both, "1.2").ok
+    assert "max(batch_sizes)" in _issue(lint(both), "cuda_graph_config.max_batch_size").message
     gen = {"cuda_graph_config": {"batch_sizes": generated_batch_sizes(64, True), "max_batch_size": 64,
                                  "enable_padding": True}}
-    assert lint(gen, "1.2").ok and lint(gen, "main").ok
+    assert lint(gen).ok
     assert generated_batch_sizes(128, True)[:5] == [1, 2, 4, 8, 16] and generated_batch_sizes(128, True)[-1] == 128
     assert generated_batch_sizes(300, False)[-3:] == [128, 256, 300]
+    # 1.2.1 requires batch_sizes to equal its own generated list when both are set
+    pow2 = generated_batch_sizes(1024, True)
+    assert pow2[-3:] == [256, 512, 1024] and 136 not in pow2
+    assert generated_batch_sizes(1000, True)[-3:] == [256, 512, 1000]
+    assert generated_batch_sizes(1000, True, "floor")[-3:] == [128, 256, 1000]
+    assert lint({"cuda_graph_config": {"batch_sizes": pow2, "max_batch_size": 1024, "enable_padding": True}},
+                "1.2").ok
+    off = {"cuda_graph_config": {"batch_sizes": [1, 2, 4, 8], "max_batch_size": 8}}
+    assert "generate" in _issue(lint(off, "1.2"), "cuda_graph_config").message and lint(
+        {"cuda_graph_config": {"batch_sizes": [1, 2, 4, 8], "max_batch_size": 8}}).ok  # rc24: max == max(list)
+    # the mode discriminator rc24 fills in itself may be left out; a wrong one is rejected
+    assert lint({"cuda_graph_config": {"enable_padding": True}}).ok
+    assert not lint({"cuda_graph_config": {"mode": "prefill", "enable_padding": True}}).ok
 
 
 def test_k2trt_warnings() -> None:
     kv = {"kv_cache_config": {"enable_block_reuse": True}}
-    i = _issue(lint(kv, "1.2"), "kv_cache_config")
-    assert i.severity == "warning" and "free_gpu_memory_fraction" in i.fix
-    assert lint(kv, "main").issues == []  # main deep-merges kv_cache_config
+    assert lint(kv).issues == []  # rc24's update_llm_args_with_extra_dict deep-merges kv_cache_config
+    assert profile_for().merge["deep"] == ["kv_cache_config", "telemetry_config"]
     assert _issue(lint({"trust_remote_code": False}), "trust_remote_code").severity == "warning"
     assert "#9930" in _issue(lint({"moe_config": {"backend": "TRTLLM"}}), "moe_config.backend").message
-    dep = _issue(lint({"speculative_config": {"decoding_type": "MTP", "num_nextn_predict_layers": 1}}, "main"),
+    dep = _issue(lint({"speculative_config": {"decoding_type": "MTP", "num_nextn_predict_layers": 1}}),
                  "speculative_config.num_nextn_predict_layers")
     assert dep.severity == "warning" and "max_draft_len" in dep.fix
+    mtp = {"speculative_config": {"decoding_type": "MTP", "max_draft_len": 3}}
+    assert "num_nextn_predict_layers" in _issue(lint(mtp, "1.2"), "speculative_config.max_draft_len").fix
+    assert lint(mtp).issues == []  # rc24 reads max_draft_len itself
+    rev = _issue(lint({"hf_revision": "main"}), "hf_revision")  # trtllm-serve's merge renames it
+    assert rev.severity == "warning" and "revision" in rev.fix
+    assert lint({"torch_compile_config": {"enable_piecewise_cuda_graph": True}}).issues == []  # a field at rc24
+    # rc24's before-validator stringifies env_overrides values: a number is accepted there, so only a warning
+    env = _issue(lint({"env_overrides": {"NCCL_DEBUG": 1}}), "env_overrides.NCCL_DEBUG")
+    assert env.severity == "warning" and "validator" in env.message
+    assert not lint({"max_num_tokens": {"a": 1}}).ok  # a field without such a validator stays strict
 
 
 def test_yaml_syntax_and_shape_errors() -> None:
@@ -123,7 +181,7 @@ def test_yaml_syntax_and_shape_errors() -> None:
 
 
 def test_rendered_options_lint_clean_on_every_release() -> None:
-    for v in ("1.0", "1.2", "main"):
+    for v in available():
         for adp in (False, True):
             for role in (None, "context", "generation"):
                 doc = llm_options(EngineOptions(moe_backend="CUTLASS", adp_balance=True), adp=adp, kv_dtype="fp8",
@@ -136,6 +194,14 @@ def test_rendered_options_lint_clean_on_every_release() -> None:
                                       "tokens_per_block": 64}
 
 
+def test_prometheus_endpoint_is_switched_on_by_default() -> None:
+    """trtllm-serve mounts /prometheus/metrics only with return_perf_metrics (what k2trt bench scrapes)."""
+    on = llm_options(EngineOptions(), adp=False, kv_dtype="fp8", max_seq_len=8192)
+    off = llm_options(EngineOptions(prometheus=False), adp=False, kv_dtype="fp8", max_seq_len=8192)
+    assert on["return_perf_metrics"] is True and "return_perf_metrics" not in off
+    assert on["enable_iter_perf_stats"] is True  # the KV-cache and queue gauges come from iteration stats
+
+
 def test_serve_argv_per_release() -> None:
     base = dict(config_path="/b/config.yml", tp=16, ep=8, gpus_per_node=8, tool_parser=True)
     main = serve_argv("/m", **base)  # type: ignore[arg-type]
@@ -144,10 +210,17 @@ def test_serve_argv_per_release() -> None:
     assert main[main.index("--tp_size") + 1] == "16" and main[main.index("--ep_size") + 1] == "8"
     assert main[main.index("--gpus_per_node") + 1] == "8"
     assert main[main.index("--config") + 1] == "/b/config.yml" and main[-2:] == ["--tool_parser", "kimi_k2"]
-    v12 = serve_argv("/m", version="1.2.0", **base)  # type: ignore[arg-type]
-    assert "--config" in v12 and "--tool_parser" not in v12  # kimi_k2 landed after 1.2 branched
+    prof = profile_for()
+    for flag in main:  # every option the argv uses is one rc24's trtllm-serve has (as a name or an alias)
+        if flag.startswith("--"):
+            assert prof.option(flag) == flag, flag
+    v12 = serve_argv("/m", version="1.2", **base)  # type: ignore[arg-type]
+    assert "--config" in v12 and v12[-2:] == ["--tool_parser", "kimi_k2"]  # 1.2.1's choices include kimi_k2
     v10 = serve_argv("/m", version="1.0", **base)  # type: ignore[arg-type]
-    assert "--extra_llm_api_options" in v10 and "--config" not in v10 and "--tool_parser" not in v10
+    assert "--extra_llm_api_options" in v10 and "--tool_parser" not in v10  # 1.0.0 has no --tool_parser
+    assert all(profile_for("1.0").option(f) == f for f in v10 if f.startswith("--"))
+    with pytest.raises(ConfigError, match="no schema profile"):
+        serve_argv("/m", version="0.21", **base)  # type: ignore[arg-type]
 
 
 def test_disaggregated_router_config() -> None:
@@ -177,42 +250,49 @@ def test_doctor_without_tensorrt_llm() -> None:
     assert doctor({"max_batch_sise": 8}).ok is False
 
 
-def test_doctor_uses_tensorrt_llms_own_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Test double: TensorRT-LLM cannot be installed here, so a stand-in package with the same import path and a
-    strict TorchLlmArgs exercises doctor's native path (version pick-up and validation errors)."""
-    pkg = tmp_path / "tensorrt_llm"
-    (pkg / "llmapi").mkdir(parents=True)
-    (pkg / "__init__.py").write_text("__version__ = '1.2.0'\n")
-    (pkg / "llmapi" / "__init__.py").write_text("")
-    (pkg / "llmapi" / "llm_args.py").write_text(textwrap.dedent("""\
-        class TorchLlmArgs:
-            KNOWN = {'model', 'skip_tokenizer_init', 'max_batch_size', 'sampler_type'}
-            def __init__(self, **kw):
-                bad = set(kw) - self.KNOWN
-                if bad:
-                    raise ValueError(f"Extra inputs are not permitted: {sorted(bad)}")
-        """))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    for m in [m for m in sys.modules if m.startswith("tensorrt_llm")]:
-        monkeypatch.delitem(sys.modules, m)
-    monkeypatch.setattr(sys, "modules", dict(sys.modules))  # the stand-in's imports vanish with the test
-    rep = doctor({"max_batch_size": 8}, model="/m")
-    assert rep.installed and rep.version == "1.2.0" and rep.native_ok and rep.lint.profile == "1.2"  # type: ignore[union-attr]
-    assert any("differs" in n for n in rep.notes)
-    rep = doctor({"max_batch_size": 8, "enable_attention_dp": True})
-    assert rep.native_ok is False and "Extra inputs" in (rep.native_error or "") and not rep.ok
-
-
 def test_config_check_command(tmp_path: Path) -> None:
     f = tmp_path / "moonshot.yml"
     f.write_text(MOONSHOT_STYLE)
     r = CliRunner().invoke(cli, ["config", "check", str(f)])
     assert r.exit_code == 1 and "enable_padding" in r.output
-    r = CliRunner().invoke(cli, ["config", "check", str(f), "--json", "--trtllm", "1.2"])
+    r = CliRunner().invoke(cli, ["config", "check", str(f), "--json", "--trtllm", "1.3"])
     d = json.loads(r.output)
-    assert r.exit_code == 1 and d["profile"] == "1.2" and d["issues"][0]["path"] == "cuda_graph_config.padding_enabled"
+    assert r.exit_code == 1 and d["profile"] == "1.3.0rc24" and d["issues"][0]["path"] == \
+        "cuda_graph_config.padding_enabled"
+    r = CliRunner().invoke(cli, ["config", "check", str(f), "--trtllm", "0.21"])
+    assert r.exit_code != 0 and "no schema profile" in str(r.exception)
     f.write_text("cuda_graph_config:\n  enable_padding: true\n")
     r = CliRunner().invoke(cli, ["config", "check", str(f)])
     assert r.exit_code == 0 and "clean" in r.output
     r = CliRunner().invoke(cli, ["doctor", str(f), "--json"])
     assert r.exit_code == 0 and json.loads(r.output)["installed"] is False
+
+
+def test_config_profiles_command() -> None:
+    r = CliRunner().invoke(cli, ["config", "profiles"])
+    assert r.exit_code == 0 and "1.3.0rc24" in r.output and "(pinned)" in r.output
+    assert "NVIDIA/TensorRT-LLM:1.3.0rc24/_modules/tensorrt_llm/llmapi/llm_args.html@32b086cd086c" in r.output
+    d = json.loads(CliRunner().invoke(cli, ["config", "profiles", "--json"]).output)
+    counts = {p["name"]: p["counts"]["models"] for p in d["profiles"]}
+    assert d["pinned"] == PINNED_RELEASE and counts == {"1.0.0": 18, "1.2.1": 25, "1.3.0rc24": 48, "main": 52}
+
+
+def test_w4a8_is_refused_on_every_profile_with_the_reason_that_profile_has() -> None:
+    """Issue 12 item 4: main's loader keeps the global MIXED_PRECISION that DeepseekV3DecoderLayer asserts on (read:
+    not loadable); the releases' own loaders were not readable (not established). Both refuse; the messages differ."""
+    from k2trt.layout import Layout
+    from k2trt.plan.planner import Cluster, PlanRequest, plan_layout, resolve_spec
+    from k2trt.plan.gpus import gpu
+    from k2trt.trtllm import known
+    from k2trt.trtllm.profiles import available
+
+    w4a8, _ = resolve_spec(None, "k2-instruct", "w4a8")
+    for release in available():
+        lp = plan_layout(PlanRequest(w4a8, Cluster(gpu("h200"), 1, 8), 32768, release=release),
+                         Layout.parse("tp8ep8adp"))
+        msg = next(f.message for f in lp.findings if f.rule == "w4a8-not-loadable")
+        assert not lp.ok and "MIXED_PRECISION is ambiguous" in msg and "model_config.py@008e0af8980f" in msg
+        if release == "main":
+            assert known.release_fact(release, "w4a8_mixed_precision") is False and "main does not load it" in msg
+        else:
+            assert known.release_fact(release, "w4a8_mixed_precision") is None and "not established" in msg

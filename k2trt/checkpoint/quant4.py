@@ -1,0 +1,237 @@
+"""The 4-bit number formats of K2's routed experts (NVFP4, W4A8 INT4) through nvidia-modelopt, and back.
+
+Which module gets which format is the spec's (``ModelSpec.linear_format``), the tensors' names and shapes are
+``formats.py``'s rows, and the streaming conversion is the one pipeline (``plan.py``, ``convert.py``). This module
+holds the math:
+
+- NVFP4 (``quantize_nvfp4``): the arithmetic of modelopt's ``NVFP4QTensor.quantize`` — e2m1 codes packed two per
+  byte (even column in the low nibble), one FP8-e4m3 ``weight_scale`` per 16 input elements (clamped to
+  [2^-9, 448]), a per-tensor ``weight_scale_2 = amax / (6 · 448)`` — written on a group view (modelopt's own
+  function is the test's reference). Dequantisation is modelopt's ``NVFP4QTensor.dequantize`` (its non-``fast``
+  path is plain torch).
+- W4A8 INT4 experts (``quantize_w4a8``): modelopt's INT4-AWQ group scale (``get_scaling_factor_from_weight``:
+  amax/7 per 128 inputs, zero groups → 1) and its int4 rounding (``pack_int4_in_uint8``: round half to even,
+  clamp), computed on a group view, packed along the *input* dimension, low nibble first — the ``W4A8_CUSTOM``
+  layout TensorRT-LLM's DeepseekV3 loader reads on Hopper (its ``pack_int8_tensor_to_packed_int4``).
+  Scales are rounded to bfloat16 first because the loader casts them to bfloat16; the stored F32 values are then
+  exactly what the kernel multiplies by. modelopt has no CPU dequantiser for this layout, so ``dequantize_w4a8``
+  is the few lines of nibble arithmetic below.
+- Activation scales: calibrated amax when ``--calib-data`` ran on a GPU node (``k2trt.reference.calibrate``), else the
+  documented weight-only default ``activation_bounds``: hard upper bounds derived from the weights, so FP4/FP8
+  activations are never clipped (they may be coarser than calibrated ones). ``input_scale`` = amax / (6 · 448) for
+  NVFP4 (modelopt's ``get_activation_scaling_factor``), amax / 448 for W4A8's per-tensor FP8.
+
+The dequantisers accept any row range and any whole-group column range, which is how ``reader.py`` reads one
+rank's slice of a 4-bit expert. torch and modelopt are imported inside functions: ``k2trt.checkpoint`` stays
+importable on a login node.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from k2trt.errors import CheckpointError
+from k2trt.spec import FP8_MAX, LINEAR_FORMATS, NVFP4_GROUP, W4A8_GROUP
+
+if TYPE_CHECKING:
+    import torch
+
+E2M1_MAX = 6.0  # largest NVFP4 (e2m1) magnitude
+E4M3_MAX = FP8_MAX  # largest float8_e4m3fn
+INT4_MAX = 7.0  # modelopt's symmetric INT4 bound (codes -8..7)
+
+
+def _modelopt() -> Any:
+    """modelopt's quantization/export modules, or a one-line error saying how to get them."""
+    import warnings
+
+    try:
+        # modelopt warns at import that it was not tested with this transformers; k2trt uses only its tensor math
+        warnings.filterwarnings("ignore", message="transformers .* is not tested with", category=UserWarning)
+        from modelopt.torch.export import quant_utils
+        from modelopt.torch.quantization.qtensor import NVFP4QTensor
+    except ImportError as e:
+        raise CheckpointError(f"nvidia-modelopt is needed for NVFP4/W4A8 requantization ({e})",
+                              "pip install nvidia-modelopt (the base package; its [hf] extra pins transformers)"
+                              ) from None
+    return NVFP4QTensor, quant_utils
+
+
+def modelopt_version() -> str:
+    """The installed nvidia-modelopt version (recorded as the checkpoint's producer)."""
+    _modelopt()
+    import modelopt
+
+    return str(modelopt.__version__)
+
+
+# ---- NVFP4 ---------------------------------------------------------------------------------------------------
+
+def nvfp4_scale_2(*weights: "torch.Tensor") -> "torch.Tensor":
+    """``weight_scale_2`` shared by ``weights`` (gate and up of one expert): max amax / (6 · 448), float32 []
+    (modelopt's ``get_weights_scaling_factor_2``)."""
+    import torch
+
+    return torch.stack([w.abs().amax().float() / (E2M1_MAX * E4M3_MAX) for w in weights]).max()
+
+
+_E2M1_BOUNDS = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)
+"""Midpoints between the e2m1 magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6 (modelopt's ``e2m1_bounds``)."""
+
+
+def quantize_nvfp4(weight: "torch.Tensor", scale_2: "torch.Tensor | None" = None
+                   ) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
+    """A 2-D weight → NVFP4: modelopt's ``NVFP4QTensor.quantize`` arithmetic on a ``[M, N/16, 16]`` view (CPU).
+
+    The per-16 block scale is ``amax / (6 · weight_scale_2)`` (zero → 1) clamped to [2^-9, 448] and cast to e4m3;
+    each element, divided by ``block scale · weight_scale_2``, rounds to the nearest e2m1 value — code = how many
+    of modelopt's bounds lie below its magnitude, plus one exactly at 0.75, 1.75 and 3.5 (ties to even), sign in
+    bit 3 — and two codes pack per byte, the even column low. Comparisons replace modelopt's ``searchsorted``
+    (the same codes for finite inputs, which the converter guarantees; tests/unit/test_requant.py checks it
+    against modelopt itself), several times faster.
+
+    Args:
+        weight: ``[out, in]`` float tensor, ``in`` a multiple of 16.
+        scale_2: per-tensor ``weight_scale_2`` (default from this weight's amax); pass the pair's for gate/up.
+    Returns:
+        ``(packed uint8 [out, in/2], weight_scale float8_e4m3fn [out, in/16], weight_scale_2 float32 [])``.
+    Example:
+        ``q, s, s2 = quantize_nvfp4(w)``; ``dequantize_nvfp4(q, s, s2)`` ≈ ``w``.
+    """
+    import torch
+
+    LINEAR_FORMATS["nvfp4"].check("weight", tuple(weight.shape))
+    m, n = weight.shape
+    g = weight.to(torch.float32).view(m, n // NVFP4_GROUP, NVFP4_GROUP)           # [M, N/16, 16]
+    s2 = (nvfp4_scale_2(g) if scale_2 is None else scale_2).to(torch.float32).reshape(())
+    block = g.abs().amax(dim=-1) / (E2M1_MAX * s2)                               # [M, N/16]
+    block[block == 0] = 1.0
+    scale = block.clamp(min=2**-9, max=E4M3_MAX).to(torch.float8_e4m3fn)
+    x = g / (scale.to(torch.float32) * s2).unsqueeze(-1)                          # [M, N/16, 16]
+    mag = x.abs()
+    code = (x < 0).to(torch.uint8) << 3
+    for b in _E2M1_BOUNDS:
+        code += mag > b
+    for b in _E2M1_BOUNDS[1::2]:  # exactly halfway to an odd code: round up to the even one
+        code += mag == b
+    code = code.view(m, n)
+    return (code[:, 1::2] << 4) | code[:, 0::2], scale.contiguous(), s2
+
+
+def dequantize_nvfp4(packed: "torch.Tensor", weight_scale: "torch.Tensor", weight_scale_2: "torch.Tensor",
+                     dtype: "torch.dtype | None" = None) -> "torch.Tensor":
+    """NVFP4 → float with modelopt's ``NVFP4QTensor.dequantize`` (any row range / whole-16-group column range).
+
+    Args:
+        packed: uint8 ``[M, N/2]``; weight_scale: float8_e4m3fn ``[M, N/16]``; weight_scale_2: float32, 1 element.
+    Returns:
+        ``[M, N]`` in ``dtype`` (float32 by default).
+    """
+    import torch
+
+    nvfp4, _ = _modelopt()
+    m, half = packed.shape
+    n = 2 * half
+    if tuple(weight_scale.shape) != (m, n // NVFP4_GROUP):
+        raise CheckpointError(f"NVFP4 weight_scale has shape {list(weight_scale.shape)}, expected "
+                              f"{[m, n // NVFP4_GROUP]} for a [{m}, {n}] weight (one e4m3 scale per 16 inputs)",
+                              "the scale does not belong to this weight; re-run k2trt convert")
+    qt = nvfp4(torch.Size((m, n)), torch.float32, packed.view(torch.uint8))
+    out = qt.dequantize(torch.float32, scale=weight_scale.view(torch.float8_e4m3fn),
+                        double_scale=weight_scale_2.to(torch.float32).reshape(()), block_sizes={-1: NVFP4_GROUP})
+    return out if dtype in (None, torch.float32) else out.to(dtype)
+
+
+# ---- W4A8 (INT4 experts, TensorRT-LLM W4A8_CUSTOM layout) ----------------------------------------------------
+
+def _unpack_nibbles(packed: "torch.Tensor") -> "tuple[torch.Tensor, torch.Tensor]":
+    """Signed int4 (low, high) nibbles of int8/uint8 bytes as int8."""
+    import torch
+
+    b = packed.view(torch.uint8).to(torch.int16)
+    lo = ((b & 0xF) ^ 8) - 8
+    hi = ((b >> 4) ^ 8) - 8
+    return lo.to(torch.int8), hi.to(torch.int8)
+
+
+def pack_int4_along_input(codes: "torch.Tensor") -> "torch.Tensor":
+    """int8 codes in -8..7 ``[M, N]`` → int8 ``[M, N/2]``, column 2j in the low nibble, 2j+1 in the high one."""
+    import torch
+
+    c = codes.to(torch.int16) & 0xF
+    return (c[:, 0::2] | (c[:, 1::2] << 4)).to(torch.uint8).view(torch.int8).contiguous()
+
+
+def quantize_w4a8(weight: "torch.Tensor") -> "tuple[torch.Tensor, torch.Tensor]":
+    """A 2-D expert weight → INT4 per-128-group (modelopt's INT4-AWQ math), TensorRT-LLM W4A8_CUSTOM layout.
+
+    The arithmetic of modelopt's ``get_scaling_factor_from_weight`` (amax/7 per group, an all-zero group → 1) and
+    ``pack_int4_in_uint8`` (``round(w / scale)`` half to even, clamped to -8..7), on a ``[M, N/128, 128]`` view
+    instead of modelopt's per-column gather and row-pair packing — the same codes, several times faster
+    (tests/unit/test_requant.py checks it against modelopt itself), packed along the input dimension.
+    Returns ``(packed int8 [out, in/2], weight_scale_inv float32 [out, in/128])`` with ``w ≈ code · scale``.
+    Example: ``q, s = quantize_w4a8(w)``; ``dequantize_w4a8(q, s)`` ≈ ``w``.
+    """
+    import torch
+
+    LINEAR_FORMATS["int4"].check("weight", tuple(weight.shape))
+    m, n = weight.shape
+    g = weight.to(torch.float32).view(m, n // W4A8_GROUP, W4A8_GROUP)         # [M, N/128, 128]
+    scale = g.abs().amax(dim=-1) / INT4_MAX                                   # [M, N/128]
+    scale[scale == 0] = 1.0
+    scale = scale.to(torch.bfloat16).to(torch.float32)  # the Hopper loader casts the scales to bf16
+    codes = (g / scale[..., None]).round_().clamp_(-8, 7).to(torch.int8).view(m, n)
+    return pack_int4_along_input(codes), scale.contiguous()
+
+
+def dequantize_w4a8(packed: "torch.Tensor", scale: "torch.Tensor", dtype: "torch.dtype | None" = None
+                    ) -> "torch.Tensor":
+    """W4A8_CUSTOM INT4 → float: ``code · scale`` per 128-input group (any rows / whole-group column range).
+
+    Args:
+        packed: int8 ``[M, N/2]`` (column 2j in the low nibble); scale: ``[M, N/128]``.
+    Returns:
+        ``[M, N]`` in ``dtype`` (float32 by default).
+    """
+    import torch
+
+    m, half = packed.shape
+    n = 2 * half
+    if tuple(scale.shape) != (m, n // W4A8_GROUP):
+        raise CheckpointError(f"W4A8 weight_scale_inv has shape {list(scale.shape)}, expected "
+                              f"{[m, n // W4A8_GROUP]} for a [{m}, {n}] INT4 weight (one scale per 128 inputs)",
+                              "the scale does not belong to this weight; re-run k2trt convert")
+    lo, hi = _unpack_nibbles(packed)
+    codes = torch.stack([lo, hi], dim=-1).reshape(m, n).to(torch.float32)  # [M, N]
+    out = codes * scale.to(torch.float32).repeat_interleave(W4A8_GROUP, dim=1)
+    return out if dtype in (None, torch.float32) else out.to(dtype)
+
+
+# ---- activation scales -----------------------------------------------------------------------------------------
+
+def activation_bounds(norm_weight: "torch.Tensor", gate: "torch.Tensor", up: "torch.Tensor", hidden: int
+                      ) -> tuple[float, float]:
+    """The weight-only default activation amax of one expert: ``(gate/up input bound, down input bound)``.
+
+    The FFN input is RMSNorm(h) ⊙ w: its rms is 1 before the weight, so ``|x_i| ≤ √D · max|w|`` and
+    ``‖x‖₂ ≤ √D · max|w|``. The down input ``silu(g_i) · u_i`` has ``|silu(g)| ≤ |g|`` and ``|g_i| ≤ ‖G_i‖₂ ‖x‖₂``, so
+    ``≤ max_i ‖G_i‖₂ ‖U_i‖₂ · D · max|w|²``. Both are hard bounds (no activation can clip); the second is loose, so
+    calibrate (``--calib-data`` on a GPU node) for the best per-tensor FP8 (W4A8) resolution.
+    """
+    import torch
+
+    wmax = float(norm_weight.float().abs().max())
+    x_max = math.sqrt(hidden) * wmax
+    rows = (torch.linalg.vector_norm(gate.float(), dim=1) * torch.linalg.vector_norm(up.float(), dim=1)).max()
+    return x_max, float(rows) * x_max * x_max
+
+
+def input_scale(amax: float, target: str) -> "torch.Tensor":
+    """``input_scale`` for an activation amax: NVFP4 amax/(6·448) as float32 [], W4A8 FP8 amax/448 as [1]."""
+    import torch
+
+    a = max(float(amax), 1e-12)
+    if target == "nvfp4":
+        return torch.tensor(a / (E2M1_MAX * E4M3_MAX), dtype=torch.float32)
+    return torch.tensor([a / E4M3_MAX], dtype=torch.float32)

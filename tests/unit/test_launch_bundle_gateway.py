@@ -1,0 +1,75 @@
+"""The gateway `k2trt serve` starts gets the bundle's settings — recipe ``serve.gateway_limits``, the recipe's context,
+``model.served_name`` and ``serve.log_format`` → ``launch.json`` → ``GatewayConfig`` — with every default from
+``GatewayConfig`` (one source). Over a real running job: tests/e2e/test_launch_jsonlogs.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from k2trt.bundle.build import build_bundle
+from k2trt.bundle.recipe import load_recipe
+from k2trt.errors import ConfigError
+from k2trt.gateway.config import GatewayConfig, GatewayLimits
+from k2trt.launch.spec import GatewayOptions, LaunchSpec
+
+
+def test_limits_are_gateway_config_fields_with_its_defaults() -> None:
+    defaults = GatewayConfig(engine_url="http://e")
+    for f in dataclasses.fields(GatewayLimits):
+        assert f.name in {g.name for g in dataclasses.fields(GatewayConfig)}, f.name
+        assert getattr(GatewayLimits(), f.name) == getattr(defaults, f.name), f.name
+    assert GatewayOptions(8080).config("http://e", None) == defaults
+
+
+def test_the_recipe_settings_reach_launch_json_and_the_gateway_config(tiny_ckpt: Path, tmp_path: Path) -> None:
+    sets = ["serve.gateway_limits.max_connections=7", "serve.gateway_limits.body_timeout_s=9",
+            "serve.gateway_limits.max_body_bytes=65536", "serve.gateway_limits.model_aliases=[a, b]",
+            "model.served_name=tiny", "serve.log_format=json"]
+    build_bundle(load_recipe("tiny-cpu", sets), tiny_ckpt, tmp_path / "b")
+    raw = json.loads((tmp_path / "b" / "launch.json").read_text())
+    assert raw["log_format"] == "json" and raw["gateway"]["limits"]["max_connections"] == 7
+    spec = LaunchSpec.load(tmp_path / "b" / "launch.json")
+    assert spec.gateway is not None
+    cfg = spec.gateway.config("http://127.0.0.1:18000", spec.model_dir, ("k",), spec.log_format).validate()
+    assert (cfg.max_connections, cfg.body_timeout_s, cfg.max_body_bytes, cfg.model_aliases) == (7, 9.0, 65536,
+                                                                                                ("a", "b"))
+    assert cfg.max_context_tokens == 2048  # unset: the recipe's context, as the plan sizes it
+    assert (cfg.served_model_name, cfg.log_format, cfg.api_keys, cfg.port) == ("tiny", "json", ("k",), 18001)
+    assert cfg.header_timeout_s == GatewayConfig.header_timeout_s  # untouched fields keep GatewayConfig's default
+    build_bundle(load_recipe("tiny-cpu", ["serve.gateway_limits.max_context_tokens=512"]), tiny_ckpt,
+                 tmp_path / "c")
+    c = LaunchSpec.load(tmp_path / "c" / "launch.json")
+    assert c.gateway is not None and c.gateway.limits.max_context_tokens == 512 and c.log_format == "text"
+
+
+@pytest.mark.parametrize("sets, words", [
+    (["serve.gateway_limits.max_connections=0"], ["serve.gateway_limits", "--max-connections 0"]),
+    (["serve.gateway_limits.max_context_tokens=4096"], ["max_context_tokens 4096 is over", "context 2048"]),
+    (["serve.gateway_limits.max_conections=9"], ["unknown key 'max_conections'", "max_connections"]),
+    (["serve.log_format=xml"], ["serve.log_format", "'xml' is not one of text, json"]),
+])
+def test_bad_gateway_settings_are_one_line_recipe_errors(sets: list[str], words: list[str]) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_recipe("tiny-cpu", sets)
+    assert all(w in str(e.value) for w in words) and "\n" not in str(e.value), str(e.value)
+
+
+def test_launch_json_without_the_new_keys_loads_with_the_defaults(tmp_path: Path) -> None:
+    spec = LaunchSpec(argv=("x",), gateway=GatewayOptions(8080, mode="passthrough"))
+    data = spec.to_dict()
+    del data["log_format"], data["gateway"]["limits"], data["gateway"]["served_model_name"]
+    (tmp_path / "launch.json").write_text(json.dumps(data))
+    assert LaunchSpec.load(tmp_path / "launch.json") == spec
+    data["gateway"]["limits"] = {"max_conections": 3}
+    (tmp_path / "launch.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"unknown key 'max_conections' \(did you mean 'max_connections'\?\)"):
+        LaunchSpec.load(tmp_path / "launch.json")
+    bad = dataclasses.replace(spec, gateway=GatewayOptions(8080, mode="passthrough",
+                                                           limits=GatewayLimits(header_timeout_s=0)))
+    with pytest.raises(ConfigError, match="gateway.limits: --header-timeout 0 must be positive"):
+        bad.validate()
+
