@@ -1,8 +1,10 @@
 """Corpus examples → token ids and a loss mask, through the project's own K2 renderer.
 
-Non-thinking examples render with ``k2trt.chat.template.render_ids`` (K2-Instruct's template). Thinking examples
-render with ``render_thinking_ids``, a stand-in for the thinking families' renderer of ``k2trt.chat``; at
-integration ``RENDERERS`` points at that renderer instead (same signature) and nothing else changes.
+Every thinking mode renders with ``k2trt.chat.thinking`` — the one renderer of every K2 family, the gateway's
+too: ``none`` as K2-Instruct, ``on`` as K2-Thinking, ``open``/``off`` as K2.5 with thinking on/off (``MODES``).
+Prompts are its ``segments`` with the generation prompt, outputs its ``completion_segments``. The tiny K2's
+tokenizer is K2-Instruct's, which has no ``<think>``/``</think>`` tokens: there the think markers are text (the
+model reads and writes them as ordinary tokens); a tokenizer that registers them gets their control ids.
 
 ``encode`` builds one training sequence per conversation: the conversation rendered as it is when the model
 generates its *last* message, with every assistant message the model would have generated in that same history
@@ -18,89 +20,63 @@ import sys
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from k2trt.chat.template import render_ids
+from k2trt.chat import families, thinking
+from k2trt.chat.reasoning import THINK_CLOSE, THINK_OPEN
+from k2trt.chat.template import ids_from_segments
 from k2trt.spec import ModelSpec, preset
 from k2trt.train.config import TOKENIZER_SEED, TrainConfig
 from k2trt.train.corpus import Example, Thinking, build_examples
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+MODES: dict[Thinking, tuple[str, bool]] = {
+    "none": ("k2-instruct", False), "on": ("k2-thinking", True), "open": ("k2.5", True), "off": ("k2.5", False)}
+"""Thinking mode → (chat family, thinking switch) it renders as."""
 
 
-def render_thinking_ids(tokenizer: Any, messages: Sequence[Mapping[str, Any]], tools: Sequence[Any] | None = None,
-                        add_generation_prompt: bool = True, *, thinking: bool = True,
-                        open_think: bool = False) -> list[int]:
-    """K2-Thinking / K2.5 prompt ids (a stand-in until ``k2trt.chat`` renders the thinking families).
+def _ids(tokenizer: Any, segments: Sequence[tuple[str, bool]]) -> list[int]:
+    """Segments to ids; think markers the tokenizer does not register are text (module docstring)."""
+    known = tokenizer.special_tokens
+    return ids_from_segments(tokenizer, [(t, c and (t in known or t not in (THINK_OPEN, THINK_CLOSE)))
+                                         for t, c in segments])
 
-    The published grammar, as the official templates apply it (tinker-cookbook ``renderers/kimi_k2.py`` and
-    ``kimi_k25.py``, which test against them): an assistant turn is ``<think>REASONING</think>CONTENT`` plus any
-    tool-call section; assistant messages up to the last one *without* tool calls are history and carry an empty
-    ``<think></think>``, the later ones (the current turn's calls) keep ``reasoning_content``. The generation prompt
-    is K2-Thinking's ``<|im_assistant|>assistant<|im_middle|>``; K2.5 appends ``<think>`` when thinking is on
-    (``open_think``) and ``<think></think>`` when it is off (``thinking=False``, which also empties every turn's
-    reasoning). Tools are declared as K2's JSON (K2.5's TypeScript-style declaration is not rendered here).
+
+def render_mode_ids(tokenizer: Any, messages: Sequence[Mapping[str, Any]], tools: Sequence[Any] | None,
+                    mode: Thinking) -> list[int]:
+    """The generation prompt's ids for ``messages`` in thinking ``mode`` (``k2trt.chat.thinking.segments``).
 
     Args:
-        tokenizer: a ``K2Tokenizer``.
-        messages, tools, add_generation_prompt: as for ``k2trt.chat.template.render_ids``.
-        thinking: reasoning on (K2-Thinking, K2.5 default) or off (K2.5 ``thinking=false``).
-        open_think: K2.5's thinking-on prompt, ending in ``<think>``.
+        tokenizer: a ``K2Tokenizer`` (with or without think tokens).
+        messages, tools: OpenAI-style messages (assistant ``reasoning_content`` included) and tools.
+        mode: ``none``, ``on``, ``open`` or ``off`` (``MODES``).
     Returns:
-        Token ids; the think tags are text to this tokenizer unless it registers them as special tokens.
+        Token ids ending in the assistant turn's opening (``<think>`` for ``open``, ``<think></think>`` for
+        ``off``).
     Example:
-        >>> ids = render_thinking_ids(tok, [{"role": "user", "content": "hi"}], thinking=False)  # doctest: +SKIP
-        >>> tok.decode(ids).endswith("<|im_middle|><think></think>")                              # doctest: +SKIP
+        >>> ids = render_mode_ids(tok, [{"role": "user", "content": "hi"}], None, "off")  # doctest: +SKIP
+        >>> tok.decode(ids).endswith("<|im_middle|><think></think>")                       # doctest: +SKIP
         True
     """
-    last_plain = max((i for i, m in enumerate(messages) if m.get("role") == "assistant" and not m.get("tool_calls")),
-                     default=-1)
-    shown = []
-    for i, m in enumerate(messages):
-        if m.get("role") == "assistant":
-            reasoning = (m.get("reasoning_content") or "") if thinking and i > last_plain else ""
-            m = {**m, "content": f"{THINK_OPEN}{reasoning}{THINK_CLOSE}{m.get('content') or ''}"}
-        shown.append(m)
-    ids = render_ids(tokenizer, shown, tools, add_generation_prompt)
-    if add_generation_prompt and (open_think or not thinking):
-        ids += tokenizer.encode(THINK_OPEN if thinking else THINK_OPEN + THINK_CLOSE)
-    return ids
-
-
-Renderer = Callable[..., list[int]]
-RENDERERS: dict[Thinking, tuple[Renderer, dict[str, Any]]] = {
-    "none": (render_ids, {}),
-    "on": (render_thinking_ids, {"thinking": True}),
-    "open": (render_thinking_ids, {"thinking": True, "open_think": True}),
-    "off": (render_thinking_ids, {"thinking": False}),
-}
-"""Thinking mode → (renderer, its keyword arguments). Swap ``render_thinking_ids`` for ``k2trt.chat``'s here."""
+    name, on = MODES[mode]
+    fam = families.family(name)
+    if not fam.thinks:
+        return thinking.render_ids(tokenizer, messages, tools, family=fam)
+    _, keep = fam.resolve(on)
+    return _ids(tokenizer, thinking.segments(messages, tools, fam, on, keep, True))
 
 
 def prompt_ids(tokenizer: Any, ex: Example, upto: int | None = None) -> list[int]:
     """The generation prompt for ``ex.messages[upto]`` (default: the scored message ``ex.eval_at``)."""
-    fn, kw = RENDERERS[ex.thinking]
     k = ex.eval_at if upto is None else upto
-    return fn(tokenizer, ex.messages[:k], ex.tools, True, **kw)
+    return render_mode_ids(tokenizer, ex.messages[:k], ex.tools, ex.thinking)
 
 
-def output_ids(tokenizer: Any, message: Mapping[str, Any], thinking: Thinking) -> list[int]:
-    """The tokens a model emits for one assistant ``message`` after the generation prompt, ``<|im_end|>`` included.
-
-    Derived from the K2 renderer itself (the message rendered after a one-word user turn, minus that turn's
-    prompt), so the output tokenises exactly as the template writes it.
-    """
-    m = dict(message)
-    if thinking in ("on", "open"):
-        m["content"] = f"{THINK_OPEN}{m.get('reasoning_content') or ''}{THINK_CLOSE}{m.get('content') or ''}"
-        if thinking == "open":  # the prompt already holds <think>
-            m["content"] = m["content"][len(THINK_OPEN):]
-    ctx = [{"role": "user", "content": "x"}]
-    full = render_ids(tokenizer, ctx + [m], None, False)
-    head = render_ids(tokenizer, ctx, None, True)
-    if full[:len(head)] != head:
-        raise AssertionError("the K2 renderer is not prefix-consistent for an assistant turn")
-    return full[len(head):]
+def output_ids(tokenizer: Any, message: Mapping[str, Any], mode: Thinking) -> list[int]:
+    """The tokens a model emits for one assistant ``message`` after the generation prompt, ``<|im_end|>`` included
+    (``k2trt.chat.thinking.completion_segments``)."""
+    name, on = MODES[mode]
+    fam = families.family(name)
+    return _ids(tokenizer, thinking.completion_segments(message, family=fam, thinking=on if fam.thinks else None))
 
 
 def targets(ex: Example) -> list[int]:

@@ -18,7 +18,7 @@ from k2trt.chat.template import CHAT_TEMPLATE, render, render_with_jinja
 from k2trt.chat.tokenizer import K2Tokenizer
 from k2trt.train.corpus import KINDS, build_examples
 from k2trt.train.pools import CITIES, Pools, heldout_atom
-from k2trt.train.render import encode, output_ids, prompt_ids, render_thinking_ids, targets
+from k2trt.train.render import encode, output_ids, prompt_ids, render_mode_ids, targets
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +136,9 @@ def test_thinking_render_follows_the_k2_thinking_grammar(tok, train_ex) -> None:
     assert "<think></think>" not in trained and trained.count("<think>") == 2
     # generation prompts: K2-Thinking ends at <|im_middle|>, K2.5 opens <think>, thinking off closes it
     msgs = [{"role": "user", "content": "hi"}]
-    assert tok.decode(render_thinking_ids(tok, msgs)).endswith("<|im_middle|>")
-    assert tok.decode(render_thinking_ids(tok, msgs, open_think=True)).endswith("<|im_middle|><think>")
-    assert tok.decode(render_thinking_ids(tok, msgs, thinking=False)).endswith("<|im_middle|><think></think>")
+    assert tok.decode(render_mode_ids(tok, msgs, None, "on")).endswith("<|im_middle|>")
+    assert tok.decode(render_mode_ids(tok, msgs, None, "open")).endswith("<|im_middle|><think>")
+    assert tok.decode(render_mode_ids(tok, msgs, None, "off")).endswith("<|im_middle|><think></think>")
 
 
 def test_thinking_off_and_open_prompts_continue_into_their_outputs(tok, train_ex) -> None:
