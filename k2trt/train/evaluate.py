@@ -15,7 +15,9 @@ Vendor Verifier's (k2_family.md §3) so that the checker can replace ``score_cal
 - **grounded**: after the reference call and its result, the model's answer holds the result's values.
 
 Generation runs through the reference model's own ``generate`` (greedy, batched); the parser is the project's
-``parse_tool_calls``.
+``parse_tool_calls``. The same held-out turns also go through a served stack: ``toolcheck_samples`` writes them
+as ``k2trt toolcheck`` requests (with a reference file of the expected trigger), and ``gateway_separated`` judges
+the gateway's reasoning/content split of one response.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from k2trt.chat.reasoning import THINK_CLOSE, THINK_OPEN
 from k2trt.chat.toolcalls import ToolCall, parse_tool_calls
 from k2trt.train.corpus import Example, Thinking, build_examples
-from k2trt.train.render import THINK_CLOSE, THINK_OPEN, prompt_ids
+from k2trt.train.render import MODES, prompt_ids
 
 HELDOUT_THINKING: dict[Thinking, float] = {"none": 0.5, "on": 0.3, "open": 0.1, "off": 0.1}
 """The held-out split's thinking modes (more thinking than training, so the reasoning gate has samples)."""
@@ -211,3 +214,38 @@ def _samples(scored: list[Scored], answers: list[tuple[Example, bool, bool]], at
         out.append({"category": f"answer/{e.kind}/{e.thinking}", "tool_result": e.messages[e.answer_at - 1]["content"],
                     "output": t, "grounded": ok})
     return out
+
+
+def toolcheck_samples(exs: Iterable[Example], max_tokens: int = 200) -> tuple[list[dict[str, Any]],
+                                                                              list[dict[str, Any]]]:
+    """Held-out scored turns as ``k2trt toolcheck`` input: (request bodies, reference result lines).
+
+    A request is the conversation up to the scored turn with its tools, greedy; K2.5 modes carry their thinking
+    switch (``chat_template_kwargs``), so a gateway of the mode's family (``render.MODES``) renders the prompt the
+    model was trained on. A reference line says whether a call is expected (``finish_reason`` ``tool_calls`` or
+    ``stop``), which is what toolcheck's trigger precision/recall/F1 join on.
+
+    Example:
+        >>> reqs, ref = toolcheck_samples(heldout_examples(0, 10))  # doctest: +SKIP
+    """
+    requests, reference = [], []
+    for i, ex in enumerate(exs, 1):
+        body: dict[str, Any] = {"messages": ex.messages[:ex.eval_at], "temperature": 0, "max_tokens": max_tokens}
+        if ex.tools:
+            body["tools"] = ex.tools
+        family, on = MODES[ex.thinking]
+        if family == "k2.5":
+            body["chat_template_kwargs"] = {"thinking": on}
+        requests.append(body)
+        reference.append({"data_index": i, "finish_reason": "tool_calls" if ex.expect_calls else "stop"})
+    return requests, reference
+
+
+def gateway_separated(response: dict[str, Any], mode: Thinking) -> bool:
+    """Whether the gateway split one chat completion (its ``model_dump()``) cleanly in thinking ``mode``: with
+    thinking on, non-empty ``reasoning_content``; off, none; either way no think tag left in content or
+    reasoning."""
+    msg = response["choices"][0]["message"]
+    reasoning, content = msg.get("reasoning_content") or "", msg.get("content") or ""
+    clean = not any(tag in text for tag in (THINK_OPEN, THINK_CLOSE) for text in (reasoning, content))
+    return clean and (bool(reasoning.strip()) if mode in ("on", "open") else not reasoning)

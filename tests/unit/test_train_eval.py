@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from k2trt.train.corpus import build_examples
-from k2trt.train.evaluate import Scored, score_answer, score_call, split_reasoning, summarize
+from k2trt.train.evaluate import (Scored, gateway_separated, score_answer, score_call, split_reasoning, summarize,
+                                  toolcheck_samples)
 
 SB, SE, CB, AB, CE = ("<|tool_calls_section_begin|>", "<|tool_calls_section_end|>", "<|tool_call_begin|>",
                       "<|tool_call_argument_begin|>", "<|tool_call_end|>")
@@ -94,3 +95,31 @@ def test_grounded_answer_needs_every_result_value() -> None:
     good = x.messages[x.answer_at]["content"]
     assert score_answer(x, good) == (True, True)
     assert score_answer(x, good.replace(x.answer_keys[0], "?")) == (False, True)
+
+
+def test_toolcheck_samples_carry_the_scored_turn_and_its_expected_trigger() -> None:
+    exs = build_examples("heldout", 6, seed=3, kinds={"call": 0.5, "chat_tools": 0.5}, thinking="off") + \
+        build_examples("heldout", 2, seed=3, kinds={"call": 1.0}, thinking="none")
+    requests, reference = toolcheck_samples(exs, max_tokens=50)
+    for i, (ex, req, ref) in enumerate(zip(exs, requests, reference), 1):
+        assert req["messages"] == ex.messages[:ex.eval_at] and req["messages"][-1]["role"] == "user"
+        assert req.get("tools") == ex.tools and (req["temperature"], req["max_tokens"]) == (0, 50)
+        assert ref == {"data_index": i, "finish_reason": "tool_calls" if ex.expect_calls else "stop"}
+        # K2.5's switch goes with the request; K2-Instruct has none
+        assert req.get("chat_template_kwargs") == ({"thinking": False} if ex.thinking == "off" else None)
+    assert {r["finish_reason"] for r in reference} == {"tool_calls", "stop"}
+
+
+def _completion(content, reasoning=None):
+    return {"choices": [{"message": {"role": "assistant", "content": content, "reasoning_content": reasoning}}]}
+
+
+def test_gateway_separation_verdicts() -> None:
+    assert gateway_separated(_completion("Hi", "Plan."), "on")
+    assert gateway_separated(_completion(None, "Call it."), "open")  # a tool-call-only answer
+    assert not gateway_separated(_completion("Hi"), "on")              # no reasoning with thinking on
+    assert not gateway_separated(_completion("Hi", " "), "on")
+    assert not gateway_separated(_completion("<think>Plan.</think>Hi"), "on")  # tags left in the content
+    assert not gateway_separated(_completion("Hi", "a</think>b"), "on")
+    assert gateway_separated(_completion("Hi"), "off")
+    assert not gateway_separated(_completion("Hi", "Plan."), "off")  # reasoning although thinking is off
