@@ -56,8 +56,10 @@ def test_demo_runs_the_whole_pipeline_and_leaves_nothing(tmp_path: Path) -> None
     assert serve["engine"].endswith(":18000") and serve["gateway"].endswith(":18001")
     chat = steps["chat request"]
     assert chat["finish_reason"] in ("stop", "length") and chat["chars"] > 0
-    tool = steps["tool-calling request"]
-    assert tool["finish_reason"] in ("stop", "length", "tool_calls") and tool["usage"] > 50
+    agent = steps["agent loop"]  # the trained model calls the tool, gets its result and answers from it
+    assert agent["tool_calls"] == 1 and agent["answered"] and agent["grounded"], agent["transcript"]
+    roles = [m["role"] for m in agent["transcript"]]
+    assert roles == ["user", "assistant", "tool", "assistant"] and agent["usage"] > 50
     bench = steps["bench"]
     assert bench["ok"] is True and bench["points"] == 2 and bench["best_output_tok_s"] > 0
     assert steps["stop everything"]["leftover"] == 0
