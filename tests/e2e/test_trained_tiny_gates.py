@@ -13,6 +13,8 @@ off). The gates of the training issue:
 
 The held-out split is sampled to keep the run within a few minutes on two cores: the first ``N`` scored turns of
 each family (``N`` below; 600 held-out conversations in all, scored in full by ``k2trt train-tiny``'s evaluation).
+The gateways keep calls to undeclared tools (``unknown_tools="keep"``) so that a made-up tool name counts as a call
+with invalid arguments rather than vanishing into an empty answer.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def test_heldout_gates_through_gateway_and_reference_engine(engine_url: str, thi
     scored: list[tuple[Example, dict[str, Any]]] = []
     for family, port in GATEWAYS.items():
         cfg = GatewayConfig(engine_url=engine_url, model_dir=str(thinking_ckpt), port=port, read_timeout_s=600,
-                            model_aliases=("tiny-k2",), chat_family=family)
+                            model_aliases=("tiny-k2",), chat_family=family, unknown_tools="keep")
         with BackgroundGateway(cfg) as gw:
             results = _toolcheck(gw.url, heldout[family], tmp_path / family)
         scored += list(zip(heldout[family], results))
