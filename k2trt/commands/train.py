@@ -18,7 +18,7 @@ _C, _R = TrainConfig(), RunOptions()
 
 
 @click.command("train-tiny")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT,
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT,
               show_default=True, help="Checkpoint directory to write (replaced at the end of the run).")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=_R.workdir,
               show_default=True, help="Resumable state, train.log and the tokenizer the corpus is encoded with.")
@@ -39,7 +39,7 @@ _C, _R = TrainConfig(), RunOptions()
 @click.option("--restart", is_flag=True, default=_R.restart, help="Discard a saved state in --workdir.")
 @dry_run_option
 @json_option
-def train_tiny(out_dir: Path, workdir: Path, seed: int, examples: int, steps: int, batch_tokens: int,
+def train_tiny(out: Path, workdir: Path, seed: int, examples: int, steps: int, batch_tokens: int,
                fp8_steps: int, threads: int, heldout: int, evaluate: bool, restart: bool, dry_run: bool,
                as_json: bool) -> None:
     """Train the tiny K2 (CPU, deterministic under --seed and --threads) to chat, think and call tools.
@@ -52,12 +52,12 @@ def train_tiny(out_dir: Path, workdir: Path, seed: int, examples: int, steps: in
     if fp8_steps > steps:
         raise click.BadParameter(f"{fp8_steps} FP8 steps exceed --steps {steps}", param_hint="--fp8-steps")
     if dry_run:
-        _emit(_plan(cfg, opts, out_dir), as_json)
+        _emit(_plan(cfg, opts, out), as_json)
         return
     from k2trt.train.trainer import train
 
-    meta = train(cfg, out_dir, opts, echo=lambda line: click.echo(line, err=True))
-    _emit({"checkpoint": str(out_dir), **{k: meta[k] for k in ("run", "loss", "corpus", "eval") if k in meta}},
+    meta = train(cfg, out, opts, echo=lambda line: click.echo(line, err=True))
+    _emit({"checkpoint": str(out), **{k: meta[k] for k in ("run", "loss", "corpus", "eval") if k in meta}},
           as_json)
 
 

@@ -19,7 +19,7 @@ def test_option_defaults_are_the_dataclass_defaults() -> None:
         if p.name in cfg:
             assert p.default == cfg[p.name], p.name
     by = {p.name: p.default for p in train_tiny.params}
-    assert by["out_dir"] == DEFAULT_OUT and by["workdir"] == run.workdir and by["evaluate"] == run.evaluate
+    assert by["out"] == DEFAULT_OUT and by["workdir"] == run.workdir and by["evaluate"] == run.evaluate
 
 
 def test_dry_run_builds_the_corpus_and_writes_no_checkpoint(tmp_path) -> None:
