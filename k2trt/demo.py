@@ -287,7 +287,7 @@ def _agent_loop(client: Any, model: str, echo: Callable[[str], None]) -> dict[st
         messages.append(msg.model_dump(exclude_none=True, include={"role", "content", "tool_calls"}))
         if not calls:
             answer = msg.content or ""
-            echo(f"    assistant: {answer}")
+            echo(f"    assistant: {answer or '(an empty reply)'}")
             break
         for c in calls:
             calls_made += 1
