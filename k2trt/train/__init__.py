@@ -7,6 +7,6 @@ block-FP8-aware at the end, exported through ``checkpoint.synth``) and the held-
 turns also go through ``k2trt toolcheck`` against a served stack in the end-to-end gates).
 
 ``config``, ``pools``, ``tools``, ``corpus`` and ``render`` import no torch (the CLI reads its defaults from
-``config``); ``weights``, ``trainer`` and ``evaluate`` do. Outside ``commands/train.py`` and the tests only
-``k2trt.demo`` imports it, for ``config.DEFAULT_OUT``: the trained checkpoint, ordinary package data.
+``config``); ``weights``, ``trainer`` and ``evaluate`` do. Nothing outside ``commands/train.py`` and the tests
+imports this package: the trained checkpoint it writes (``config.DEFAULT_OUT``) is ordinary package data.
 """
