@@ -19,6 +19,7 @@ from k2trt.errors import K2trtError
 # name -> "module:attribute"; the order here is the order of `k2trt --help`.
 COMMANDS: dict[str, str] = {
     "synth": "k2trt.commands.checkpoint:synth",
+    "train-tiny": "k2trt.commands.train:train_tiny",
     "inspect": "k2trt.commands.checkpoint:inspect",
     "convert": "k2trt.commands.convert:convert",
     "verify": "k2trt.commands.verify:verify",

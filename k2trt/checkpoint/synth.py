@@ -7,7 +7,8 @@ naming, so nothing downstream may assume a naming pattern), ``model.safetensors.
 ``tokenizer_config.json``, ``chat_template.jinja`` from ``k2trt.chat.vocab``).
 
 Weights are deterministic per (seed, tensor name), scaled so a forward pass gives finite, non-degenerate logits:
-linear weights ~ N(0, 1/fan_in), norms ~ 1, router bias small. FP8 tensors are quantised from BF16 with
+linear weights ~ N(0, 1/fan_in), norms ~ 1, router bias small — or supplied by the caller (``weights=``: the
+trained tiny K2 goes through this same writer). FP8 tensors are quantised from BF16 with
 ``fp8.quantize`` so fp8 → bf16 → fp8 round-trips exactly. ``sparse=True`` writes headers only and leaves every
 data region as a file hole. The directory appears under its final name only when complete.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 import shutil
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from k2trt.checkpoint import names
 from k2trt.checkpoint.files import ShardWriter
@@ -80,8 +81,15 @@ def _bf16_value(spec: ModelSpec, t: TensorInfo, seed: int) -> "torch.Tensor":
     return w
 
 
-def tensor_values(spec: ModelSpec, seed: int) -> "Any":
-    """Yield (TensorInfo, tensor) for every tensor of ``spec`` in inventory order (FP8 weights with their scales)."""
+WeightSource = Callable[[TensorInfo], "torch.Tensor"]
+"""The full-precision value of one (non-scale) tensor, e.g. a trained model's parameter (``k2trt.train``)."""
+
+
+def tensor_values(spec: ModelSpec, seed: int, weights: WeightSource | None = None) -> "Any":
+    """Yield (TensorInfo, tensor) for every tensor of ``spec`` in inventory order (FP8 weights with their scales).
+
+    Values are the seeded random ones, or ``weights(info)`` when given; either way they are stored in the
+    checkpoint's dtype (FP8 weights quantised from their BF16 rounding with ``fp8.quantize``)."""
     import torch
 
     from k2trt.checkpoint.fp8 import quantize
@@ -91,7 +99,7 @@ def tensor_values(spec: ModelSpec, seed: int) -> "Any":
         if t.scale_of is not None:
             yield t, pending_scale.pop(t.scale_of)
             continue
-        w = _bf16_value(spec, t, seed)
+        w = _bf16_value(spec, t, seed) if weights is None else weights(t).detach().float()
         if t.dtype == "F8_E4M3":
             q, s = quantize(w.to(torch.bfloat16))
             pending_scale[t.name] = s
@@ -111,7 +119,7 @@ def tensor_bytes(x: "torch.Tensor") -> memoryview:
 
 def synthesize(spec: ModelSpec, out_dir: str | Path, *, seed: int = 0, shards: int | None = None,
                sparse: bool = False, force: bool = False, progress: bool = False,
-               preset_name: str | None = None, tokenizer: bool = True) -> Path:
+               preset_name: str | None = None, tokenizer: bool = True, weights: WeightSource | None = None) -> Path:
     """Write a K2-format checkpoint for ``spec`` to ``out_dir``.
 
     Args:
@@ -123,6 +131,8 @@ def synthesize(spec: ModelSpec, out_dir: str | Path, *, seed: int = 0, shards: i
         force: replace a non-empty ``out_dir``.
         progress: show a byte progress bar.
         tokenizer: also write the tokenizer and chat template files.
+        weights: the value of each tensor instead of seeded random ones (the trained tiny K2); ``seed`` then
+            only picks the tokenizer's BPE tie-break.
     Returns:
         The checkpoint directory.
     Example:
@@ -137,7 +147,7 @@ def synthesize(spec: ModelSpec, out_dir: str | Path, *, seed: int = 0, shards: i
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        _write_all(spec, tmp, seed, shards, sparse, progress, preset_name)
+        _write_all(spec, tmp, seed, shards, sparse, progress, preset_name, weights)
         if tokenizer:
             _write_tokenizer(spec, tmp, seed)
     except BaseException:
@@ -150,7 +160,7 @@ def synthesize(spec: ModelSpec, out_dir: str | Path, *, seed: int = 0, shards: i
 
 
 def _write_all(spec: ModelSpec, tmp: Path, seed: int, shards: int | None, sparse: bool, progress: bool,
-               preset_name: str | None) -> None:
+               preset_name: str | None, weights: WeightSource | None = None) -> None:
     from tqdm import tqdm
 
     q4 = spec.quantization is not None and spec.quantization.target is not None
@@ -164,7 +174,7 @@ def _write_all(spec: ModelSpec, tmp: Path, seed: int, shards: int | None, sparse
     weight_map: dict[str, str] = {}
     total = sum(t.nbytes for t in tensors)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="synth", disable=not progress or sparse)
-    values = None if sparse else tensor_values(spec, seed)
+    values = None if sparse else tensor_values(spec, seed, weights)
     at = 0
     for i, group in enumerate(groups, 1):
         fname = shard_name(i, n)

@@ -23,8 +23,9 @@ from k2trt.cli_options import echo_json, json_option
 @json_option
 def demo(workdir: Path, bench: bool, baseline: Path | None, tolerance: float | None, hold_s: float,
          as_json: bool) -> None:
-    """Synthesize, inspect, convert, plan, build, serve (reference engine under mpirun + gateway), query with the
-    openai SDK, benchmark with aiperf, and stop — on the tiny K2, in a few minutes on a laptop CPU."""
+    """Synthesize, inspect, convert, plan, build, serve (reference engine under mpirun + gateway), run
+    a chat request and an agent loop with the openai SDK, benchmark with aiperf, and stop — in a few minutes on a
+    laptop CPU."""
     from k2trt.demo import run_demo
 
     echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo

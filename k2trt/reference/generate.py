@@ -116,6 +116,7 @@ def _generator(seed: int | None) -> torch.Generator:
     return g
 
 
+@torch.no_grad()
 def generate(model: CausalLM, prompts: Sequence[Sequence[int]], params: SamplingParams | Sequence[SamplingParams],
              *, on_token: Callable[[int, int], bool] | None = None,
              on_finish: Callable[[int, Completion], None] | None = None,

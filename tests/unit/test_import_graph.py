@@ -36,6 +36,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("bench",),  # the aiperf driver: tokenizer.json from chat, the gateway's metric names for its server figures
     ("launch",),  # hosts, mpirun/Slurm, supervision; starts the gateway in front of a ready engine
     ("reference",),  # the PyTorch K2: reads checkpoints, shards by layout, serves with chat, runs checks via launch
+    ("train",),  # training the tiny K2: the reference model's code, chat's renderers, checkpoint's writer
     ("bundle",),  # recipes and bundles: plan, trtllm, launch specs, checkpoint inspect, bench sections, reference argv
     ("demo",  # the whole pipeline as one library call: synth, build, serve, bench
      "k8s"),  # Kubernetes manifests of a bundle: reads bundles and recipes, mpirun argv from launch, router from trtllm

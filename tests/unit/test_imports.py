@@ -13,7 +13,8 @@ import k2trt
 ROOT = Path(k2trt.__file__).parent
 # Packages/modules that must never need torch (DESIGN.md: they run on login nodes).
 LIGHT = ["k2trt.spec", "k2trt.errors", "k2trt.cli", "k2trt.cli_options", "k2trt.mapping", "k2trt.layout",
-         "k2trt.demo", "k2trt.sampling", "k2trt.asgi",
+         "k2trt.demo", "k2trt.sampling", "k2trt.asgi", "k2trt.train.config", "k2trt.train.pools",
+         "k2trt.train.tools", "k2trt.train.corpus", "k2trt.train.render",
          "k2trt.reference.serve"]  # the reference server's argv is spelled by login-node bundle builds
 LIGHT_PACKAGES = ["checkpoint", "plan", "trtllm", "launch", "commands", "chat", "gateway", "bundle", "bench"]
 

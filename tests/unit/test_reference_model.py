@@ -41,10 +41,10 @@ def hf(tiny_ckpt, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def models(tiny_ckpt):
-    return {impl: load_model(tiny_ckpt, attn_impl=impl) for impl in ("naive", "absorb")}
+    return {impl: load_model(tiny_ckpt, attn_impl=impl) for impl in ("naive", "absorb", "sdpa")}
 
 
-@pytest.mark.parametrize("impl", ["naive", "absorb"])
+@pytest.mark.parametrize("impl", ["naive", "absorb", "sdpa"])
 def test_logits_match_transformers(models, hf, impl) -> None:
     for x in prompts(models[impl].spec.vocab_size):
         with torch.no_grad():
