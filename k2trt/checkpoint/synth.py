@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import shutil
 import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from k2trt.checkpoint import names
 from k2trt.checkpoint.files import ShardWriter
-from k2trt.checkpoint.formats import tensor_name
+from k2trt.checkpoint.formats import FORMATS, tensor_name
 from k2trt.errors import CheckpointError
 from k2trt.fsio import atomic_write_json
 from k2trt.spec import ModelSpec, TensorInfo
@@ -29,7 +30,7 @@ from k2trt.spec import ModelSpec, TensorInfo
 if TYPE_CHECKING:
     import torch
 
-DEFAULT_SHARDS = {"tiny": 4}
+DEFAULT_SHARDS = {"tiny": 4, "tiny-thinking": 4}
 
 
 def shard_name(i: int, n: int) -> str:
@@ -81,21 +82,29 @@ def _bf16_value(spec: ModelSpec, t: TensorInfo, seed: int) -> "torch.Tensor":
 
 
 def tensor_values(spec: ModelSpec, seed: int) -> "Any":
-    """Yield (TensorInfo, tensor) for every tensor of ``spec`` in inventory order (FP8 weights with their scales)."""
+    """Yield (TensorInfo, tensor) for every tensor of ``spec`` in inventory order (quantized weights with their
+    scales: FP8 from the BF16 value, compressed-tensors INT4 by its format row's ``encode``)."""
     import torch
 
     from k2trt.checkpoint.fp8 import quantize
 
-    pending_scale: dict[str, torch.Tensor] = {}
+    pending: dict[str, torch.Tensor] = {}  # a quantized weight's other parts, by TensorInfo.name
     for t in spec.tensors():
         if t.scale_of is not None:
-            yield t, pending_scale.pop(t.scale_of)
+            yield t, pending.pop(t.name)
             continue
-        w = _bf16_value(spec, t, seed)
+        # a packed 4-bit weight part stores [out, in / packed]; its value is drawn at the logical [out, in]
+        w = _bf16_value(spec, replace(t, shape=(*t.shape[:-1], t.shape[-1] * t.packed)) if t.packed > 1 else t,
+                        seed)
         if t.dtype == "F8_E4M3":
             q, s = quantize(w.to(torch.bfloat16))
-            pending_scale[t.name] = s
+            pending[f"{t.name}.scale"] = s
             yield t, q
+        elif t.fmt not in (None, "bf16"):
+            f = FORMATS[t.fmt]
+            parts = f.encode(w, {}) if f.encode is not None else []
+            pending.update((f"{t.name}.{p.part}", x) for p, x in zip(f.parts[1:], parts[1:]))
+            yield t, parts[0]
         elif t.dtype == "F32":
             yield t, w.to(torch.float32)
         else:

@@ -12,12 +12,12 @@ from k2trt.cli_options import echo_json, json_option
 
 @click.command()
 @click.option("--preset", "preset_name", default="tiny", show_default=True,
-              help="Model preset: tiny, k2-instruct or k2-instruct-0905.")
+              help="Model preset: tiny, tiny-thinking (INT4 experts), k2-instruct, k2-instruct-0905 or k2-thinking.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory to write the checkpoint to.")
 @click.option("--seed", default=0, show_default=True, help="Weights are a pure function of the seed.")
 @click.option("--shards", type=click.IntRange(min=1), default=None,
-              help="Number of safetensors shards [default: 4 for tiny, one per layer otherwise].")
+              help="Number of safetensors shards [default: 4 for the tiny presets, one per layer otherwise].")
 @click.option("--sparse", is_flag=True, help="Headers only; data regions left as file holes (full-size presets).")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
 def synth(preset_name: str, out: Path, seed: int, shards: int | None, sparse: bool, force: bool) -> None:
