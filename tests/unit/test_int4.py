@@ -87,11 +87,18 @@ def test_config_parsing_accepts_k2_thinking_and_names_what_it_refuses() -> None:
 
 # ---- inspect -----------------------------------------------------------------------------------------------------
 
-def test_full_size_k2_thinking_layout_inspects(tmp_path: Path) -> None:
-    """``synth --sparse --preset k2-thinking``: the full-size INT4 layout, header-only, at its real size."""
+@pytest.fixture(scope="module")
+def full(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``synth --sparse --preset k2-thinking``: the full-size INT4 layout, header-only."""
+    return synthesize(preset("k2-thinking"), tmp_path_factory.mktemp("kt") / "K2-Thinking", sparse=True,
+                      preset_name="k2-thinking")
+
+
+def test_full_size_k2_thinking_layout_inspects(full: Path) -> None:
+    """The full-size INT4 layout at its real size: ~594 GB, INT4 on 99.1 % of the linear parameters."""
     spec = preset("k2-thinking")
     assert spec.checkpoint_bytes() / 1e9 == pytest.approx(594.2, abs=0.1)
-    d = synthesize(spec, tmp_path / "kt", sparse=True, preset_name="k2-thinking")
+    d = full
     rep = inspect_checkpoint(d)
     assert not [p for p in rep.problems if p.severity == "error"], rep.problems[:3]
     assert rep.coverage["ct-int4"] == pytest.approx(0.991, abs=0.001)
@@ -99,6 +106,49 @@ def test_full_size_k2_thinking_layout_inspects(tmp_path: Path) -> None:
     hdr = files.tensor_locations(d)
     assert hdr[f"{n}.weight_packed"].shape == (2048, 896) and hdr[f"{n}.weight_packed"].dtype == "I32"
     assert hdr[f"{n}.weight_scale"].shape == (2048, 224) and hdr[f"{n}.weight_scale"].dtype == "BF16"
+    assert rep.int4 is not None and rep.int4["declared_shape"] == [2048, 7168] and rep.int4["group_size"] == 32
+    assert rep.int4["stored"]["weight"]["shape"] == [2048, 896] and not rep.int4["trtllm_loads"]
+    assert rep.int4["convert"]["hopper"] == f"k2trt convert {d} DST --to fp8-block"
+    assert rep.int4["convert"]["blackwell"] == f"k2trt convert {d} DST --to nvfp4"
+
+
+def test_inspect_cli_names_the_conversion_for_the_gpu(full: Path) -> None:
+    from click.testing import CliRunner
+
+    from k2trt.cli import cli
+
+    r = CliRunner().invoke(cli, ["inspect", str(full), "--gpu", "h200"])
+    assert r.exit_code == 0, r.output
+    flat = " ".join(r.output.split())
+    assert "TensorRT-LLM cannot load INT4 experts" in flat and f"k2trt convert {full} DST --to fp8-block" in flat
+    assert "ct-int4 99.1%" in flat and "weight_packed I32[2048, 896]" in flat
+    r = CliRunner().invoke(cli, ["inspect", str(full), "--gpu", "b200", "--json"])
+    assert json.loads(r.output)["int4"]["convert"] == {"b200": f"k2trt convert {full} DST --to nvfp4"}
+
+
+def test_inspect_checks_the_ignore_list_and_the_packed_shapes(ckpts: dict[str, Path], tmp_path: Path) -> None:
+    """An ignore list that would quantize the shared experts contradicts the weights; an expert packed along the
+    output dimension (weight_packed [out/8, in]) or with a transposed scale has the wrong header shape."""
+    d = tmp_path / "ck"
+    shutil.copytree(ckpts["src"], d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["quantization_config"]["ignore"].remove("re:.*shared_experts.*")
+    (d / "config.json").write_text(json.dumps(cfg))
+    warns = [p for p in inspect_checkpoint(d).problems if p.severity == "warning"]
+    assert warns and "quantizes it to INT4 (model.layers.1.mlp.shared_experts" in warns[0].message
+    from safetensors.torch import load_file, save_file
+
+    name = names.module_name(names.name_of("expert_down", 2, 5))
+    for suffix, bad in (("weight_packed", lambda t: t.view(-1)[: t.numel()].reshape(t.shape[0] // 8, -1)),
+                        ("weight_scale", lambda t: t.t().contiguous())):
+        d2 = tmp_path / suffix
+        shutil.copytree(ckpts["src"], d2)
+        f = d2 / files.tensor_locations(d2)[f"{name}.{suffix}"].file
+        sd = load_file(f)
+        sd[f"{name}.{suffix}"] = bad(sd[f"{name}.{suffix}"]).contiguous()
+        save_file(sd, f, metadata={"format": "pt"})
+        errs = [p for p in inspect_checkpoint(d2).problems if p.severity == "error"]
+        assert errs and errs[0].where == f"{name}.{suffix}", errs[:2]
 
 
 # ---- convert and verify ------------------------------------------------------------------------------------------
@@ -158,3 +208,72 @@ def _broken_decode(bug: str):  # type: ignore[no-untyped-def]
         return (c.view(m, n // 32, 32) * scale.unsqueeze(-1)).view(m, n)
 
     return decode
+
+
+# ---- plan and build ----------------------------------------------------------------------------------------------
+
+def test_plan_knows_int4_sources_and_their_converted_sizes(full: Path) -> None:
+    """``k2trt plan --checkpoint`` an INT4 K2-Thinking: sized as stored (594 GB) but refused on TensorRT-LLM with
+    the conversion to run; ``--weights fp8`` / ``w4a8`` / ``nvfp4`` plan what ``convert --to`` would write."""
+    from click.testing import CliRunner
+
+    from k2trt.cli import cli
+    from k2trt.plan.memory import inventory, weight_format
+    from k2trt.plan.planner import resolve_spec
+
+    r = CliRunner().invoke(cli, ["plan", "--checkpoint", str(full), "--gpu", "h200", "--nodes", "2", "--json"])
+    d = json.loads(r.output)
+    assert d["weight_format"] == "int4" and d["checkpoint_gib"] == pytest.approx(594.2e9 / 2**30, abs=0.1)
+    assert d["layouts"] and not any(lp["ok"] for lp in d["layouts"])
+    for lp in [lp for lp in d["layouts"] if "invalid" not in lp]:  # (invalid: the layout cannot shard K2 at all)
+        assert "int4-not-loadable" in [f["rule"] for f in lp["findings"]]
+    msg = next(f["message"] for f in d["layouts"][0]["findings"] if f["rule"] == "int4-not-loadable")
+    assert "--to fp8-block" in msg
+    r = CliRunner().invoke(cli, ["plan", "--checkpoint", str(full), "--gpu", "b200", "--json"])
+    assert "--to nvfp4" in json.dumps(json.loads(r.output)["layouts"][0]["findings"])
+    sizes = {}
+    for w in ("fp8", "w4a8", "nvfp4", "bf16"):
+        spec, _ = resolve_spec(str(full), None, w)
+        sizes[w] = round(inventory(spec).total_bytes / 1e9, 1)
+        assert weight_format(spec) == {"fp8": "fp8_block"}.get(w, w)
+    assert sizes == {"fp8": 1029.2, "w4a8": 553.3, "nvfp4": 594.2, "bf16": 2052.8}, sizes
+    r = CliRunner().invoke(cli, ["plan", "--checkpoint", str(full), "--weights", "fp8", "--gpu", "h200",
+                                 "--nodes", "2", "--json"])
+    assert any(lp["ok"] for lp in json.loads(r.output)["layouts"])
+
+
+def test_build_refuses_an_int4_checkpoint_with_the_convert_command(full: Path, tmp_path: Path) -> None:
+    from k2trt.bundle.build import build_bundle
+    from k2trt.bundle.recipe import load_recipe
+    from k2trt.errors import CheckpointError
+
+    for recipe, to in (("k2-thinking-h200-2x8-fp8", "fp8-block"), ("k2-h200-2x8-tp16ep8", "fp8-block"),
+                       ("k2-thinking-h200-1x8-w4a8", "w4a8")):
+        with pytest.raises(CheckpointError, match="cannot load") as e:
+            build_bundle(load_recipe(recipe), full, tmp_path / recipe, dry_run=True)
+        assert f"k2trt convert {full} DST --to {to}" in str(e.value) and "\n" not in str(e.value)
+        assert not (tmp_path / recipe).exists()
+
+
+@pytest.mark.parametrize("recipe,fits", [("k2-thinking-h200-2x8-fp8", True), ("k2-thinking-h200-1x8-w4a8", False)])
+def test_k2_thinking_recipes_plan(recipe: str, fits: bool) -> None:
+    """K2-Thinking on 2×8 H200 from the block-FP8 conversion fits at its 256K context; on 1×8 H200 from W4A8 the
+    weights fit but the recipe is refused like every W4A8 recipe (rule w4a8-not-loadable)."""
+    from k2trt.bundle.build import plan_recipe, recipe_spec
+    from k2trt.bundle.recipe import load_recipe
+    from k2trt.errors import PlanError
+    from k2trt.plan.memory import inventory
+
+    r = load_recipe(recipe)
+    spec = recipe_spec(r)
+    assert spec.max_position_embeddings == 262144 and spec.n_routed_experts == 384
+    gb = inventory(spec).total_bytes / 1e9
+    assert gb == pytest.approx(1029.2 if fits else 553.3, abs=0.1)
+    if fits:
+        planned = plan_recipe(r, spec)
+        assert all(lp.ok for _, lp, _ in planned) and r.context == 262144
+        return
+    with pytest.raises(PlanError, match="w4a8-not-loadable|MIXED_PRECISION") as e:
+        plan_recipe(r, spec)
+    assert "does not fit" in str(e.value) and "MIXED_PRECISION" in str(e.value)
+    assert "memory" not in str(e.value).split("does not fit:")[1].split("MIXED")[0]  # refused for the loader only
