@@ -209,11 +209,24 @@ def plan_conversion(src: str | Path, dst: str | Path, options: ConvertOptions = 
         notes += [f"quantization: {out.quantization.describe() if out.quantization else '-'}",
                   "activation scales: " + ("calibrated (--calib-data)" if options.calib_amax else
                                            "weight-only bounds (no clipping; --calib-data on a GPU node is tighter)")]
+    if spec.quantization is not None and spec.quantization.is_int4_source:
+        notes.append(_int4_note(spec, out))
     meta = targets.metadata(t, s, spec, out, kv, options.model_type, notes)
     side, skipped = _side_files(s)
     notes += [f"not carried: {n}" for n in skipped]
     return Plan(s, d, options, t, spec, out, shards, meta, side, notes, weight_map, _same_fs(s, d), entries,
                 scales)
+
+
+def _int4_note(spec: ModelSpec, out: ModelSpec) -> str:
+    """What happens to Moonshot's INT4 experts (group 32) under the output's format, and its error bound."""
+    fmt = out.linear_format("expert_gate")
+    what = {"bf16": "dequantised exactly (code × scale) and rounded once to BF16: |Δw| ≤ 2^-8 |w|",
+            "fp8": "dequantised and re-quantised to 128×128 block FP8 (e4m3: |Δw| ≤ 2^-4 |w| + block scale / 2^10)",
+            "int4": "re-grouped from 32 to 128 inputs per scale (lossy: --verify prints the worst ‖Δw‖/‖w‖)",
+            "nvfp4": "re-quantised to NVFP4 (e2m1 per 16, lossy: --verify prints the worst ‖Δw‖/‖w‖)"}
+    return f"INT4 routed experts (compressed-tensors, group {spec.quantization.group_size if spec.quantization else '?'})" \
+        f": {what.get(fmt, fmt)}"
 
 
 def _check_paths(src: Path, dst: Path) -> tuple[Path, Path]:

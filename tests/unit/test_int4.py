@@ -177,6 +177,21 @@ def test_bf16_is_the_exact_dequantisation_rounded_once(ckpts: dict[str, Path]) -
             assert ((got - exact).abs() <= exact.abs() * 2**-8).all()
 
 
+def test_a_killed_int4_conversion_resumes_to_identical_bytes(ckpts: dict[str, Path], tmp_path: Path) -> None:
+    import hashlib
+
+    def digest(d: Path) -> dict[str, str]:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir()) if p.is_file()}
+
+    dst = tmp_path / "fp8"
+    r1 = convert(ckpts["src"], dst, ConvertOptions(target="fp8-block"), stop_after=2)
+    assert r1.shards_written == 2 and not (dst / "config.json").exists()
+    r2 = convert(ckpts["src"], dst, ConvertOptions(target="fp8-block"))
+    assert (r2.state, r2.shards_skipped, r2.shards_written) == ("resumed", 2, 2)
+    assert digest(dst) == digest(ckpts["fp8-block"])
+    assert any("INT4 routed experts (compressed-tensors, group 32)" in n for n in r2.plan.notes)
+
+
 @pytest.mark.parametrize("bug", ["nibbles-swapped", "packed-along-wrong-dim", "group-128", "scales-transposed"])
 def test_a_misread_int4_fails_verify(ckpts: dict[str, Path], tmp_path: Path, bug: str,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
