@@ -10,6 +10,8 @@ preset                 what it is
                        ``pack-quantized``, symmetric, group 32), everything else BF16
 ``tiny``               K2's structure at CPU scale, block FP8
 ``tiny-thinking``      the tiny K2 with K2-Thinking's INT4 experts
+``k2.5``               K2.5 / K2.6: K2-Thinking's language model under ``text_config`` plus a vision tower
+``tiny-k25``           the tiny K2.5: tiny-thinking's text model and a 2-block vision tower (carried, not run)
 =====================  ==================================================================================
 
 The INT4 ``quantization_config`` is the one K2-Thinking ships (docs/reference/k2_int4.md §2).
@@ -123,6 +125,27 @@ K2_THINKING_QUANT: dict[str, Any] = {
 _K2_THINKING = {**copy.deepcopy(_K2_0905), "quantization_config": copy.deepcopy(K2_THINKING_QUANT)}
 _TINY_THINKING = {**copy.deepcopy(_TINY), "quantization_config": copy.deepcopy(K2_THINKING_QUANT)}
 
+# K2.5 / K2.6: KimiK25ForConditionalGeneration, the language model (K2-Thinking's dimensions and INT4 experts) under
+# text_config, a MoonViT vision tower (~0.4 B parameters: 27 blocks of width 1152) and a 2×2-merge projector
+# (docs/reference/k2_int4.md §1). The vision_config fields are what synth and inspect use; the real file has more.
+K25_IGNORE = ["re:.*self_attn.*", "re:.*shared_experts.*", "re:.*mlp\\.(gate|up|gate_up|down)_proj.*",
+              "re:.*lm_head.*", "re:vision_tower.*", "re:mm_projector.*"]
+
+
+def _k25(text: dict[str, Any], vision: dict[str, Any]) -> dict[str, Any]:
+    t = copy.deepcopy(text)
+    t.pop("architectures", None)
+    t.pop("auto_map", None)
+    t["quantization_config"] = {**copy.deepcopy(K2_THINKING_QUANT), "ignore": list(K25_IGNORE)}
+    return {"architectures": ["KimiK25ForConditionalGeneration"], "model_type": "kimi_k25", "text_config": t,
+            "vision_config": vision, "torch_dtype": "bfloat16"}
+
+
+_K25 = _k25(_K2_0905, {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+                       "num_attention_heads": 16, "patch_size": 14, "merge_kernel_size": [2, 2]})
+_TINY_K25 = _k25(_TINY, {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                         "num_attention_heads": 4, "patch_size": 14, "merge_kernel_size": [2, 2]})
+
 PRESETS: dict[str, tuple[dict[str, Any], bool]] = {
     # name -> (config.json, checkpoint stores rotary_emb.inv_freq)
     "k2-instruct": (_K2_0711, True),
@@ -130,4 +153,6 @@ PRESETS: dict[str, tuple[dict[str, Any], bool]] = {
     "k2-thinking": (_K2_THINKING, False),
     "tiny": (_TINY, False),
     "tiny-thinking": (_TINY_THINKING, False),
+    "k2.5": (_K25, False),
+    "tiny-k25": (_TINY_K25, False),
 }

@@ -12,7 +12,7 @@ Presets (their config.json is ``k2trt.presets``'s data): ``k2-instruct`` (0711, 
 sizes (1 dense + 2 MoE layers, 16 routed experts, 1 shared, n_group 1, MLA with q_lora and kv_lora, and a ragged
 ``kv_a_proj_with_mqa`` of 320 rows so partial 128×128 scale blocks are exercised, as K2's 576 rows are).
 
-Length: ~750 lines, over the 600 soft cap: the storage-format geometry (``LINEAR_FORMATS``, ~100 lines) lives here
+Length: ~790 lines, over the 600 soft cap: the storage-format geometry (``LINEAR_FORMATS``, ~100 lines) lives here
 because the inventory and the byte math need it and spec must not import ``checkpoint``.
 """
 
@@ -324,7 +324,12 @@ class ModelSpec:
     rotary_inv_freq_tensors: bool = False
     """Whether the checkpoint stores ``rotary_emb.inv_freq`` per layer (K2 0711 does; never loaded)."""
     raw: dict[str, Any] = field(default_factory=dict, hash=False, compare=False, repr=False)
-    """The config.json this spec was read from, verbatim (written back by synth and convert)."""
+    """The config.json this spec was read from, verbatim (written back by synth and convert); for K2.5 its
+    ``text_config``."""
+    multimodal: dict[str, Any] | None = field(default=None, hash=False, compare=False, repr=False)
+    """K2.5 / K2.6 (``KimiK25ForConditionalGeneration``): the config.json around ``text_config`` (architectures,
+    ``vision_config``, ...). k2trt reads, plans and converts the text model; the vision tower is carried or
+    dropped, never run — images are not served. None for K2 / K2-Thinking."""
 
     # ---- construction -------------------------------------------------------------------------------------
 
@@ -351,6 +356,7 @@ class ModelSpec:
                 raise ConfigError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
         if not isinstance(cfg, dict):
             raise ConfigError(f"{where}: expected a JSON object")
+        outer, cfg = _unnest_k25(cfg, where)
         mt = cfg.get("model_type")
         if mt not in SUPPORTED_MODEL_TYPES:
             raise ConfigError(
@@ -388,7 +394,7 @@ class ModelSpec:
         rs = cfg.get("rope_scaling") or cfg.get("rope_parameters")
         kw["rope_scaling"] = dict(rs) if rs else None
         try:
-            spec = cls(quantization=quant, raw=cfg, **kw)
+            spec = cls(quantization=quant, raw=cfg, multimodal=outer, **kw)
         except TypeError as e:  # a field of the wrong type in the JSON
             raise ConfigError(f"{where}: {e}") from None
         spec.validate(where)
@@ -599,11 +605,26 @@ class ModelSpec:
 
     # ---- config.json ---------------------------------------------------------------------------------------
 
+    def to_multimodal_config(self) -> dict[str, Any]:
+        """K2.5's own nested config.json (``text_config`` inside ``KimiK25ForConditionalGeneration``'s); for other
+        models ``to_config()``."""
+        if self.multimodal is None:
+            return self.to_config()
+        text = self.to_config()
+        text.pop("architectures", None)
+        return dict(sorted({**copy.deepcopy(self.multimodal), "text_config": text}.items()))
+
     def to_config(self) -> dict[str, Any]:
-        """The config.json for this spec: the one it was read from, with k2trt's fields written over it."""
+        """The config.json for this spec: the one it was read from, with k2trt's fields written over it (for K2.5
+        the text model alone, as a DeepseekV3ForCausalLM config: what a text-only conversion writes)."""
         cfg = copy.deepcopy(self.raw)
+        if self.multimodal is not None:  # transformers' own DeepseekV3 config: no remote code needed
+            cfg["architectures"] = ["DeepseekV3ForCausalLM"]
+            cfg.pop("auto_map", None)
         for f in _CONFIG_FIELDS:
             cfg[f] = getattr(self, f)
+        if self.multimodal is not None:
+            cfg["model_type"] = "deepseek_v3"
         cfg["q_lora_rank"] = self.q_lora_rank
         cfg["rope_scaling"] = copy.deepcopy(self.rope_scaling)
         if self.quantization is None:
@@ -672,6 +693,30 @@ def _modelopt_quantization(hq: dict[str, Any], where: str) -> Quantization | Non
                           "not a layout k2trt reads", "k2trt reads NVFP4 and W4A8_AWQ-expert checkpoints")
     raise ConfigError(f"{where}: ModelOpt quant_algo {algo!r} is not supported",
                       "k2trt reads FP8_BLOCK_SCALES, NVFP4 and W4A8 (MIXED_PRECISION with W4A8_AWQ experts)")
+
+
+K25_ARCHITECTURE = "KimiK25ForConditionalGeneration"
+
+
+def _unnest_k25(cfg: dict[str, Any], where: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(the outer config, the text model's config) of a K2.5 / K2.6 config.json; (None, cfg) for any other.
+
+    The language model's fields live under ``text_config``; ``quantization_config`` may sit at either level (the
+    text model's wins). A text ``model_type`` k2trt does not know is read as ``deepseek_v3`` (same architecture).
+    """
+    if cfg.get("model_type") != "kimi_k25" and K25_ARCHITECTURE not in (cfg.get("architectures") or []):
+        return None, cfg
+    text = cfg.get("text_config")
+    if not isinstance(text, dict):
+        raise ConfigError(f"{where}: a {K25_ARCHITECTURE} config.json without a text_config object",
+                          "is this K2.5's config.json?")
+    outer = {k: v for k, v in cfg.items() if k != "text_config"}
+    text = copy.deepcopy(text)
+    if "quantization_config" not in text and "quantization_config" in outer:
+        text["quantization_config"] = copy.deepcopy(outer["quantization_config"])
+    if text.get("model_type") not in SUPPORTED_MODEL_TYPES:
+        text["model_type"] = "deepseek_v3"
+    return outer, text
 
 
 def _compressed_tensors_quantization(q: dict[str, Any], where: str) -> Quantization:

@@ -107,8 +107,14 @@ def inspect_checkpoint(model_dir: str | Path) -> Report:
     spec = _spec(d, rep)
     present = _read_shards(d, rep)
     _check_index(d, rep, present)
+    text, vision = names.strip_text_prefix(present)
+    if vision:
+        gib = sum(e.nbytes for e in vision.values()) / 2**30
+        rep.problems.append(Problem("info", "vision_tower", f"K2.5 vision tower and projector: {len(vision)} tensors "
+                                    f"({gib:.2f} GiB) carried in the checkpoint; k2trt serves the text model only — "
+                                    "images are not served"))
     if spec is not None:
-        _check_tensors(spec, rep, present)
+        _check_tensors(spec, rep, text)
     _check_side_files(d, rep)
     rep.tensors = len(present)
     for e in present.values():

@@ -183,17 +183,28 @@ def plan_conversion(src: str | Path, dst: str | Path, options: ConvertOptions = 
     if t.calibrated and spec.quantization is not None and spec.quantization.target is not None:
         raise CheckpointError(f"{src} is already a {spec.quantization.describe()} checkpoint",
                               f"convert to {t.name} from K2's block-FP8 (or a BF16) checkpoint")
+    if t.whole_files and spec.quantization is not None and spec.quantization.is_int4_source:
+        raise CheckpointError(f"{src} holds Moonshot's INT4 experts (compressed-tensors), which TensorRT-LLM cannot "
+                              "load as they are", f"convert them: k2trt convert {src} {dst} --to fp8-block (Hopper) "
+                              "or --to nvfp4 (Blackwell)")
     kv = options.kv_cache_dtype == "fp8"
     out = spec.with_quantization(t.quantization(spec, kv))
     headers = [_read_validated_header(s / f) for f in _source_shards(s)]
-    entries = {n: e for h in headers for n, e in h.tensors.items()}
+    entries, vision = names.strip_text_prefix({n: e for h in headers for n, e in h.tensors.items()})
     linears, part_of, scales = _linears(entries)
     notes: list[str] = []
+    if spec.multimodal is not None:  # K2.5: a text-only DeepseekV3 checkpoint (docs/reference/k2_int4.md §4)
+        notes.append(f"K2.5: text-only DeepseekV3ForCausalLM output; the vision tower ({len(vision)} tensors) is not "
+                     "carried — images are not served")
     shards: list[ShardPlan] = []
     for h in headers:
         sp = ShardPlan(h.path.name, "whole" if t.whole_files else "rewrite", h.file_size,
                        metadata=h.metadata or {"format": "pt"})
         for e in sorted(h.tensors.values(), key=lambda e: e.begin):
+            if e.name in vision:
+                sp.ops.append(Op("drop", e, ()))
+                continue
+            e = entries[names.text_name(e.name) or e.name]
             sp.ops.append(_op_for(e, linears, part_of, out, t.whole_files))
         if sp.action == "whole":
             sp.data_size, sp.out_size = sum(e.nbytes for e in h.tensors.values()), h.file_size

@@ -144,6 +144,10 @@ RULES: tuple[Rule, ...] = (
                    "compressed-tensors loader takes FP8, NVFP4 and MXFP4 groups (docs/reference/k2_int4.md §4); "
                    f"convert first: k2trt convert SRC DST --to {'nvfp4' if c.gpu.fp4 else 'fp8-block'}, and plan "
                    f"--weights {'nvfp4' if c.gpu.fp4 else 'fp8'}"),
+    Rule("k25-text-only", "info",
+         lambda c: c.spec.multimodal is not None,
+         lambda c: "K2.5 / K2.6: k2trt plans and serves the text model (a text-only DeepseekV3 conversion); the "
+                   "vision tower is not carried — images are not served"),
     Rule("eplb-needs-shm", "warning",
          lambda c: c.eplb_online,
          lambda c: f"online EPLB keeps a host copy of every routed expert in each node's /dev/shm "

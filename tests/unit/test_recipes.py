@@ -33,7 +33,8 @@ MODEL, BUNDLE = "/models/K2", "/bundle"
 
 def test_the_expected_recipes_are_packaged() -> None:
     assert {"k2-h200-2x8-tp16ep8", "k2-h200-2x8-ep16-adp", "k2-h20-2x8", "k2-h100-2x8", "k2-b200-1x8-nvfp4", "k2-h200-1x8-w4a8",
-            "k2-h200-disagg", "tiny-cpu", "k2-thinking-h200-2x8-fp8", "k2-thinking-h200-1x8-w4a8"} <= set(NAMES)
+            "k2-h200-disagg", "tiny-cpu", "k2-thinking-h200-2x8-fp8", "k2-thinking-h200-1x8-w4a8",
+            "k2.5-text-h200-2x8-fp8"} <= set(NAMES)
     repo_dir = Path(__file__).parent.parent.parent / "recipes"  # the repository path documented in README
     assert sorted(p.name for p in repo_dir.glob("*.yaml")) == sorted(p.name for p in recipe_dir().glob("*.yaml"))
 
