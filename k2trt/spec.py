@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator, Literal
 
 from k2trt.errors import ConfigError
-from k2trt.presets import PRESETS, TINY_BPE_RANKS  # noqa: F401  (TINY_BPE_RANKS re-exported)
+from k2trt.presets import K2_THINKING_QUANT, PRESETS, TINY_BPE_RANKS  # noqa: F401  (TINY_BPE_RANKS re-exported)
 
 Dtype = Literal["F8_E4M3", "BF16", "F32", "F16", "U8", "I8", "F8_E8M0", "I32", "I64"]
 DTYPE_BYTES: dict[str, float] = {
@@ -623,8 +623,6 @@ class ModelSpec:
             cfg.pop("auto_map", None)
         for f in _CONFIG_FIELDS:
             cfg[f] = getattr(self, f)
-        if self.multimodal is not None:
-            cfg["model_type"] = "deepseek_v3"
         cfg["q_lora_rank"] = self.q_lora_rank
         cfg["rope_scaling"] = copy.deepcopy(self.rope_scaling)
         if self.quantization is None:
@@ -636,8 +634,9 @@ class ModelSpec:
                 "quant_method": "fp8",
                 "weight_block_size": list(self.quantization.weight_block_size),
             }
-        elif self.quantization.is_int4_source:
-            pass  # the checkpoint's own compressed-tensors config (config_groups, ignore list) travels verbatim
+        elif self.quantization.is_int4_source:  # the checkpoint's own config (groups, ignore list) travels verbatim
+            if (cfg.get("quantization_config") or {}).get("quant_method") != CT_METHOD:
+                cfg["quantization_config"] = copy.deepcopy(K2_THINKING_QUANT)
         elif not str((cfg.get("quantization_config") or {}).get("quant_method", "")).startswith("modelopt"):
             # a ModelOpt checkpoint's inline config is written by requant (modelopt's own converter); a minimal one
             # here keeps the spec readable when only config.json travels
@@ -702,7 +701,8 @@ def _unnest_k25(cfg: dict[str, Any], where: str) -> tuple[dict[str, Any] | None,
     """(the outer config, the text model's config) of a K2.5 / K2.6 config.json; (None, cfg) for any other.
 
     The language model's fields live under ``text_config``; ``quantization_config`` may sit at either level (the
-    text model's wins). A text ``model_type`` k2trt does not know is read as ``deepseek_v3`` (same architecture).
+    text model's wins). The text model reads as ``deepseek_v3``: what a text-only conversion writes is transformers'
+    own DeepseekV3 (K2.5's remote code configures the multimodal model, not this one).
     """
     if cfg.get("model_type") != "kimi_k25" and K25_ARCHITECTURE not in (cfg.get("architectures") or []):
         return None, cfg
@@ -714,8 +714,7 @@ def _unnest_k25(cfg: dict[str, Any], where: str) -> tuple[dict[str, Any] | None,
     text = copy.deepcopy(text)
     if "quantization_config" not in text and "quantization_config" in outer:
         text["quantization_config"] = copy.deepcopy(outer["quantization_config"])
-    if text.get("model_type") not in SUPPORTED_MODEL_TYPES:
-        text["model_type"] = "deepseek_v3"
+    text["model_type"] = "deepseek_v3"
     return outer, text
 
 
