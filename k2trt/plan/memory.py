@@ -99,7 +99,8 @@ def convert_target(fmt: WeightFormat) -> str:
 
 def with_weights(spec: ModelSpec, fmt: WeightFormat) -> ModelSpec:
     """``spec`` re-described as stored in ``fmt`` (what ``k2trt convert --to`` would write), for planning a
-    checkpoint that does not exist yet."""
+    checkpoint that does not exist yet. A K2.5 converts to its text model alone (``multimodal`` dropped)."""
+    spec = replace(spec, multimodal=None)
     if fmt == "bf16":
         return spec.with_quantization(None)
     return spec.with_quantization(Quantization() if fmt == "fp8_block" else Quantization.requant(fmt))

@@ -94,10 +94,15 @@ def test_every_command_says_images_are_not_served(k25: dict[str, Path], tmp_path
         plan_conversion(k25["src"], tmp_path / "y", ConvertOptions(target="trtllm"))
     assert "--to fp8-block" in str(e.value) and "\n" not in str(e.value)
     from k2trt.bundle.build import plan_recipe, recipe_spec
-    from k2trt.bundle.recipe import load_recipe
+    from k2trt.bundle.recipe import find_recipe, load_recipe
 
-    r = load_recipe("k2.5-text-h200-2x8-fp8")
-    planned = plan_recipe(r, recipe_spec(r))
-    assert all(lp.ok for _, lp, _ in planned)
-    msgs = [f.message for _, lp, _ in planned for f in lp.findings]
-    assert any("images are not served" in m for m in msgs), msgs
+    r = load_recipe("k2.5-text-h200-2x8-fp8")  # the text-only conversion: it plans and fits like K2's FP8
+    assert all(lp.ok for _, lp, _ in plan_recipe(r, recipe_spec(r)))
+    assert "images are not served" in find_recipe("k2.5-text-h200-2x8-fp8").read_text()
+    from click.testing import CliRunner
+
+    from k2trt.cli import cli
+
+    out = CliRunner().invoke(cli, ["plan", "--preset", "k2.5", "--gpu", "h200", "--nodes", "2", "--json"])
+    rules = {f["rule"]: f["message"] for lp in json.loads(out.output)["layouts"] for f in lp.get("findings", [])}
+    assert "images are not served" in rules["k25-text-only"] and "--to fp8-block" in rules["int4-not-loadable"]
