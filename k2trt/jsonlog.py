@@ -104,6 +104,7 @@ def use_json_logs(level: int | str = logging.INFO, *, stream: IO[str] | None = N
         for old in list(lg.handlers):
             lg.removeHandler(old)
         lg.propagate = True
+        lg.disabled = False  # a dictConfig elsewhere (disable_existing_loggers) must not silence them
     logging.captureWarnings(True)
     sys.excepthook = _log_uncaught
     return handler

@@ -12,7 +12,7 @@ Presets (their config.json is ``k2trt.presets``'s data): ``k2-instruct`` (0711, 
 sizes (1 dense + 2 MoE layers, 16 routed experts, 1 shared, n_group 1, MLA with q_lora and kv_lora, and a ragged
 ``kv_a_proj_with_mqa`` of 320 rows so partial 128×128 scale blocks are exercised, as K2's 576 rows are).
 
-Length: ~790 lines, over the 600 soft cap: the storage-format geometry (``LINEAR_FORMATS``, ~100 lines) lives here
+Length: ~785 lines, over the 600 soft cap: the storage-format geometry (``LINEAR_FORMATS``, ~100 lines) lives here
 because the inventory and the byte math need it and spec must not import ``checkpoint``.
 """
 
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
+from k2trt.configcheck import check_compressed_int4, check_config, check_quantization_config
 from k2trt.errors import ConfigError
 from k2trt.presets import K2_THINKING_QUANT, PRESETS, TINY_BPE_RANKS  # noqa: F401  (TINY_BPE_RANKS re-exported)
 
@@ -348,21 +349,26 @@ class ModelSpec:
             if path.is_dir():
                 path = path / "config.json"
             where = str(path)
+            if path.exists() and not path.is_file():  # a FIFO would block the read forever
+                raise ConfigError(f"{path}: not a regular file", "point at a Hugging Face checkpoint directory")
             try:
                 cfg = json.loads(path.read_text())
             except FileNotFoundError:
                 raise ConfigError(f"{path}: no config.json", "point at a Hugging Face checkpoint directory") from None
             except json.JSONDecodeError as e:
                 raise ConfigError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+            except (UnicodeDecodeError, RecursionError):  # not UTF-8; nested past the parser's depth
+                raise ConfigError(f"{path}: not a JSON config file") from None
         if not isinstance(cfg, dict):
             raise ConfigError(f"{where}: expected a JSON object")
         outer, cfg = _unnest_k25(cfg, where)
         mt = cfg.get("model_type")
-        if mt not in SUPPORTED_MODEL_TYPES:
+        if not isinstance(mt, str) or mt not in SUPPORTED_MODEL_TYPES:
             raise ConfigError(
                 f"{where}: model_type {mt!r} is not supported",
                 f"k2trt reads {' and '.join(SUPPORTED_MODEL_TYPES)} (DeepseekV3ForCausalLM) checkpoints",
             )
+        check_config(cfg, where)  # types and bounds first: nothing below sizes anything from an absurd number
         q = cfg.get("quantization_config")
         quant = None
         hq = _hf_quant_config(path.parent) if not isinstance(source, dict) else None
@@ -371,8 +377,9 @@ class ModelSpec:
             quant = _modelopt_quantization(hq, where)  # TensorRT-LLM reads hf_quant_config.json first
         elif q and str(q.get("quant_method", "")).startswith("modelopt"):
             quant = _modelopt_quantization(q, where)
-        elif q and q.get("quant_method") == CT_METHOD:
-            quant = _compressed_tensors_quantization(q, where)
+        elif q and q.get("quant_method") == CT_METHOD:  # Moonshot's INT4: the one layout k2trt reads, or an error
+            check_compressed_int4(q, where, CT_INT4_GROUP)
+            quant = Quantization.compressed_int4()
         elif q:
             if q.get("quant_method") != "fp8":
                 # NVFP4/W4A8 and others are described by hf_quant_config.json; keep the raw dict.
@@ -672,8 +679,7 @@ def _modelopt_quantization(hq: dict[str, Any], where: str) -> Quantization | Non
     ``FP8_BLOCK_SCALES`` / ``fp8_pb_wo`` → K2's block FP8. Anything else raises ConfigError naming the algorithm.
     """
     q = hq.get("quantization", hq)
-    if not isinstance(q, dict):
-        raise ConfigError(f"{where}: hf_quant_config.json 'quantization' is not an object")
+    check_quantization_config(q, f"{where}: quantization")
     algo = q.get("quant_algo")
     kv = q.get("kv_cache_quant_algo")
     if kv is None and isinstance(q.get("kv_cache_scheme"), dict):
@@ -716,28 +722,6 @@ def _unnest_k25(cfg: dict[str, Any], where: str) -> tuple[dict[str, Any] | None,
         text["quantization_config"] = copy.deepcopy(outer["quantization_config"])
     text["model_type"] = "deepseek_v3"
     return outer, text
-
-
-def _compressed_tensors_quantization(q: dict[str, Any], where: str) -> Quantization:
-    """Moonshot's INT4 ``quantization_config`` (compressed-tensors), checked against the one layout k2trt reads:
-    format ``pack-quantized``, one config group of symmetric 4-bit ``int`` weights with ``group`` strategy and
-    ``group_size`` 32, no activation quantization. Anything else raises ConfigError naming the field."""
-    fix = "k2trt reads compressed-tensors pack-quantized INT4 with group_size 32 (K2-Thinking / K2.5 / K2.6)"
-    groups = q.get("config_groups")
-    if q.get("format") != "pack-quantized" or not isinstance(groups, dict) or len(groups) != 1:
-        raise ConfigError(f"{where}: compressed-tensors format {q.get('format')!r} with "
-                          f"{len(groups) if isinstance(groups, dict) else 'no'} config groups is not supported", fix)
-    (name, g), = groups.items()
-    w = g.get("weights") if isinstance(g, dict) else None
-    if not isinstance(w, dict):
-        raise ConfigError(f"{where}: config_groups.{name} has no weights", fix)
-    want = {"num_bits": 4, "type": "int", "strategy": "group", "symmetric": True, "group_size": CT_INT4_GROUP}
-    for k, v in want.items():
-        if w.get(k) != v:
-            raise ConfigError(f"{where}: config_groups.{name}.weights.{k} is {w.get(k)!r}, not {v!r}", fix)
-    if g.get("input_activations") is not None:
-        raise ConfigError(f"{where}: config_groups.{name} quantizes activations; INT4 weight-only is expected", fix)
-    return Quantization.compressed_int4()
 
 
 def scale_shape(shape: tuple[int, ...], block: int | tuple[int, ...] = BLOCK) -> tuple[int, ...]:

@@ -32,7 +32,7 @@ from k2trt.launch.hosts import HostList
 from k2trt.launch.spec import GatewayOptions, is_loopback
 from k2trt.layout import Layout
 from k2trt.plan.gpus import Gpu
-from k2trt.plan.memory import INT4_SOURCE, convert_target, weight_format
+from k2trt.plan.memory import INT4_SOURCE, convert_target, ready_budget_s, weight_format
 from k2trt.plan.planner import Cluster, LayoutPlan, Plan, PlanRequest, plan_layout, resolve_spec, to_markdown
 from k2trt.reference.serve import serve_argv as reference_argv
 from k2trt.spec import ModelSpec
@@ -195,6 +195,16 @@ def _gpu_substring(g: Gpu) -> str | None:
     return None if g.reference_only else g.name.split()[0]
 
 
+def _ready_timeout(r: Recipe, planned: list[tuple[str, LayoutPlan, Plan]]) -> float:
+    """``launch.json``'s ``ready_timeout_s``: ``ready_budget_s`` of the slowest role's load estimate (every server
+    must be ready), the Kubernetes start-up probe's budget too; where no plan has an estimate, the wait before
+    there was one (an hour for TensorRT-LLM, ten minutes for the reference engine)."""
+    loads = [lp.memory.load_s for _, lp, _ in planned if lp.memory is not None and lp.memory.load_s > 0]
+    if loads:
+        return float(ready_budget_s(max(loads)))
+    return 600.0 if r.serve.engine == "reference" else LaunchSpec.ready_timeout_s
+
+
 def engine_argv(r: Recipe, lay: Layout, model_dir: str, config_path: str, port: int,
                 role: str | None = None) -> tuple[str, ...]:
     """The per-rank command of one instance, spelled by the engine's own module: TensorRT-LLM's
@@ -252,7 +262,7 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: HostList | Se
         engine_version_probe=VERSION_PROBE if version else (), gpus_per_node=gpn if version else None,
         gpu_kind=_gpu_substring(r.cluster.gpu), eplb=_eplb_online(r),
         shm_min_bytes=int(max(lp.memory.eplb_shm_bytes if lp.memory else 0.0 for _, lp, _ in planned)),
-        gateway=gateway_options(r), log_format=r.serve.log_format,
+        gateway=gateway_options(r), log_format=r.serve.log_format, ready_timeout_s=_ready_timeout(r, planned),
         slurm=SlurmOptions(gpus_per_node=gpn if version else None,
                            container_image=container_image(version) if version else None),
     )
@@ -261,8 +271,7 @@ def build_bundle(r: Recipe, checkpoint: Path, out: Path, *, hosts: HostList | Se
         files[CONFIG_FILE] = render(None, lay)
         files[HOSTFILE] = "".join(f"{h} slots={gpn}\n" for h in names)
         launch = LaunchSpec(argv=argv_for(lay, CONFIG_FILE, r.serve.port, None), world_size=lay.world_size,
-                            hostfile=HOSTFILE, http_port=r.serve.port,
-                            ready_timeout_s=600.0 if r.serve.engine == "reference" else 3600.0, **common)
+                            hostfile=HOSTFILE, http_port=r.serve.port, **common)
     else:
         d = r.disagg
         roles: dict[str, list[Any]] = {"ctx": [], "gen": []}

@@ -281,7 +281,7 @@ _TEMPLATE = r"""{#- k2trt chat template, family: @FAMILY@ -#}
     {%- endfor -%}
   {%- endif -%}
 {%- endmacro -%}
-{%- set thinking_on = k2_family in ('k2-thinking', 'k2.7-code') or not (thinking is defined and thinking is false) -%}
+@TOOL_CALLS_MACRO@{%- set thinking_on = k2_family in ('k2-thinking', 'k2.7-code') or not (thinking is defined and thinking is false) -%}
 {%- set preserve = k2_family == 'k2.7-code' or
                    (k2_family == 'k2.6' and preserve_thinking is defined and preserve_thinking) -%}
 {%- set ns = namespace(last=-1) -%}
@@ -323,20 +323,7 @@ _TEMPLATE = r"""{#- k2trt chat template, family: @FAMILY@ -#}
     {{- '</think>' -}}
     {{- render_content(message.get('content')) -}}
     {%- if message.get('tool_calls') -%}
-      {{- '<|tool_calls_section_begin|>' -}}
-      {%- for tool_call in message['tool_calls'] -%}
-        {%- set arguments = tool_call['function']['arguments'] -%}
-        {{- '<|tool_call_begin|>' -}}
-        {{- tool_call.get('id') or '' -}}
-        {{- '<|tool_call_argument_begin|>' -}}
-        {%- if arguments is string -%}
-          {{- arguments -}}
-        {%- else -%}
-          {{- arguments | tojson -}}
-        {%- endif -%}
-        {{- '<|tool_call_end|>' -}}
-      {%- endfor -%}
-      {{- '<|tool_calls_section_end|>' -}}
+      {{- render_tool_calls(message['tool_calls']) -}}
     {%- endif -%}
   {%- elif role == 'tool' -%}
     {{- '## Return of ' -}}
@@ -358,7 +345,7 @@ _TEMPLATE = r"""{#- k2trt chat template, family: @FAMILY@ -#}
     {%- endif -%}
   {%- endif -%}
 {%- endif -%}
-"""
+""".replace("@TOOL_CALLS_MACRO@", vocab.TOOL_CALLS_MACRO)
 
 
 def thinking_template(family: str) -> str:

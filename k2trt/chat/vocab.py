@@ -95,6 +95,26 @@ PAT_STR_PORTABLE = "|".join([
 
 DEFAULT_MODEL_MAX_LENGTH = int(1e30)  # what K2's tokenizer_config.json carries (effectively unbounded)
 
+# The assistant's tool-call section (kimi_formats.md §4.4), one jinja macro that K2-Instruct's template and every
+# thinking family's (``thinking.thinking_template``) include: one spelling of how a call is written.
+TOOL_CALLS_MACRO = r"""{%- macro render_tool_calls(tool_calls) -%}
+  {{- '<|tool_calls_section_begin|>' -}}
+  {%- for tool_call in tool_calls -%}
+    {%- set arguments = tool_call['function']['arguments'] -%}
+    {{- '<|tool_call_begin|>' -}}
+    {{- tool_call.get('id') or '' -}}
+    {{- '<|tool_call_argument_begin|>' -}}
+    {%- if arguments is string -%}
+      {{- arguments -}}
+    {%- else -%}
+      {{- arguments | tojson -}}
+    {%- endif -%}
+    {{- '<|tool_call_end|>' -}}
+  {%- endfor -%}
+  {{- '<|tool_calls_section_end|>' -}}
+{%- endmacro -%}
+"""
+
 # The chat_template.jinja k2trt writes: ``template.render`` in jinja, byte for byte. Every literal is inside
 # {{- '…' -}} so that no template whitespace leaks under Transformers' settings (trim_blocks, lstrip_blocks).
 CHAT_TEMPLATE = r"""{#- Kimi K2 chat template written by k2trt: the canonical structure of the official template. -#}
@@ -113,7 +133,7 @@ CHAT_TEMPLATE = r"""{#- Kimi K2 chat template written by k2trt: the canonical st
     {%- endfor -%}
   {%- endif -%}
 {%- endmacro -%}
-{%- if tools -%}
+@TOOL_CALLS_MACRO@{%- if tools -%}
   {{- '<|im_system|>tool_declare<|im_middle|>' -}}
   {{- tools | tojson(separators=(',', ':')) -}}
   {{- '<|im_end|>' -}}
@@ -139,27 +159,14 @@ CHAT_TEMPLATE = r"""{#- Kimi K2 chat template written by k2trt: the canonical st
   {%- endif -%}
   {{- render_content(message.get('content')) -}}
   {%- if role == 'assistant' and message.get('tool_calls') -%}
-    {{- '<|tool_calls_section_begin|>' -}}
-    {%- for tool_call in message['tool_calls'] -%}
-      {%- set arguments = tool_call['function']['arguments'] -%}
-      {{- '<|tool_call_begin|>' -}}
-      {{- tool_call.get('id') or '' -}}
-      {{- '<|tool_call_argument_begin|>' -}}
-      {%- if arguments is string -%}
-        {{- arguments -}}
-      {%- else -%}
-        {{- arguments | tojson -}}
-      {%- endif -%}
-      {{- '<|tool_call_end|>' -}}
-    {%- endfor -%}
-    {{- '<|tool_calls_section_end|>' -}}
+    {{- render_tool_calls(message['tool_calls']) -}}
   {%- endif -%}
   {{- '<|im_end|>' -}}
 {%- endfor -%}
 {%- if add_generation_prompt -%}
   {{- '<|im_assistant|>assistant<|im_middle|>' -}}
 {%- endif -%}
-"""
+""".replace("@TOOL_CALLS_MACRO@", TOOL_CALLS_MACRO)
 
 # A small training corpus (written for this project): prose, code, JSON tool traffic and some CJK, so that the
 # tiny BPE learns merges for the pieces a chat prompt and a tool call are made of.

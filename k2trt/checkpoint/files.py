@@ -11,6 +11,10 @@ converter never holds a whole shard in memory), hashed on the way when asked, an
 into place with the guarantees of ``k2trt.fsio``. ``commit(sparse=True)`` leaves the data region as a file hole — a
 faithful 1 TB layout that costs almost no disk. ``copy_file`` moves whole files with ``copy_file_range`` (the
 kernel copies; what ``cp`` does) unless the bytes must pass through for a hash. No torch here.
+
+Every source file is opened through ``open_regular``: links are followed (a Hugging Face cache snapshot is relative
+symlinks into ``../../blobs/``) and anything but a regular file (a FIFO, a device, a directory named like a shard) is
+refused in one line instead of blocking the reader.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import hashlib
 import json
 import os
 import queue
+import stat
 import struct
 import threading
 from dataclasses import dataclass
@@ -64,18 +69,57 @@ class ShardHeader:
     file_size: int
 
 
+def open_regular(path: str | Path) -> int:
+    """A read-only descriptor of ``path`` (links followed) that is certainly a regular file.
+
+    The open itself never blocks: ``O_NONBLOCK`` makes a FIFO open at once (a plain open waits for a writer
+    forever), and ``fstat`` of what was opened — not a ``stat`` before, which a rename could outrun — decides.
+
+    Args:
+        path: the file to read.
+    Returns:
+        An open descriptor (blocking mode restored); the caller closes it. CheckpointError (one line) when the file
+        is missing or unreadable or is not a regular file.
+    Example: ``fd = open_regular(d / "model-1-of-4.safetensors")``
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror})",
+                              "check the file exists and is readable; a dangling link points at a missing blob"
+                              ) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise CheckpointError(f"{path}: is {_file_kind(mode)}, not a regular file",
+                              "replace it with the real file (k2trt never reads pipes or devices as shards)")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
 def read_header(path: str | Path) -> ShardHeader:
     """Parse and validate a safetensors header without touching tensor data.
 
-    Raises CheckpointError (one line naming the file and the fix) for: a file shorter than its header, a header
-    length past the end of the file, invalid JSON, unknown dtypes, offsets that do not match shape × dtype, overlapping
-    tensors, and data that runs past the end of the file (a truncated download).
+    Raises CheckpointError (one line naming the file and the fix) for: a path that is not a regular file (links are
+    followed), a file shorter than its header, a header length past the end of the file, invalid JSON, entries of
+    the wrong JSON types (the format's: ``dtype`` a string, ``shape`` and ``data_offsets`` lists of non-negative
+    integers, ``__metadata__`` an object of strings), unknown dtypes, offsets that do not match shape × dtype,
+    overlapping tensors, and data that runs past the end of the file (a truncated download).
     """
     p = Path(path)
     fix = "re-download or re-convert this shard"
+    fd = open_regular(p)
     try:
-        size = p.stat().st_size
-        with open(p, "rb") as f:
+        with os.fdopen(fd, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
                 raise CheckpointError(f"{p}: {size} bytes is too short for a safetensors file", fix)
@@ -88,26 +132,24 @@ def read_header(path: str | Path) -> ShardHeader:
         raise CheckpointError(f"{p}: cannot read ({e.strerror})") from None
     try:
         header = json.loads(raw.decode("utf-8").rstrip(" \x00"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{p}: header is not valid JSON ({e})", fix) from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{p}: header is not valid JSON ({str(e).splitlines()[0]})", fix) from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{p}: header is not a JSON object", fix)
     data_start = 8 + n
-    meta = header.pop("__metadata__", None) or {}
+    meta = header.pop("__metadata__", None)
+    meta = {} if meta is None else meta
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise CheckpointError(f"{p}: __metadata__ is {_json_type(meta)}, not an object of strings", fix)
     entries: dict[str, TensorEntry] = {}
     spans: list[tuple[int, int, str]] = []
     for name, info in header.items():
-        try:
-            dtype, shape, (b, e) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{p}: tensor {name!r} has a malformed header entry", fix) from None
-        if dtype not in DTYPE_SIZE:
-            raise CheckpointError(f"{p}: tensor {name!r} has unknown dtype {dtype!r}", fix)
+        dtype, shape, (b, e) = _entry_fields(p, name, info, fix)
         numel = 1
         for d in shape:
             numel *= d
         want = int(numel * DTYPE_SIZE[dtype])
-        if e - b != want or b < 0:
+        if e - b != want:
             raise CheckpointError(f"{p}: tensor {name!r} {dtype}{list(shape)} needs {want} bytes but its offsets "
                                   f"span {e - b}", fix)
         if data_start + e > size:
@@ -119,7 +161,37 @@ def read_header(path: str | Path) -> ShardHeader:
     for (b0, e0, n0), (b1, _e1, n1) in zip(spans, spans[1:]):
         if b1 < e0:
             raise CheckpointError(f"{p}: tensors {n0!r} and {n1!r} overlap", fix)
-    return ShardHeader(p, entries, {str(k): str(v) for k, v in meta.items()}, data_start, size)
+    return ShardHeader(p, entries, dict(meta), data_start, size)
+
+
+def _entry_fields(p: Path, name: str, info: Any, fix: str) -> tuple[str, tuple[int, ...], tuple[int, int]]:
+    """``(dtype, shape, (begin, end))`` of one header entry, each of the JSON type the format prescribes."""
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{p}: tensor {name!r} has a malformed header entry ({what})", fix)
+
+    if not isinstance(info, dict):
+        raise bad(f"{_json_type(info)} instead of an object")
+    if not {"dtype", "shape", "data_offsets"} <= info.keys():
+        raise bad("needs dtype, shape and data_offsets")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str):
+        raise bad(f"dtype is {_json_type(dtype)}, not a string")
+    if dtype not in DTYPE_SIZE:
+        raise CheckpointError(f"{p}: tensor {name!r} has unknown dtype {dtype[:40]!r}", fix)
+    if not _naturals(shape):
+        raise bad("shape is not a list of non-negative integers")
+    if not _naturals(offsets) or len(offsets) != 2 or offsets[0] > offsets[1]:
+        raise bad("data_offsets is not two non-negative integers begin <= end")
+    return dtype, tuple(shape), (offsets[0], offsets[1])
+
+
+def _naturals(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+
+
+def _json_type(v: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
 
 
 def read_index(model_dir: str | Path) -> dict[str, Any] | None:
@@ -128,11 +200,21 @@ def read_index(model_dir: str | Path) -> dict[str, Any] | None:
     if not p.exists():
         return None
     try:
-        idx = json.loads(p.read_text())
+        with os.fdopen(open_regular(p), "rb") as f:
+            idx = json.loads(f.read())
+    except OSError as e:
+        raise CheckpointError(f"{p}: cannot read ({e.strerror})") from None
+    except (UnicodeDecodeError, RecursionError):
+        raise CheckpointError(f"{p}: not valid JSON", "regenerate the index") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{p}: invalid JSON at line {e.lineno}: {e.msg}", "regenerate the index") from None
     if not isinstance(idx, dict) or not isinstance(idx.get("weight_map"), dict):
         raise CheckpointError(f"{p}: no 'weight_map' object", "regenerate the index")
+    if not all(isinstance(v, str) for v in idx["weight_map"].values()):
+        raise CheckpointError(f"{p}: 'weight_map' maps a tensor to something other than a file name",
+                              "regenerate the index")
+    if not isinstance(idx.get("metadata", {}), dict):
+        raise CheckpointError(f"{p}: 'metadata' is not an object", "regenerate the index")
     return idx
 
 
@@ -395,7 +477,7 @@ def sha256_file(path: str | Path, chunk: int = CHUNK) -> str:
     h = hashlib.sha256()
     buf = bytearray(chunk)
     mv = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
+    with os.fdopen(open_regular(path), "rb", buffering=0) as f:
         while n := f.readinto(buf):
             h.update(mv[:n])
     return h.hexdigest()
@@ -414,7 +496,7 @@ def copy_file(src: Path, dst: Path, *, hashing: bool, on_bytes: Callable[[int], 
     hasher = threading.Thread(target=lambda: result.append(_sha256_or_error(src)), name="k2trt-sha256",
                               daemon=True) if hashing else None
     try:
-        with open(src, "rb", buffering=0) as fi, open(tmp, "xb", buffering=0) as fo:
+        with os.fdopen(open_regular(src), "rb", buffering=0) as fi, open(tmp, "xb", buffering=0) as fo:
             if hasher is not None:
                 hasher.start()
             size = os.fstat(fi.fileno()).st_size
@@ -447,13 +529,24 @@ def _sha256_or_error(path: Path) -> str | BaseException:
 
 
 def link_file(src: Path, dst: Path) -> bool:
-    """Hard-link ``src`` as ``dst`` (atomically, via a temporary name). False when the filesystem cannot."""
+    """Hard-link the file ``src`` names as ``dst`` (atomically, via a temporary name). False when the filesystem
+    cannot.
+
+    ``src`` is resolved first (``os.path.realpath``): linking a symlink itself would copy the link, and a Hugging
+    Face cache snapshot's relative link (``../../blobs/…``) dangles anywhere else. What appears under ``dst`` is
+    checked to be a regular file before it gets its final name. CheckpointError when ``src`` is not a regular file.
+    """
+    real = Path(os.path.realpath(src))
+    os.close(open_regular(real))  # refuses a dangling link, a FIFO, a directory
     tmp = partial_name(dst)
     try:
-        os.link(src, tmp)
+        os.link(real, tmp, follow_symlinks=False)
     except OSError:
         return False  # EXDEV (another filesystem), EPERM (no hard links here): the caller copies instead
     try:
+        if not stat.S_ISREG(os.lstat(tmp).st_mode):  # swapped for something else since the check: never keep it
+            raise CheckpointError(f"{src}: changed into {_file_kind(os.lstat(tmp).st_mode)} while being linked",
+                                  "run the same command again")
         os.replace(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)

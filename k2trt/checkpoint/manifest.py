@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,11 +87,13 @@ def digest(obj: Any) -> str:
 
 
 def file_matches(path: Path, rec: FileRecord, check_hash: bool) -> bool:
-    """Whether a finished file still is what the manifest says (size, and sha256 when recorded and asked)."""
+    """Whether a finished file still is what the manifest says: a regular file (a link under a final name is never
+    finished work — it may dangle), of its size, and of its sha256 when recorded and asked."""
     try:
-        if path.stat().st_size != rec.size:
-            return False
+        st = path.lstat()
     except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_size != rec.size:
         return False
     if check_hash and rec.sha256 is not None:
         return sha256_file(path) == rec.sha256

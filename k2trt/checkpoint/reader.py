@@ -74,11 +74,12 @@ class CheckpointReader:
     # ---- bytes -------------------------------------------------------------------------------------------------
 
     def fd(self, fname: str) -> int:
-        """A read-only descriptor of shard ``fname`` (opened once, shared by all threads)."""
+        """A read-only descriptor of shard ``fname`` (opened once, shared by all threads; links followed, anything
+        but a regular file refused without blocking)."""
         with self._lock:
             fd = self._fds.get(fname)
             if fd is None:
-                fd = self._fds[fname] = os.open(self.model_dir / fname, os.O_RDONLY)
+                fd = self._fds[fname] = files.open_regular(self.model_dir / fname)
             return fd
 
     def read_into(self, e: files.TensorEntry, offset: int, out: Any) -> None:

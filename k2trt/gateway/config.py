@@ -19,13 +19,29 @@ from k2trt.chat.families import FAMILY_NAMES
 from k2trt.errors import ConfigError
 from k2trt.jsonlog import DEFAULT_LOG_FORMAT, LOG_FORMATS, LogFormat
 
-__all__ = ["API_KEYS_ENV", "LOG_FORMATS", "MODES", "GatewayConfig", "GatewayLimits", "LogFormat", "read_api_keys"]
+__all__ = ["API_KEYS_ENV", "CLI_FLAGS", "LOG_FORMATS", "MODES", "GatewayConfig", "GatewayLimits", "LogFormat",
+           "read_api_keys"]
 
 Mode = Literal["render", "passthrough"]
 UnknownTools = Literal["drop", "keep"]
 MODES: tuple[str, ...] = ("render", "passthrough")
 API_KEYS_ENV = "K2TRT_GATEWAY_API_KEYS"
 """The environment variable the gateway reads accepted API keys from (whitespace-separated)."""
+CLI_FLAGS: dict[str, str] = {
+    "engine_url": "--engine-url", "model_dir": "--model-dir", "host": "--host", "port": "--port", "mode": "--mode",
+    "require_api_key": "--require-api-key", "served_model_name": "--served-model-name",
+    "model_aliases": "--model-alias", "max_body_bytes": "--max-body", "max_context_tokens": "--max-context",
+    "header_timeout_s": "--header-timeout", "body_timeout_s": "--body-timeout",
+    "max_header_bytes": "--max-header-size", "max_connections": "--max-connections",
+    "health_timeout_s": "--health-timeout", "connect_timeout_s": "--connect-timeout",
+    "read_timeout_s": "--read-timeout", "chat_family": "--chat-family", "default_temperature": "--default-temperature",
+    "default_top_p": "--default-top-p", "unknown_tools": "--unknown-tools", "log_prompts": "--log-prompts",
+    "log_format": "--log-format"}
+"""``GatewayConfig`` field → the ``k2trt gateway`` option that sets it: the command declares its options with these
+names and ``GatewayConfig.argv`` writes them (one spelling). ``api_keys`` has none on purpose: keys never travel in
+argv, which every user of the machine can read in /proc."""
+_ALWAYS_SAID = ("engine_url", "host", "port", "mode")
+"""Fields ``GatewayConfig.argv`` writes even at their default: where the gateway listens and what it fronts."""
 
 
 def read_api_keys(env_var: str | None = None, key_file: str | Path | None = None,
@@ -78,6 +94,9 @@ class GatewayConfig:
     ``passthrough``: /v1/chat/completions is forwarded as is (TensorRT-LLM ≥1.2 with its kimi_k2 tool parser)."""
     api_keys: tuple[str, ...] = ()
     """Accepted keys (``Authorization: Bearer KEY`` or ``x-api-key: KEY``); empty means no authentication."""
+    require_api_key: bool = False
+    """Refuse to start without at least one key (a gateway that serves beyond loopback; a bundle's
+    ``serve.gateway_auth``), so an empty key source never leaves it open."""
     served_model_name: str | None = None
     """Model id shown by /v1/models and echoed in responses [default: the model directory's name, else kimi-k2]."""
     model_aliases: tuple[str, ...] = ()
@@ -191,7 +210,44 @@ class GatewayConfig:
                 raise ConfigError(f"{name} {v} is outside [0, {hi:g}]")
         if any(not k for k in self.api_keys):
             raise ConfigError("an empty --api-key would accept every request", "remove it or give a value")
+        if self.require_api_key and not self.api_keys:
+            raise ConfigError("--require-api-key is set but no API key was given",
+                              f"put keys in ${API_KEYS_ENV} or a file named by --api-key-file")
         return self
+
+    def argv(self, program: tuple[str, ...] = ("k2trt", "gateway")) -> list[str]:
+        """The ``k2trt gateway`` command line that starts a gateway with these settings: the listening address, the
+        engine and the mode always, every other setting that differs from its default, never the API keys (they
+        reach the command through ``API_KEYS_ENV`` or ``--api-key-file``).
+
+        Args:
+            program: the command's first words.
+        Returns:
+            The argv (``program`` first).
+        Raises:
+            ConfigError: a non-default setting has no option (``engine_model``, ``anthropic_temperature_scale``,
+                ``extra``), so the command could not start this gateway.
+        Example:
+            >>> GatewayConfig("http://e:8000", mode="passthrough", max_connections=64).argv()[-4:]
+            ['--mode', 'passthrough', '--max-connections', '64']
+        """
+        out = list(program)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if f.name == "api_keys" or (f.name not in _ALWAYS_SAID and value == default):
+                continue
+            flag = CLI_FLAGS.get(f.name)
+            if flag is None:
+                raise ConfigError(f"gateway setting {f.name}={value!r} has no k2trt gateway option",
+                                  "leave it at its default for a gateway started by command line")
+            if isinstance(value, bool):
+                out.append(flag)  # a switch (every one defaults to off): said only when on
+            elif isinstance(value, tuple):
+                out += [a for v in value for a in (flag, str(v))]
+            else:  # repr keeps every digit of a float; paths and numbers as text
+                out += [flag, repr(value) if isinstance(value, float) else str(value)]
+        return out
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,11 @@ found, ai-dynamo/dynamo ``deploy/operator/internal/dynamo/backend_trtllm.go``), 
 ranks ssh starts (``PermitUserEnvironment``). ``OMPI_MCA_orte_keep_fqdn_hostnames`` / its PRRTE twin keep the pods'
 DNS names whole (Dynamo, k8s-nim-operator).
 
-Budgets, both from the plan in the bundle's manifest: the start-up probe allows ``STARTUP_MARGIN`` × the plan's
-load estimate (never under ``MIN_STARTUP_S``); ``/dev/shm`` is a memory ``emptyDir`` sized for the node's share of
-the weights (``SHM_WEIGHTS_HEADROOM``; per-GPU bytes × GPUs, so replicated weights count on every GPU) plus online
-EPLB's host copy of the routed experts (``launch.json`` ``shm_min_bytes``). Its ``sizeLimit`` is a cap, not a
-reservation — the pod uses only what it writes — so erring high costs nothing, while a limit too low evicts the pod.
+Budgets, both from the plan in the bundle's manifest: the start-up probe allows what ``k2trt serve`` waits for
+readiness (``plan.memory.ready_budget_s`` of the plan's load estimate); ``/dev/shm`` is a memory ``emptyDir`` sized
+for the node's share of the weights (``SHM_WEIGHTS_HEADROOM``; per-GPU bytes × GPUs, so replicated weights count on
+every GPU) plus online EPLB's host copy of the routed experts (``launch.json`` ``shm_min_bytes``). Its ``sizeLimit``
+is a cap, not a reservation — the pod uses only what it writes — so erring high costs nothing, while a limit too low evicts the pod.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from k2trt.errors import ConfigError
 from k2trt.launch.mpi import JOB_ID_VAR, MpiFlavor, mpirun_argv
 from k2trt.launch.spec import LOCAL_NAMES, GatewayOptions, HostSlots, LaunchSpec
 from k2trt.plan.gpus import GiB
-from k2trt.plan.memory import load_seconds
+from k2trt.plan.memory import load_seconds, ready_budget_s
 from k2trt.plan.rules import Finding
 from k2trt.trtllm.deploy import project_image
 from k2trt.trtllm.disagg import RoleServers, disagg_config
@@ -48,10 +48,6 @@ from k2trt.trtllm.render import dump_yaml
 
 GROUP_INDEX_ENV = "K2TRT_GROUP_INDEX"
 """The pod's LeaderWorkerSet group index (downward API), expanded by the kubelet in the pods' host names."""
-STARTUP_MARGIN = 2.0
-"""Start-up probe budget over the plan's load estimate (the estimate rests on assumed bandwidths)."""
-MIN_STARTUP_S = 600
-"""Shortest start-up budget, seconds."""
 SHM_WEIGHTS_HEADROOM = 1.1
 """``/dev/shm`` per node over its weight bytes: TensorRT-LLM's K2-Thinking guide fixes the loader's host "Bus
 error" with a 640 GB ``/dev/shm`` on 8×B200 for a 594 GB checkpoint (shared/reference/trtllm.md §3.2), ~1.08×."""
@@ -258,7 +254,7 @@ def _budget(view: BundleView, role: str) -> int:
     load = mem.get("load_s")
     if load is None:  # a bundle from before the plan had a load estimate: the same estimate from its weights
         load = load_seconds(float(mem.get("weights_gib_max", 0.0)) * GiB, view.recipe.cluster.load_gbps)
-    return int(max(MIN_STARTUP_S, math.ceil(STARTUP_MARGIN * float(load))))
+    return ready_budget_s(float(load))
 
 
 def _shm(view: BundleView, role: str, ranks_per_pod: int) -> int:

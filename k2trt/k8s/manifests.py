@@ -16,6 +16,7 @@ probe late.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -86,13 +87,17 @@ def to_yaml(objs: list[dict[str, Any]], header: str = "") -> str:
 
 
 def gateway_argv(d: K8sDeployment) -> list[str]:
-    """``k2trt gateway`` in front of the engine's (or router's) Service, with the bundle's gateway options — what
-    ``k2trt serve`` starts in its supervising process, here in its own pods (listening on every address)."""
+    """``k2trt gateway`` in front of the engine's (or router's) Service with the bundle's gateway settings — the
+    ``GatewayConfig`` ``k2trt serve`` starts in its supervising process (``GatewayOptions.config``: limits, context,
+    served name, aliases, key requirement, the job's log format), here in its own pods listening on every address.
+    The API keys come from the Secret in ``API_KEYS_ENV``, never argv.
+
+    Example: ``gateway_argv(d)[:4]`` → ``['k2trt', 'gateway', '--engine-url', 'http://k2-engine:8000']``.
+    """
     assert d.gateway is not None
     svc, port = d.front()
-    argv = ["k2trt", "gateway", "--engine-url", f"http://{svc}:{port}", "--host", "0.0.0.0",
-            "--port", str(d.gateway.port), "--mode", d.gateway.mode]
-    return argv + (["--model-dir", d.launch.model_dir] if d.launch.model_dir else [])
+    cfg = d.gateway.config(f"http://{svc}:{port}", d.launch.model_dir, log_format=d.launch.log_format)
+    return dataclasses.replace(cfg, host="0.0.0.0").argv()
 
 
 # ---- objects ---------------------------------------------------------------------------------------------------

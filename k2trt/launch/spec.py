@@ -176,6 +176,7 @@ class GatewayOptions:
         """
         return GatewayConfig(engine_url=engine_url, model_dir=model_dir, host=self.host, port=self.port,
                              mode=self.mode, api_keys=api_keys,  # type: ignore[arg-type]
+                             require_api_key=self.require_key,
                              served_model_name=self.served_model_name, log_format=log_format,
                              **self.limits.settings())  # type: ignore[arg-type]
 
@@ -217,7 +218,9 @@ class LaunchSpec:
     ready_paths: tuple[str, ...] = DEFAULT_READY_PATHS
     """Readiness URL paths in order of preference; a path answering 404 falls through to the next."""
     ready_timeout_s: float = 3600.0
-    """Seconds to wait for readiness; a 1 TB load from network storage takes most of an hour."""
+    """Seconds to wait for readiness. A bundle sets it from its plan's load estimate (``plan.memory.ready_budget_s``:
+    twice the estimate, never under 10 min; set ``cluster.load_gbps`` to your storage's pace); the default, an hour,
+    is for a spec without one (a 1 TB load from slow network storage takes most of an hour)."""
     stop_grace_s: float = 20.0
     """Seconds between SIGTERM and SIGKILL when tearing the job down."""
     log_dir: str = "logs"

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
 
@@ -333,6 +334,29 @@ def load_seconds(weights_per_gpu: float, gbps: float = LOAD_GBPS, start_s: float
     if gbps <= 0:
         raise ConfigError(f"storage bandwidth {gbps} GB/s must be > 0", "set cluster.load_gbps to a positive number")
     return weights_per_gpu / (gbps * 1e9) + start_s
+
+
+READY_MARGIN = 2.0
+"""How many times the load estimate a launcher waits for the engine before giving up: the estimate rests on assumed
+bandwidths (``LOAD_GBPS``, ``ENGINE_START_S``), so a load at half the assumed pace still makes it."""
+MIN_READY_S = 600
+"""The shortest wait for readiness, seconds, however small the estimate (the tiny reference model's)."""
+
+
+def ready_budget_s(load_s: float) -> int:
+    """Seconds to wait for an engine to become ready given the plan's load estimate: ``READY_MARGIN`` × ``load_s``,
+    never under ``MIN_READY_S``. One budget for every launcher: ``k2trt serve``'s readiness wait
+    (``launch.json`` ``ready_timeout_s``) and the Kubernetes start-up probe.
+
+    Args:
+        load_s: the plan's load estimate (``MemoryPlan.load_s``, ``load_seconds``), seconds.
+    Returns:
+        Whole seconds.
+    Example:
+        >>> ready_budget_s(720.0), ready_budget_s(45.0)
+        (1440, 600)
+    """
+    return int(max(MIN_READY_S, math.ceil(READY_MARGIN * load_s)))
 
 
 def routed_expert_bytes(spec: ModelSpec) -> float:

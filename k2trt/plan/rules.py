@@ -16,6 +16,7 @@ from k2trt.plan.memory import INT4_SOURCE, MemoryPlan, weight_format
 from k2trt.spec import ModelSpec
 from k2trt.trtllm import known
 from k2trt.trtllm.deploy import EPLB_SHM_DEFAULT, EPLB_SHM_VAR
+from k2trt.trtllm.render import SERVE_EXE, TOOL_PARSER_ARGS, TRUST_REMOTE_CODE_FLAG
 
 MIN_VIABLE_SEQUENCES = 4  # fewer concurrent full-context sequences than this is not a serving deployment (assumption)
 MARGINAL_WEIGHT_SHARE = 0.70  # weights above 70% of usable memory leave KV room for short contexts only (assumption)
@@ -156,8 +157,9 @@ RULES: tuple[Rule, ...] = (
                    "crash"),
     Rule("tool-parser-multinode", "warning",
          lambda c: c.tool_parser and c.mapping.nodes > 1,
-         lambda c: "multi-node trtllm-serve with --trust_remote_code --tool_parser kimi_k2 hung on builds before "
-                   "PR #11383 (Feb 2026, nvbugs/5823783); the k2trt gateway can parse tool calls instead"),
+         lambda c: f"multi-node {SERVE_EXE} with {' '.join((TRUST_REMOTE_CODE_FLAG, *TOOL_PARSER_ARGS))} hung on "
+                   "builds before PR #11383 (Feb 2026, nvbugs/5823783); the k2trt gateway can parse tool calls "
+                   "instead"),
 )
 
 

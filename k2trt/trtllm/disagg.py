@@ -45,8 +45,9 @@ def disagg_config(ctx: RoleServers, gen: RoleServers, *, hostname: str = "0.0.0.
         return {"num_instances": len(s.urls), "urls": list(s.urls), "tensor_parallel_size": s.tp,
                 "pipeline_parallel_size": s.pp, "router": {"type": router}}
 
-    return {"hostname": hostname, "port": port, "backend": "pytorch",
-            "context_servers": section(ctx), "generation_servers": section(gen)}
+    # No ``backend`` key: the router reads any top-level key it has no parameter for as an LLM-API argument of both
+    # roles, and ``backend`` is a deprecated one in every profile (the PyTorch backend is TorchLlmArgs' only value).
+    return {"hostname": hostname, "port": port, "context_servers": section(ctx), "generation_servers": section(gen)}
 
 
 def router_argv(config_path: str) -> list[str]:

@@ -22,6 +22,10 @@ from k2trt.trtllm.profiles import profile_for
 
 SERVE_EXE = "trtllm-serve"
 TOOL_PARSER = "kimi_k2"
+TRUST_REMOTE_CODE_FLAG = "--trust_remote_code"
+"""``trtllm-serve serve``'s switch that lets K2's config and tokenizer code load (always on)."""
+TOOL_PARSER_ARGS = ("--tool_parser", TOOL_PARSER)
+"""``trtllm-serve serve``'s K2 tool-call parser (where the release has it)."""
 KV_FRACTION = 0.9
 """KvCacheConfig.free_gpu_memory_fraction default (trtllm.md §2.3): the planner's and the recipes' default too."""
 SERVER_ROLES = {"ctx": "context", "gen": "generation"}
@@ -148,9 +152,9 @@ def serve_argv(model_dir: str, *, config_path: str, tp: int, ep: int, pp: int = 
     s = prof.serve
     argv = [SERVE_EXE, "serve", model_dir, "--host", host, "--port", str(port), "--backend", "pytorch",
             s["tp_flag"], str(tp), s["pp_flag"], str(pp), s["ep_flag"], str(ep),
-            "--gpus_per_node", str(gpus_per_node), "--trust_remote_code", s["config_flag"], config_path]
+            "--gpus_per_node", str(gpus_per_node), TRUST_REMOTE_CODE_FLAG, s["config_flag"], config_path]
     if tool_parser and prof.has_tool_parser(TOOL_PARSER):
-        argv += ["--tool_parser", TOOL_PARSER]
+        argv += TOOL_PARSER_ARGS
     if server_role:
         argv += ["--server_role", server_role.upper()]
     return argv

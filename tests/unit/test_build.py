@@ -48,6 +48,8 @@ def test_tiny_cpu_bundle(tiny_ckpt: Path, tmp_path: Path) -> None:
     assert man["checkpoint_manifest_sha256"] == manifest_hash(str(tiny_ckpt.resolve())) == spec.model_manifest_sha256
     assert man["k2trt_version"] and man["trtllm_pinned"] and man["recipe"]["name"] == "tiny-cpu"
     assert man["plan"]["server"]["ok"] is True
+    # the tiny model's load estimate is seconds: the readiness wait is the floor
+    assert 0 < man["plan"]["server"]["memory"]["load_s"] < 60 and spec.ready_timeout_s == 600
     assert lint_text((out / "config.yml").read_text()).ok
     assert "| tp2 |" in (out / "PLAN.md").read_text()
     assert (out / "launch.sh").stat().st_mode & 0o111 and "k2trt serve" in (out / "launch.sh").read_text()
@@ -126,6 +128,9 @@ def test_disaggregated_bundle(sparse_k2: Path, tmp_path: Path) -> None:
     assert spec.disagg.router_argv[:3] == ("trtllm-serve", "disaggregated", "-c")
     disagg = (out / "disagg.yml").read_text()
     assert "- a:8001" in disagg and "- c:8002" in disagg
+    # the readiness wait comes from the slower role's load estimate (twice it), not a fixed hour
+    loads = [p["memory"]["load_s"] for p in json.loads((out / "manifest.json").read_text())["plan"].values()]
+    assert len(loads) == 2 and abs(spec.ready_timeout_s - 2 * max(loads)) <= 1 and spec.ready_timeout_s != 3600
     ctx_yml = (out / "ctx.yml").read_text()
     assert "cuda_graph_config: null" in ctx_yml and "cache_transceiver_config" in ctx_yml
     assert lint_text(ctx_yml).ok and lint_text((out / "gen.yml").read_text()).ok

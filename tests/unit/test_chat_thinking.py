@@ -137,6 +137,19 @@ def test_jinja_twin_equals_renderer_under_every_switch(family: str) -> None:
         assert "reasoning_history[thinking=false,preserve_thinking=true]" in names
 
 
+@pytest.mark.parametrize("family", ("k2-instruct", *THINKING))
+def test_every_template_writes_tool_calls_with_the_one_macro(family: str) -> None:
+    """K2-Instruct's template and every thinking family's spell the tool-call section once, in the shared macro, and
+    a change to that macro reaches every family's renders (checked against the Python renderer)."""
+    text = thinking_template(family) if fam.family(family).thinks else vocab.CHAT_TEMPLATE
+    assert vocab.TOOL_CALLS_MACRO in text
+    assert text.count("<|tool_calls_section_begin|>") == text.count("<|tool_call_argument_begin|>") == 1
+    broken = text.replace(vocab.TOOL_CALLS_MACRO,
+                          vocab.TOOL_CALLS_MACRO.replace("{{- '<|tool_call_end|>' -}}", ""))
+    assert {r.name for r in check_template(text).results if not r.equal} == set()
+    assert any("tool" in r.name for r in check_template(broken).results if not r.equal)
+
+
 def test_check_catches_a_wrong_history_rule() -> None:
     """A K2.6 template that forgets preserve_thinking differs exactly on the preserve switch's renders."""
     broken = thinking_template("k2.6").replace("(k2_family == 'k2.6' and preserve_thinking is defined and "

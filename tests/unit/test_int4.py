@@ -78,7 +78,7 @@ def test_config_parsing_accepts_k2_thinking_and_names_what_it_refuses() -> None:
     assert q is not None and q.is_int4_source and q.group_size == 32 and q.layout == "ct-int4"
     for path, value, msg in ((("weights", "group_size"), 128, "group_size is 128"),
                              (("weights", "num_bits"), 8, "num_bits is 8"),
-                             (("weights", "symmetric"), False, "symmetric is False"),
+                             (("weights", "symmetric"), False, "symmetric is false"),
                              (("input_activations",), {"num_bits": 8}, "quantizes activations")):
         bad = json.loads(json.dumps(cfg))
         g = bad["quantization_config"]["config_groups"]["group_0"]

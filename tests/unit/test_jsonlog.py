@@ -38,11 +38,12 @@ def test_use_json_logs_routes_the_root_and_uvicorn_loggers() -> None:
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
     uv = logging.getLogger("uvicorn.error")
-    uv_saved = (list(uv.handlers), uv.propagate)
+    uv_saved = (list(uv.handlers), uv.propagate, uv.level, uv.disabled)
     buf = io.StringIO()
     try:
         uv.addHandler(logging.StreamHandler(io.StringIO()))
-        uv.propagate = False
+        uv.propagate, uv.disabled = False, True  # as a dictConfig with disable_existing_loggers leaves it
+        uv.setLevel(logging.NOTSET)  # an earlier in-process uvicorn may have raised it; not what this test is about
         use_json_logs("INFO", stream=buf, static={"component": "x"})
         logging.getLogger("k2trt.anything").info("a", extra={"n": 1})
         uv.info("b")
@@ -50,7 +51,9 @@ def test_use_json_logs_routes_the_root_and_uvicorn_loggers() -> None:
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
-        uv.handlers[:], uv.propagate = uv_saved
+        uv.handlers[:], uv.propagate = uv_saved[:2]
+        uv.setLevel(uv_saved[2])
+        uv.disabled = uv_saved[3]
     objs = [json.loads(x) for x in buf.getvalue().splitlines()]
     assert [(o["logger"], o["msg"]) for o in objs] == [("k2trt.anything", "a"), ("uvicorn.error", "b")]
     assert objs[0]["n"] == 1 and all(o["component"] == "x" for o in objs)

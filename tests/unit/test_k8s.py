@@ -31,9 +31,10 @@ from k2trt.k8s.render import MANIFESTS_FILE, K8sResult, build_k8s, read_bundle, 
 from k2trt.launch.hosts import HostList
 from k2trt.launch.mpi import MpiFlavor
 from k2trt.launch.runner import load_spec, plan_launch, with_hosts
-from k2trt.launch.spec import HostSlots
+from k2trt.launch.spec import HostSlots, LaunchSpec
 from k2trt.trtllm.disagg_lint import lint_config_text
 
+from gateway_cli import parsed_config
 from k8s_schemas import lws_source, validate
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "k8s"
@@ -296,6 +297,34 @@ def test_gateway_command_is_the_real_gateway_cli(built: Callable[..., BuildResul
     assert _container(dep["spec"]["template"]["spec"], "gateway")["env"][0]["valueFrom"]["secretKeyRef"]["optional"]
 
 
+def test_gateway_pods_run_the_gateway_serve_starts(built: Callable[..., BuildResult], tiny_ckpt: Path) -> None:
+    """The gateway pods' command, parsed back by the real ``k2trt gateway --dry-run``, is the ``GatewayConfig``
+    ``k2trt serve`` starts for the same bundle (``GatewayOptions.config``: limits, the recipe's context, served name,
+    aliases, key requirement, the job's log format) but for the address it listens on (every one, in a pod) and the
+    keys (from the Secret). The header-only K2 has no tokenizer, so the tiny K2's directory stands in for it."""
+    sets = ("serve.gateway_limits.max_connections=64", "serve.gateway_limits.read_timeout_s=1200.5",
+            "serve.gateway_limits.max_body_bytes=65536", "serve.gateway_limits.model_aliases=[kimi, '*']",
+            "serve.gateway_limits.max_context_tokens=32768", "model.served_name=kimi-k2-prod", "serve.log_format=json")
+    res, k = _k8s(built, "k2-h200-2x8-tp16ep8", bundle_sets=sets)
+    (dep,) = [o for o in k.objects if o["metadata"]["name"].endswith("-gateway") and o["kind"] == "Deployment"]
+    argv = _container(dep["spec"]["template"]["spec"], "gateway")["command"]
+    launch = LaunchSpec.from_dict(json.loads(res.files["launch.json"]))
+    assert launch.gateway is not None and launch.model_dir is not None
+    serve_cfg = launch.gateway.config("http://k2-h200-2x8-tp16ep8-engine:8000", launch.model_dir, ("key-1",),
+                                      launch.log_format)
+    assert (serve_cfg.max_connections, serve_cfg.max_context_tokens, serve_cfg.served_model_name,
+            serve_cfg.log_format, serve_cfg.require_api_key) == (64, 32768, "kimi-k2-prod", "json", True)
+    argv[argv.index("--model-dir") + 1] = str(tiny_ckpt)
+    got = parsed_config(argv, {"K2TRT_GATEWAY_API_KEYS": "key-1"}, ("key-1",))
+    assert got == dataclasses.replace(serve_cfg, host="0.0.0.0", model_dir=str(tiny_ckpt))
+    # without the settings, the gateway still gets the bundle's context (the recipe's) and key requirement
+    res, k = _k8s(built, "k2-h200-2x8-tp16ep8")
+    (dep,) = [o for o in k.objects if o["metadata"]["name"].endswith("-gateway") and o["kind"] == "Deployment"]
+    argv = _container(dep["spec"]["template"]["spec"], "gateway")["command"]
+    assert argv[argv.index("--max-context") + 1] == str(load_recipe("k2-h200-2x8-tp16ep8").context)
+    assert "--require-api-key" in argv and "--log-format" not in argv
+
+
 # ---- probes, shared memory, replicas ---------------------------------------------------------------------------
 def _leader(k: K8sResult) -> tuple[dict[str, Any], dict[str, Any]]:
     lws = _by_kind(k.objects, "LeaderWorkerSet")[0]
@@ -311,6 +340,10 @@ def test_startup_budget_and_shm_come_from_the_plan(built: Callable[..., BuildRes
     assert probe["httpGet"]["path"] == "/health" and c["readinessProbe"]["httpGet"]["path"] == "/health_generate"
     assert probe["failureThreshold"] * probe["periodSeconds"] >= 2 * mem["load_s"] > 0
     assert (probe["failureThreshold"] - 1) * probe["periodSeconds"] < 2 * mem["load_s"]
+    # k2trt serve waits as long for the same bundle (one budget: plan.memory.ready_budget_s)
+    wait = json.loads(res.files["launch.json"])["ready_timeout_s"]
+    assert abs(wait - 2 * mem["load_s"]) <= 1 and wait <= probe["failureThreshold"] * probe["periodSeconds"] < \
+        wait + probe["periodSeconds"]
     shm = next(v for v in _leader(k)[1]["volumes"] if v["name"] == "shm")["emptyDir"]
     assert shm["medium"] == "Memory"
     assert quantity_bytes(shm["sizeLimit"]) >= mem["weights_gib_max"] * 2**30 * 8 * 1.1
@@ -318,6 +351,7 @@ def test_startup_budget_and_shm_come_from_the_plan(built: Callable[..., BuildRes
     slow_res, slow = _k8s(built, "k2-h200-2x8-tp16ep8", bundle_sets=("cluster.load_gbps=0.1",))
     assert json.loads(slow_res.files["manifest.json"])["plan"]["server"]["memory"]["load_s"] > mem["load_s"]
     assert _container(_leader(slow)[1], "engine")["startupProbe"]["failureThreshold"] > probe["failureThreshold"]
+    assert json.loads(slow_res.files["launch.json"])["ready_timeout_s"] > wait
 
 
 def test_eplb_sizes_shm_and_a_smaller_one_is_refused(built: Callable[..., BuildResult]) -> None:

@@ -9,12 +9,16 @@ import json
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from k2trt.bundle.build import build_bundle
 from k2trt.bundle.recipe import load_recipe
+from k2trt.cli import cli
 from k2trt.errors import ConfigError
-from k2trt.gateway.config import GatewayConfig, GatewayLimits
+from k2trt.gateway.config import API_KEYS_ENV, GatewayConfig, GatewayLimits
 from k2trt.launch.spec import GatewayOptions, LaunchSpec
+
+from gateway_cli import parsed_config
 
 
 def test_limits_are_gateway_config_fields_with_its_defaults() -> None:
@@ -73,3 +77,41 @@ def test_launch_json_without_the_new_keys_loads_with_the_defaults(tmp_path: Path
     with pytest.raises(ConfigError, match="gateway.limits: --header-timeout 0 must be positive"):
         bad.validate()
 
+
+# ---- GatewayConfig.argv: the command line that starts a given gateway -----------------------------------------
+def test_every_setting_survives_the_command_line(tiny_ckpt: Path) -> None:
+    """``GatewayConfig.argv`` parsed back by the real ``k2trt gateway --dry-run`` is the same config, for every field
+    that has an option, each set away from its default; the keys never appear in argv."""
+    cfg = GatewayConfig(engine_url="http://engine.svc:8001", model_dir=str(tiny_ckpt), host="0.0.0.0", port=9090,
+                        mode="passthrough", api_keys=("secret-1",), require_api_key=True, served_model_name="kimi-prod",
+                        model_aliases=("kimi", "gpt-4o", "*"), max_body_bytes=65536, max_context_tokens=4096,
+                        header_timeout_s=2.5, body_timeout_s=0.125, max_header_bytes=16 * 1024, max_connections=7,
+                        health_timeout_s=1.75, connect_timeout_s=3.0, read_timeout_s=1200.0 + 1 / 3,
+                        chat_family="k2-thinking", default_temperature=0.3, default_top_p=0.9,
+                        unknown_tools="keep", log_prompts=True, log_format="json").validate()
+    untouched = {"api_keys", "engine_model", "anthropic_temperature_scale", "extra"}
+    defaults = GatewayConfig(engine_url="http://e")
+    for f in dataclasses.fields(GatewayConfig):  # the config above exercises every option
+        assert f.name in untouched or getattr(cfg, f.name) != getattr(defaults, f.name), f.name
+    argv = cfg.argv()
+    assert "secret-1" not in argv and argv[:4] == ["k2trt", "gateway", "--engine-url", "http://engine.svc:8001"]
+    assert parsed_config(argv, {API_KEYS_ENV: "secret-1"}, ("secret-1",)) == cfg
+    plain = GatewayConfig(engine_url="http://e:1", mode="passthrough")
+    assert plain.argv() == ["k2trt", "gateway", "--engine-url", "http://e:1", "--host", "127.0.0.1", "--port", "8080",
+                            "--mode", "passthrough"]
+    assert parsed_config(plain.argv()) == plain
+    with pytest.raises(ConfigError, match="engine_model='m' has no k2trt gateway option"):
+        dataclasses.replace(plain, engine_model="m").argv()
+
+
+def test_a_gateway_that_requires_a_key_does_not_start_without_one() -> None:
+    argv = GatewayConfig(engine_url="http://e:1", mode="passthrough", require_api_key=True).argv()
+    assert "--require-api-key" in argv
+    out = CliRunner().invoke(cli, argv[1:] + ["--dry-run"], env={API_KEYS_ENV: " "})
+    assert out.exit_code != 0 and "--require-api-key is set but no API key" in str(out.exception or out.output)
+    assert parsed_config(argv, {API_KEYS_ENV: "k"}, ("k",)).require_api_key
+    # the bundle's key requirement reaches the config k2trt serve starts
+    opts = GatewayOptions(8080, "0.0.0.0", mode="passthrough", require_key=True)
+    assert opts.config("http://e:1", None, ("k",)).validate().require_api_key
+    with pytest.raises(ConfigError, match="no API key"):
+        opts.config("http://e:1", None).validate()

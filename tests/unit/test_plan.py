@@ -22,6 +22,7 @@ from k2trt.plan.planner import (Cluster, PlanRequest, candidate_layouts, plan, p
 from k2trt.plan.roofline import active_params, expected_max_experts, roofline
 from k2trt.spec import preset
 from k2trt.trtllm import known
+from k2trt.trtllm.render import serve_argv
 
 K2 = preset("k2-instruct")
 TINY = preset("tiny")
@@ -116,8 +117,13 @@ def test_16x_h100_is_marginal_and_16x_h200_is_not() -> None:
 def test_release_and_feature_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     req = PlanRequest(K2, Cluster(gpu("h200"), 2, 8), 32768, release="1.3.0rc24", eplb_online=True,
                       tool_parser=True)
-    _, rules = _findings(req, "tp16ep16")
+    lp, rules = _findings(req, "tp16ep16")
     assert {"eplb-needs-shm", "tool-parser-multinode"} <= rules
+    # the warning names the flags as the engine's command line spells them
+    (msg,) = [f.message for f in lp.findings if f.rule == "tool-parser-multinode"]  # type: ignore[attr-defined]
+    argv = serve_argv("/m", config_path="c.yml", tp=16, ep=16, tool_parser=True, version="1.3.0rc24")
+    flags = argv[argv.index("--trust_remote_code"):argv.index("--trust_remote_code") + 1] + argv[-2:]
+    assert f"with {' '.join(flags)} hung" in msg, (msg, argv)
     # nobody has read 1.3.0rc24's routing code: the routing rules say nothing rather than borrow another release's
     assert not rules & {"routing-unfused", "routing-over-fused-limit"}
     # a release-facts row (what a reading of that release's routing.py would add) drives them

@@ -15,6 +15,7 @@ from k2trt.cli import cli
 from k2trt.errors import ConfigError
 from k2trt.trtllm import NGC_IMAGE, PINNED_RELEASE
 from k2trt.trtllm.disagg import RoleServers, disagg_config, router_argv
+from k2trt.trtllm.disagg_lint import lint_disagg_with
 from k2trt.trtllm.doctor import doctor
 from k2trt.trtllm.lint import generated_batch_sizes, lint, lint_text
 from k2trt.trtllm.profiles import available, profile_for
@@ -232,6 +233,16 @@ def test_disaggregated_router_config() -> None:
         disagg_config(RoleServers(("h1",), 8), RoleServers(("h3:8002",), 8))
     with pytest.raises(ConfigError, match="at least one context"):
         disagg_config(RoleServers((), 8), RoleServers(("h3:8002",), 8))
+
+
+@pytest.mark.parametrize("version", available())
+def test_the_router_config_draws_no_deprecation_warning(version: str) -> None:
+    """Every profile accepts the router config as written with no warning about its keys (where a release's
+    disagg_utils.py was not read, the one warning left says so)."""
+    res = lint_disagg_with(disagg_config(RoleServers(("h1:8001",), 8), RoleServers(("h2:8002",), 8)),
+                           profile_for(version))
+    assert res.ok and [i for i in res.issues if i.path != "<file>"] == [], res.issues
+    assert all("not established" in i.message for i in res.issues)
 
 
 def test_write_config_lints_first_and_is_atomic(tmp_path: Path) -> None:
