@@ -130,6 +130,36 @@ def check_quantization_config(q: Any, where: str) -> None:
         raise ConfigError(f"{where}: kv_cache_scheme is {_show(kv)}, not an object")
 
 
+def check_compressed_int4(q: dict[str, Any], where: str, group_size: int) -> None:
+    """Refuse a compressed-tensors ``quantization_config`` other than Moonshot's INT4 layout (K2-Thinking / K2.5 /
+    K2.6): format ``pack-quantized``, one config group of symmetric 4-bit ``int`` weights, ``group`` strategy with
+    ``group_size``, no activation quantization.
+
+    Args:
+        q: config.json's ``quantization_config`` (``quant_method`` ``compressed-tensors``).
+        where: file, for the message.
+        group_size: the group size k2trt's storage format reads (32).
+    Returns:
+        None; raises ConfigError naming the field.
+    Example: a ``group_size`` of 128 raises ``config.json: config_groups.group_0.weights.group_size is 128, not 32``.
+    """
+    fix = f"k2trt reads compressed-tensors pack-quantized INT4 with group_size {group_size} (K2-Thinking / K2.5)"
+    groups = q.get("config_groups")
+    if q.get("format") != "pack-quantized" or not isinstance(groups, dict) or len(groups) != 1:
+        raise ConfigError(f"{where}: compressed-tensors format {q.get('format')!r} with "
+                          f"{len(groups) if isinstance(groups, dict) else 'no'} config groups is not supported", fix)
+    (name, g), = groups.items()
+    w = g.get("weights") if isinstance(g, dict) else None
+    if not isinstance(w, dict):
+        raise ConfigError(f"{where}: config_groups.{name} has no weights", fix)
+    want = {"num_bits": 4, "type": "int", "strategy": "group", "symmetric": True, "group_size": group_size}
+    for k, v in want.items():
+        if w.get(k) != v:
+            raise ConfigError(f"{where}: config_groups.{name}.weights.{k} is {_show(w.get(k))}, not {v!r}", fix)
+    if g.get("input_activations") is not None:
+        raise ConfigError(f"{where}: config_groups.{name} quantizes activations; INT4 weight-only is expected", fix)
+
+
 def _check_rope(rs: Any, where: str) -> None:
     if rs is None:
         return

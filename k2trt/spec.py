@@ -7,13 +7,13 @@ storage format from ``LINEAR_FORMATS``) and the parameter/byte math built on it.
 constants and the scale grid (``BLOCK``, ``FP8_MAX``, ``scale_shape``). No torch here, and no tensor names (those
 are ``checkpoint.names``'s): spec sits below every package that reads checkpoints.
 
-Presets: ``k2-instruct`` (0711, 128K), ``k2-instruct-0905`` (256K) and ``tiny`` — K2's exact structure at small
+Presets (their config.json is ``k2trt.presets``'s data): ``k2-instruct`` (0711, 128K), ``k2-instruct-0905``
+(256K), ``k2-thinking`` (INT4 routed experts) and ``tiny`` / ``tiny-thinking`` — K2's exact structure at small
 sizes (1 dense + 2 MoE layers, 16 routed experts, 1 shared, n_group 1, MLA with q_lora and kv_lora, and a ragged
 ``kv_a_proj_with_mqa`` of 320 rows so partial 128×128 scale blocks are exercised, as K2's 576 rows are).
 
-Length: ~780 lines, over the 600 soft cap: the storage-format geometry (``LINEAR_FORMATS``, ~100 lines) lives here
-because the inventory and the byte math need it and spec must not import ``checkpoint``; the presets' config.json
-(~120 lines) are data.
+Length: ~785 lines, over the 600 soft cap: the storage-format geometry (``LINEAR_FORMATS``, ~100 lines) lives here
+because the inventory and the byte math need it and spec must not import ``checkpoint``.
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-from k2trt.configcheck import check_config, check_quantization_config
+from k2trt.configcheck import check_compressed_int4, check_config, check_quantization_config
 from k2trt.errors import ConfigError
+from k2trt.presets import K2_THINKING_QUANT, PRESETS, TINY_BPE_RANKS  # noqa: F401  (TINY_BPE_RANKS re-exported)
 
-Dtype = Literal["F8_E4M3", "BF16", "F32", "F16", "U8", "I8", "F8_E8M0", "I32"]
+Dtype = Literal["F8_E4M3", "BF16", "F32", "F16", "U8", "I8", "F8_E8M0", "I32", "I64"]
 DTYPE_BYTES: dict[str, float] = {
     "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "U8": 1, "I8": 1, "BOOL": 1, "BF16": 2, "F16": 2, "I16": 2, "U16": 2,
     "F32": 4, "I32": 4, "U32": 4, "I64": 8, "F64": 8, "U64": 8, "F4": 0.5,
@@ -45,9 +46,15 @@ NVFP4_GROUP = 16
 """Input elements per NVFP4 block scale (fixed by the format)."""
 W4A8_GROUP = 128
 """Input elements per INT4 group scale of the W4A8 experts (TensorRT-LLM's W4A8_CUSTOM kernels' group)."""
+CT_INT4_GROUP = 32
+"""Input elements per scale of compressed-tensors INT4 as K2-Thinking / K2.5 / K2.6 ship it (``group_size`` 32)."""
+CT_INT4_PACK = 8
+"""INT4 codes per int32 word of compressed-tensors ``pack-quantized`` (packed along the input dimension)."""
 HF_QUANT_CONFIG = "hf_quant_config.json"
 """ModelOpt's quantization file, which TensorRT-LLM reads before config.json's ``quantization_config``."""
 REQUANT_TARGETS = ("nvfp4", "w4a8")
+CT_METHOD = "compressed-tensors"
+"""config.json ``quant_method`` of Moonshot's native INT4 checkpoints (K2-Thinking, K2.5, K2.6)."""
 """ModelOpt layouts ``k2trt convert`` writes (routed experts in 4 bits)."""
 QUANT_ALGO = {"nvfp4": "NVFP4", "w4a8": "W4A8_AWQ"}
 """ModelOpt/TensorRT-LLM ``quant_algo`` of the routed experts per requant target."""
@@ -56,6 +63,7 @@ QUANT_LAYOUTS: dict[str, tuple[str, str]] = {
     "fp8": ("fp8", "fp8"),       # K2-Instruct / K2-0905: every linear in 128×128 block FP8
     "nvfp4": ("nvfp4", "bf16"),  # what nvidia/Kimi-K2-Thinking-NVFP4 ships
     "w4a8": ("int4", "fp8"),     # TensorRT-LLM's DeepSeek W4A8 recipe
+    "ct-int4": ("ct-int4", "bf16"),  # K2-Thinking / K2.5 / K2.6: compressed-tensors INT4 experts, rest BF16
 }
 """A checkpoint's quantization → the ``LINEAR_FORMATS`` of (its routed experts, every other linear)."""
 
@@ -112,6 +120,10 @@ LINEAR_FORMATS: dict[str, LinearFormat] = {f.name: f for f in (
                  (1, NVFP4_GROUP)),
     LinearFormat("int4", (Part("weight", "I8", (1, 2)), Part("scale", "F32", (1, W4A8_GROUP)),
                           Part("input_scale", "F32", None, (1,))), (2, W4A8_GROUP)),
+    # compressed-tensors pack-quantized: 8 codes per int32 along the input, a BF16 scale per 32 inputs, and the
+    # declared [out, in] as a tensor
+    LinearFormat("ct-int4", (Part("weight", "I32", (1, CT_INT4_PACK)), Part("scale", "BF16", (1, CT_INT4_GROUP)),
+                             Part("shape", "I64", None, (2,))), (1, CT_INT4_GROUP)),
 )}
 """Every storage format of a linear weight, by name: the geometry ``plan`` counts and ``checkpoint`` reads (the HF
 suffix of each part and the dequantisation math are ``checkpoint.formats``'s row of the same name)."""
@@ -172,8 +184,9 @@ class TensorInfo:
 class Quantization:
     """The checkpoint's quantization: K2's own ``quantization_config`` (fp8 / e4m3 / [128, 128] / dynamic), or a
     ModelOpt requantization (``quant_method`` ``modelopt``) read from ``hf_quant_config.json``: NVFP4 routed experts
-    (Blackwell) or W4A8 routed experts with block-FP8 elsewhere (Hopper); ``linear_format`` says which role gets
-    which ``LINEAR_FORMATS`` entry."""
+    (Blackwell) or W4A8 routed experts with block-FP8 elsewhere (Hopper), or compressed-tensors INT4 routed experts
+    with BF16 elsewhere (K2-Thinking / K2.5 / K2.6, ``quant_method`` ``compressed-tensors``); ``linear_format``
+    says which role gets which ``LINEAR_FORMATS`` entry."""
 
     quant_method: str = "fp8"
     fmt: str = "e4m3"
@@ -196,6 +209,11 @@ class Quantization:
         return cls("modelopt", "nvfp4" if target == "nvfp4" else "int4", (0, 0), "static", QUANT_ALGO[target],
                    group, kv_cache_quant_algo)
 
+    @classmethod
+    def compressed_int4(cls) -> "Quantization":
+        """K2-Thinking's own quantization: compressed-tensors ``pack-quantized`` INT4 routed experts, group 32."""
+        return cls(CT_METHOD, "int4", (0, 0), "none", None, CT_INT4_GROUP)
+
     @property
     def target(self) -> str | None:
         """``nvfp4`` / ``w4a8`` for a ModelOpt requantized checkpoint, None otherwise."""
@@ -203,14 +221,28 @@ class Quantization:
             return None
         return {v: k for k, v in QUANT_ALGO.items()}.get(self.quant_algo or "")
 
+    @property
+    def is_int4_source(self) -> bool:
+        """Moonshot's native INT4 (compressed-tensors): TensorRT-LLM cannot load it; ``k2trt convert`` must run."""
+        return self.quant_method == CT_METHOD
+
+    @property
+    def layout(self) -> str:
+        """The ``QUANT_LAYOUTS`` row of this quantization."""
+        if self.is_int4_source:
+            return "ct-int4"
+        return self.target or ("fp8" if self.quant_method == "fp8" else "bf16")
+
     def linear_format(self, role: str) -> str:
         """The ``LINEAR_FORMATS`` name a linear role is stored in (``QUANT_LAYOUTS``)."""
-        experts, rest = QUANT_LAYOUTS[self.target or ("fp8" if self.quant_method == "fp8" else "bf16")]
+        experts, rest = QUANT_LAYOUTS[self.layout]
         return experts if role in EXPERT_ROLES else rest
 
     def describe(self) -> str:
         """One line for reports: ``fp8 e4m3 [128, 128]``, ``modelopt NVFP4 experts (group 16), rest bf16``."""
         t = self.target
+        if self.is_int4_source:
+            return f"compressed-tensors INT4 experts (pack-quantized, symmetric, group {self.group_size}), rest bf16"
         if t is None:
             return f"{self.quant_method} {self.fmt} {list(self.weight_block_size)}"
         rest = "bf16" if t == "nvfp4" else "fp8 [128, 128]"
@@ -293,7 +325,12 @@ class ModelSpec:
     rotary_inv_freq_tensors: bool = False
     """Whether the checkpoint stores ``rotary_emb.inv_freq`` per layer (K2 0711 does; never loaded)."""
     raw: dict[str, Any] = field(default_factory=dict, hash=False, compare=False, repr=False)
-    """The config.json this spec was read from, verbatim (written back by synth and convert)."""
+    """The config.json this spec was read from, verbatim (written back by synth and convert); for K2.5 its
+    ``text_config``."""
+    multimodal: dict[str, Any] | None = field(default=None, hash=False, compare=False, repr=False)
+    """K2.5 / K2.6 (``KimiK25ForConditionalGeneration``): the config.json around ``text_config`` (architectures,
+    ``vision_config``, ...). k2trt reads, plans and converts the text model; the vision tower is carried or
+    dropped, never run — images are not served. None for K2 / K2-Thinking."""
 
     # ---- construction -------------------------------------------------------------------------------------
 
@@ -324,6 +361,7 @@ class ModelSpec:
                 raise ConfigError(f"{path}: not a JSON config file") from None
         if not isinstance(cfg, dict):
             raise ConfigError(f"{where}: expected a JSON object")
+        outer, cfg = _unnest_k25(cfg, where)
         mt = cfg.get("model_type")
         if not isinstance(mt, str) or mt not in SUPPORTED_MODEL_TYPES:
             raise ConfigError(
@@ -339,6 +377,9 @@ class ModelSpec:
             quant = _modelopt_quantization(hq, where)  # TensorRT-LLM reads hf_quant_config.json first
         elif q and str(q.get("quant_method", "")).startswith("modelopt"):
             quant = _modelopt_quantization(q, where)
+        elif q and q.get("quant_method") == CT_METHOD:  # Moonshot's INT4: the one layout k2trt reads, or an error
+            check_compressed_int4(q, where, CT_INT4_GROUP)
+            quant = Quantization.compressed_int4()
         elif q:
             if q.get("quant_method") != "fp8":
                 # NVFP4/W4A8 and others are described by hf_quant_config.json; keep the raw dict.
@@ -360,7 +401,7 @@ class ModelSpec:
         rs = cfg.get("rope_scaling") or cfg.get("rope_parameters")
         kw["rope_scaling"] = dict(rs) if rs else None
         try:
-            spec = cls(quantization=quant, raw=cfg, **kw)
+            spec = cls(quantization=quant, raw=cfg, multimodal=outer, **kw)
         except TypeError as e:  # a field of the wrong type in the JSON
             raise ConfigError(f"{where}: {e}") from None
         spec.validate(where)
@@ -402,7 +443,7 @@ class ModelSpec:
         if self.quantization and self.quantization.quant_method == "fp8":
             if self.quantization.fmt != "e4m3":
                 raise ConfigError(f"{where}: FP8 format {self.quantization.fmt!r} is not supported (e4m3 only)")
-        if self.quantization is not None and self.quantization.target is not None:
+        if self.quantization is not None and self.quantization.layout not in ("fp8", "bf16"):
             for role, shape in (("expert_gate", (self.moe_intermediate_size, self.hidden_size)),
                                 ("expert_down", (self.hidden_size, self.moe_intermediate_size))):
                 try:
@@ -571,9 +612,22 @@ class ModelSpec:
 
     # ---- config.json ---------------------------------------------------------------------------------------
 
+    def to_multimodal_config(self) -> dict[str, Any]:
+        """K2.5's own nested config.json (``text_config`` inside ``KimiK25ForConditionalGeneration``'s); for other
+        models ``to_config()``."""
+        if self.multimodal is None:
+            return self.to_config()
+        text = self.to_config()
+        text.pop("architectures", None)
+        return dict(sorted({**copy.deepcopy(self.multimodal), "text_config": text}.items()))
+
     def to_config(self) -> dict[str, Any]:
-        """The config.json for this spec: the one it was read from, with k2trt's fields written over it."""
+        """The config.json for this spec: the one it was read from, with k2trt's fields written over it (for K2.5
+        the text model alone, as a DeepseekV3ForCausalLM config: what a text-only conversion writes)."""
         cfg = copy.deepcopy(self.raw)
+        if self.multimodal is not None:  # transformers' own DeepseekV3 config: no remote code needed
+            cfg["architectures"] = ["DeepseekV3ForCausalLM"]
+            cfg.pop("auto_map", None)
         for f in _CONFIG_FIELDS:
             cfg[f] = getattr(self, f)
         cfg["q_lora_rank"] = self.q_lora_rank
@@ -587,6 +641,9 @@ class ModelSpec:
                 "quant_method": "fp8",
                 "weight_block_size": list(self.quantization.weight_block_size),
             }
+        elif self.quantization.is_int4_source:  # the checkpoint's own config (groups, ignore list) travels verbatim
+            if (cfg.get("quantization_config") or {}).get("quant_method") != CT_METHOD:
+                cfg["quantization_config"] = copy.deepcopy(K2_THINKING_QUANT)
         elif not str((cfg.get("quantization_config") or {}).get("quant_method", "")).startswith("modelopt"):
             # a ModelOpt checkpoint's inline config is written by requant (modelopt's own converter); a minimal one
             # here keeps the spec readable when only config.json travels
@@ -643,6 +700,30 @@ def _modelopt_quantization(hq: dict[str, Any], where: str) -> Quantization | Non
                       "k2trt reads FP8_BLOCK_SCALES, NVFP4 and W4A8 (MIXED_PRECISION with W4A8_AWQ experts)")
 
 
+K25_ARCHITECTURE = "KimiK25ForConditionalGeneration"
+
+
+def _unnest_k25(cfg: dict[str, Any], where: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(the outer config, the text model's config) of a K2.5 / K2.6 config.json; (None, cfg) for any other.
+
+    The language model's fields live under ``text_config``; ``quantization_config`` may sit at either level (the
+    text model's wins). The text model reads as ``deepseek_v3``: what a text-only conversion writes is transformers'
+    own DeepseekV3 (K2.5's remote code configures the multimodal model, not this one).
+    """
+    if cfg.get("model_type") != "kimi_k25" and K25_ARCHITECTURE not in (cfg.get("architectures") or []):
+        return None, cfg
+    text = cfg.get("text_config")
+    if not isinstance(text, dict):
+        raise ConfigError(f"{where}: a {K25_ARCHITECTURE} config.json without a text_config object",
+                          "is this K2.5's config.json?")
+    outer = {k: v for k, v in cfg.items() if k != "text_config"}
+    text = copy.deepcopy(text)
+    if "quantization_config" not in text and "quantization_config" in outer:
+        text["quantization_config"] = copy.deepcopy(outer["quantization_config"])
+    text["model_type"] = "deepseek_v3"
+    return outer, text
+
+
 def scale_shape(shape: tuple[int, ...], block: int | tuple[int, ...] = BLOCK) -> tuple[int, ...]:
     """Shape of the scale grid of a weight: ceil(rows/128) × ceil(cols/128) for block FP8 (partial blocks
     included), or per axis for other groupings (``block=(1, 16)``: NVFP4's per-16 scales).
@@ -677,102 +758,10 @@ _REQUIRED = frozenset({"vocab_size", "hidden_size", "num_hidden_layers", "num_at
                        "num_experts_per_tok", "moe_intermediate_size", "intermediate_size"})
 
 
-# ---- presets ---------------------------------------------------------------------------------------------------
-
-# Kimi-K2-Instruct (0711) config.json, verbatim (kimi_formats.md §1.1).
-_K2_0711: dict[str, Any] = {
-    "architectures": ["DeepseekV3ForCausalLM"],
-    "attention_bias": False,
-    "attention_dropout": 0.0,
-    "auto_map": {
-        "AutoConfig": "configuration_deepseek.DeepseekV3Config",
-        "AutoModel": "modeling_deepseek.DeepseekV3Model",
-        "AutoModelForCausalLM": "modeling_deepseek.DeepseekV3ForCausalLM",
-    },
-    "aux_loss_alpha": 0.001,
-    "bos_token_id": 163584,
-    "eos_token_id": 163585,
-    "first_k_dense_replace": 1,
-    "hidden_act": "silu",
-    "hidden_size": 7168,
-    "initializer_range": 0.02,
-    "intermediate_size": 18432,
-    "kv_lora_rank": 512,
-    "max_position_embeddings": 131072,
-    "model_type": "kimi_k2",
-    "moe_intermediate_size": 2048,
-    "moe_layer_freq": 1,
-    "n_group": 1,
-    "n_routed_experts": 384,
-    "n_shared_experts": 1,
-    "norm_topk_prob": True,
-    "num_attention_heads": 64,
-    "num_experts_per_tok": 8,
-    "num_hidden_layers": 61,
-    "num_key_value_heads": 64,
-    "num_nextn_predict_layers": 0,
-    "pretraining_tp": 1,
-    "q_lora_rank": 1536,
-    "qk_nope_head_dim": 128,
-    "qk_rope_head_dim": 64,
-    "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
-                            "weight_block_size": [128, 128]},
-    "rms_norm_eps": 1e-06,
-    "rope_theta": 50000.0,
-    "routed_scaling_factor": 2.827,
-    "rope_scaling": {"beta_fast": 1.0, "beta_slow": 1.0, "factor": 32.0, "mscale": 1.0, "mscale_all_dim": 1.0,
-                     "original_max_position_embeddings": 4096, "type": "yarn"},
-    "scoring_func": "sigmoid",
-    "seq_aux": True,
-    "tie_word_embeddings": False,
-    "topk_group": 1,
-    "topk_method": "noaux_tc",
-    "torch_dtype": "bfloat16",
-    "transformers_version": "4.48.3",
-    "use_cache": True,
-    "v_head_dim": 128,
-    "vocab_size": 163840,
-}
-
-# 0905: 256K context via YaRN factor 64 (kimi_formats.md §1.3); everything else as 0711.
-_K2_0905 = {**copy.deepcopy(_K2_0711), "max_position_embeddings": 262144}
-_K2_0905["rope_scaling"] = {**_K2_0711["rope_scaling"], "factor": 64.0}
-
-# Tiny K2: the same structure at CPU scale. Dimensions are chosen so every tensor shards on 128-element FP8
-# blocks up to TP8 with MoE-TP2 (q_b 16×192/8 = 384, kv_b 16×256/8 = 512, o 16×128/8 = 256, dense FFN 1024/8 = 128,
-# expert FFN 256/2 = 128) while kv_a_proj_with_mqa keeps a ragged 320 = 2.5 × 128 rows.
-TINY_BPE_RANKS = 1024
-_TINY = {
-    **copy.deepcopy(_K2_0711),
-    "vocab_size": TINY_BPE_RANKS + 256,
-    "bos_token_id": TINY_BPE_RANKS,
-    "eos_token_id": TINY_BPE_RANKS + 1,
-    "hidden_size": 256,
-    "intermediate_size": 1024,
-    "moe_intermediate_size": 256,
-    "num_hidden_layers": 3,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 16,
-    "q_lora_rank": 256,
-    "kv_lora_rank": 256,
-    "n_routed_experts": 16,
-    "num_experts_per_tok": 4,
-    "routed_scaling_factor": 2.827,
-    "max_position_embeddings": 8192,
-    "rope_scaling": {"beta_fast": 1.0, "beta_slow": 1.0, "factor": 32.0, "mscale": 1.0, "mscale_all_dim": 1.0,
-                     "original_max_position_embeddings": 256, "type": "yarn"},
-}
-
-PRESETS: dict[str, tuple[dict[str, Any], bool]] = {
-    # name -> (config.json, checkpoint stores rotary_emb.inv_freq)
-    "k2-instruct": (_K2_0711, True),
-    "k2-instruct-0905": (_K2_0905, False),
-    "tiny": (_TINY, False),
-}
-
+# ---- presets (their config.json data is ``k2trt.presets``'s) ---------------------------------------------
 
 def preset(name: str) -> ModelSpec:
-    """A named ModelSpec: ``k2-instruct``, ``k2-instruct-0905`` or ``tiny``.
+    """A named ModelSpec (``k2trt.presets``): ``k2-instruct``, ``k2-instruct-0905``, ``k2-thinking``, ``tiny``, ``tiny-thinking``.
 
     Example: ``preset("k2-instruct").param_count()`` → 1,026,4xx,xxx,xxx.
     """

@@ -32,7 +32,7 @@ from k2trt.launch.hosts import HostList
 from k2trt.launch.spec import GatewayOptions, is_loopback
 from k2trt.layout import Layout
 from k2trt.plan.gpus import Gpu
-from k2trt.plan.memory import convert_target, ready_budget_s, weight_format
+from k2trt.plan.memory import INT4_SOURCE, convert_target, ready_budget_s, weight_format
 from k2trt.plan.planner import Cluster, LayoutPlan, Plan, PlanRequest, plan_layout, resolve_spec, to_markdown
 from k2trt.reference.serve import serve_argv as reference_argv
 from k2trt.spec import ModelSpec
@@ -130,6 +130,11 @@ def recipe_spec(r: Recipe, checkpoint: Path | None = None, notes: list[str] | No
         raise CheckpointError(f"{checkpoint} is not a directory", "pass the checkpoint directory with --checkpoint")
     spec = _inspect(checkpoint, [] if notes is None else notes)
     fmt = weight_format(spec)
+    if fmt == INT4_SOURCE and r.serve.engine == "trtllm":
+        to = convert_target(r.model.weights or "fp8_block")
+        raise CheckpointError(f"{checkpoint} holds Moonshot's INT4 experts (compressed-tensors), which TensorRT-LLM "
+                              f"cannot load; recipe {r.name} serves {r.model.weights or 'fp8_block'}",
+                              f"convert it first: k2trt convert {checkpoint} DST --to {to}")
     if r.model.weights and fmt != r.model.weights:
         to = convert_target(r.model.weights)
         raise CheckpointError(f"recipe {r.name} needs {r.model.weights} weights but {checkpoint} is {fmt}",

@@ -14,13 +14,13 @@ nvfp4    ``weight`` U8 (2 codes/byte), ``weight_scale`` e4m3 per 16,  ``quant4``
          ``weight_scale_2`` F32 [], ``input_scale`` F32 []
 int4     ``weight`` I8 (2 codes/byte), ``weight_scale_inv`` F32 per   ``quant4`` (W4A8_CUSTOM layout)
          128, ``input_scale`` F32 [1]
+ct-int4  ``weight_packed`` I32 (8 codes/word), ``weight_scale`` BF16    ``quant4`` (compressed-tensors
+         per 32, ``weight_shape`` I64 [2] (the declared [out, in])     ``pack-quantized``; K2-Thinking, K2.5/K2.6)
 =======  ==========================================================  ===========================================
 
-Adding a source format — next, compressed-tensors ``pack-quantized`` INT4 (K2-Thinking/K2.5: routed experts
-only, ``weight_packed`` I32 holding 8 int4 codes each, ``weight_scale`` per 32 inputs, ``weight_shape``) — is
-its geometry in ``spec.LINEAR_FORMATS``, one row here (its suffixes and a decode function), and a
-``spec.QUANT_LAYOUTS`` row for the checkpoints that use it (which roles carry it; ``ModelSpec.from_config`` maps
-their ``quantization_config`` there). The reader, inspect, plan, verify and every target then handle it (a format
+A source format is its geometry in ``spec.LINEAR_FORMATS``, one row here (its suffixes and a decode function),
+and a ``spec.QUANT_LAYOUTS`` row for the checkpoints that use it (which roles carry it; ``ModelSpec.from_config``
+maps their ``quantization_config`` there) — ``ct-int4`` is exactly that. The reader, inspect, plan, verify and every target then handle it (a format
 without ``encode`` can be read and converted from, not written). ``stored`` tells a weight's format from the
 tensors present, so one checkpoint may mix formats (W4A8: INT4 experts, block-FP8 attention).
 
@@ -80,6 +80,18 @@ class StorageFormat:
 
 
 # ---- the math of each row (torch imported on use) ------------------------------------------------------------
+
+def _decode_ct_int4(p: Parts) -> "torch.Tensor":
+    from k2trt.checkpoint.quant4 import dequantize_ct_int4
+
+    return dequantize_ct_int4(p["weight"], p["scale"])
+
+
+def _encode_ct_int4(w: "torch.Tensor", _extra: dict[str, Any]) -> "list[torch.Tensor]":
+    from k2trt.checkpoint.quant4 import quantize_ct_int4
+
+    return list(quantize_ct_int4(w))
+
 
 def _decode_float(p: Parts) -> "torch.Tensor":
     import torch
@@ -149,6 +161,9 @@ FORMATS: dict[str, StorageFormat] = {f.name: f for f in (
     StorageFormat(LINEAR_FORMATS["int4"], {"weight": "weight", "scale": "weight_scale_inv",
                                            "input_scale": "input_scale"},
                   _decode_int4, ("weight", "scale"), _encode_int4),
+    StorageFormat(LINEAR_FORMATS["ct-int4"], {"weight": "weight_packed", "scale": "weight_scale",
+                                              "shape": "weight_shape"},
+                  _decode_ct_int4, ("weight", "scale"), _encode_ct_int4),
     StorageFormat(LINEAR_FORMATS["bf16"], {"weight": "weight"}, _decode_float, ("weight",), _encode_bf16,
                   FLOAT_DTYPES),
 )}
@@ -204,8 +219,7 @@ class Stored:
 
 
 WEIGHT_SUFFIXES = tuple(sorted({"." + f.suffixes["weight"] for f in FORMATS.values()}))
-"""How the weight part of any format's linear ends (``.weight``; ``.weight_packed`` once compressed-tensors INT4
-is a row)."""
+"""How the weight part of any format's linear ends (``.weight``; compressed-tensors INT4's ``.weight_packed``)."""
 
 
 def weight_name_of(stored_name: str) -> str | None:

@@ -12,11 +12,16 @@ Checks, in the order a user hits them:
 - NVFP4 / W4A8 checkpoints (``hf_quant_config.json``, ``formats.py``): the packed 4-bit experts with their
   ``weight_scale`` / ``weight_scale_2`` / ``input_scale`` (or W4A8 ``weight_scale_inv`` / ``input_scale``), the
   precision of every other module, and the config files TensorRT-LLM reads;
+- Moonshot's INT4 (K2-Thinking / K2.5 / K2.6, compressed-tensors ``pack-quantized``): ``int4`` reports the packed
+  vs declared expert shape, the group size and scale shape, the ignore list (checked against the layout: every
+  linear but the routed experts stays BF16), and the ``k2trt convert`` commands that make it servable — TensorRT-LLM's
+  compressed-tensors loader takes FP8, NVFP4 and MXFP4 groups, not INT4 (docs/reference/k2_int4.md §4);
 - the tokenizer and chat template files are there.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +29,14 @@ from typing import Any
 from k2trt.checkpoint import files, formats, names
 from k2trt.checkpoint.quantcfg import QUANT_CFG_FILE
 from k2trt.errors import CheckpointError, ConfigError
-from k2trt.spec import HF_QUANT_CONFIG, LINEAR_ROLES, ModelSpec, TensorInfo
+from k2trt.spec import EXPERT_ROLES, HF_QUANT_CONFIG, LINEAR_ROLES, ModelSpec, TensorInfo
 
 TOKENIZER_FILES = ("tiktoken.model", "tokenizer_config.json")
+INT4_CONVERSIONS = {
+    "hopper": ("fp8-block", "H100 / H200 / H20: 128×128 block FP8, K2-Instruct's layout (~1.03 TB; 2×8 H200)"),
+    "blackwell": ("nvfp4", "B200 / GB200: NVFP4 routed experts, the rest BF16 (~594 GB)"),
+}
+"""GPU family → the ``k2trt convert --to`` that makes an INT4 checkpoint servable by TensorRT-LLM, and why."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,9 @@ class Report:
     """Share of linear-weight parameters per storage format: ``fp8``, ``bf16``, ``nvfp4``, ``int4``."""
     layers: list[LayerSummary] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    int4: dict[str, Any] | None = None
+    """For Moonshot's INT4 checkpoints: group size, packed vs declared expert shape, scale shape, ignore list,
+    whether TensorRT-LLM loads it (no) and the conversions that make it servable (``INT4_CONVERSIONS``)."""
 
     @property
     def ok(self) -> bool:
@@ -94,8 +107,14 @@ def inspect_checkpoint(model_dir: str | Path) -> Report:
     spec = _spec(d, rep)
     present = _read_shards(d, rep)
     _check_index(d, rep, present)
+    text, vision = names.strip_text_prefix(present)
+    if vision:
+        gib = sum(e.nbytes for e in vision.values()) / 2**30
+        rep.problems.append(Problem("info", "vision_tower", f"K2.5 vision tower and projector: {len(vision)} tensors "
+                                    f"({gib:.2f} GiB) carried in the checkpoint; k2trt serves the text model only — "
+                                    "images are not served"))
     if spec is not None:
-        _check_tensors(spec, rep, present)
+        _check_tensors(spec, rep, text)
     _check_side_files(d, rep)
     rep.tensors = len(present)
     for e in present.values():
@@ -112,6 +131,8 @@ def _spec(d: Path, rep: Report) -> ModelSpec | None:
     rep.model_type = spec.model_type
     q = spec.quantization
     rep.quantization = q.describe() if q else "none (bf16)"
+    if q is not None and q.is_int4_source:
+        _int4(d, spec, rep)
     if q is not None and q.target is not None:
         if not (d / HF_QUANT_CONFIG).exists():
             rep.problems.append(Problem("warning", HF_QUANT_CONFIG, f"missing for a {q.quant_algo} checkpoint "
@@ -121,6 +142,35 @@ def _spec(d: Path, rep: Report) -> ModelSpec | None:
             rep.problems.append(Problem("info", QUANT_CFG_FILE, "missing; the per-layer W4A8/FP8 split comes "
                                         "from hf_quant_config.json's quantized_layers"))
     return spec
+
+
+def _int4(d: Path, spec: ModelSpec, rep: Report) -> None:
+    """The INT4 section: shapes of one routed expert, the ignore list checked against the layout, the conversions."""
+    qc = spec.raw.get("quantization_config") or {}
+    ignore = [str(x) for x in qc.get("ignore") or []]
+    layer = spec.moe_layers[0] if spec.moe_layers else 0
+    gate = {t.part: (formats.tensor_name(t), t) for t in spec.tensors()
+            if t.role == "expert_gate" and t.layer == layer and t.expert == 0}
+    cmds = {k: f"k2trt convert {d} DST --to {to}" for k, (to, _why) in INT4_CONVERSIONS.items()}
+    rep.int4 = {"group_size": spec.quantization.group_size if spec.quantization else None,
+                "declared_shape": [spec.moe_intermediate_size, spec.hidden_size],
+                "stored": {p: {"name": n, "dtype": t.dtype, "shape": list(t.shape)} for p, (n, t) in gate.items()},
+                "ignore": ignore, "trtllm_loads": False, "convert": cmds}
+    for role in sorted(LINEAR_ROLES):  # the ignore list must leave exactly the routed experts quantized
+        dense = role.startswith("dense")
+        if (role in ("q_a", "q_b") and not spec.q_lora_rank) or (role == "q" and spec.q_lora_rank) \
+                or (dense and spec.first_k_dense_replace == 0) or (not dense and not spec.moe_layers):
+            continue
+        module = names.module_name(names.name_of(role, 0 if dense else layer, 0 if role in EXPERT_ROLES else None))
+        ignored = any(re.match(x[3:], module) if x.startswith("re:") else x == module for x in ignore)
+        if ignored == (role in EXPERT_ROLES):
+            what = "leaves it BF16" if ignored else "quantizes it to INT4"
+            rep.problems.append(Problem("warning", "config.json", f"quantization_config.ignore {what} ({module}), "
+                                        "but K2-Thinking's layout has INT4 exactly on the routed experts",
+                                        "check the ignore list against the weights"))
+    rep.problems.append(Problem("info", "quantization_config", "compressed-tensors INT4 experts: TensorRT-LLM "
+                                "cannot load them (its compressed-tensors loader takes FP8, NVFP4 and MXFP4)",
+                                "convert first: " + "; ".join(f"{k}: {c}" for k, c in cmds.items())))
 
 
 def _read_shards(d: Path, rep: Report) -> dict[str, files.TensorEntry]:

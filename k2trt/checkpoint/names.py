@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from k2trt.spec import IGNORED_ROLES  # noqa: F401  (re-exported: callers filter inventories with it)
 
@@ -52,6 +53,55 @@ _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _EXPERT_RE = re.compile(r"^mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight$")
 _BY_SUFFIX = {v: k for k, v in LAYER.items() if "{E}" not in v}
 _BY_GLOBAL = {v: k for k, v in GLOBAL.items()}
+
+
+# K2.5 / K2.6 (KimiK25ForConditionalGeneration) nest the language model under this prefix and add a vision tower
+# and projector (docs/reference/k2_int4.md §1); k2trt reads the text model and carries or drops the rest.
+TEXT_PREFIX = "language_model."
+VISION_PREFIXES = ("vision_tower.", "mm_projector.")
+
+
+def text_name(name: str) -> str | None:
+    """A K2.5 tensor name as the text model's (``language_model.model.…`` → ``model.…``); None for a vision-tower or
+    projector tensor; any other name unchanged (K2 / K2-Thinking checkpoints have no prefix)."""
+    if name.startswith(TEXT_PREFIX):
+        return name[len(TEXT_PREFIX):]
+    return None if name.startswith(VISION_PREFIXES) else name
+
+
+def strip_text_prefix(entries: "dict[str, Any]") -> "tuple[dict[str, Any], dict[str, Any]]":
+    """Split a K2.5 checkpoint's tensor entries (name → ``TensorEntry``) into the text model's, renamed without
+    ``language_model.``, and the vision tower's (by their own names). Other checkpoints come back unchanged."""
+    if not any(n.startswith(TEXT_PREFIX) for n in entries):
+        return entries, {}
+    from dataclasses import replace
+
+    text: dict[str, Any] = {}
+    vision: dict[str, Any] = {}
+    for n, e in entries.items():
+        t = text_name(n)
+        if t is None:
+            vision[n] = e
+        else:
+            text[t] = replace(e, name=t) if t != n else e
+    return text, vision
+
+
+def vision_tensors(vision: dict[str, Any], text_hidden: int) -> list[tuple[str, tuple[int, ...]]]:
+    """The vision tower + projector tensors ``synth`` writes for a K2.5 ``vision_config`` (BF16; MoonViT-shaped:
+    patch embedding, ``depth`` pre-norm blocks, a 2×2-merge projector into the text model's width). Carried, never
+    run: k2trt serves text only."""
+    d, f, depth = int(vision["hidden_size"]), int(vision["intermediate_size"]), int(vision["num_hidden_layers"])
+    patch = int(vision.get("patch_size", 14))
+    merge = 4 * d  # merge_kernel_size [2, 2]
+    out: list[tuple[str, tuple[int, ...]]] = [("vision_tower.patch_embed.proj.weight", (d, 3 * patch * patch))]
+    for i in range(depth):
+        b = f"vision_tower.encoder.blocks.{i}"
+        out += [(f"{b}.norm0.weight", (d,)), (f"{b}.wqkv.weight", (3 * d, d)), (f"{b}.wo.weight", (d, d)),
+                (f"{b}.norm1.weight", (d,)), (f"{b}.mlp.fc0.weight", (f, d)), (f"{b}.mlp.fc1.weight", (d, f))]
+    out += [("vision_tower.encoder.final_layernorm.weight", (d,)), ("mm_projector.pre_norm.weight", (d,)),
+            ("mm_projector.proj.0.weight", (merge, merge)), ("mm_projector.proj.2.weight", (text_hidden, merge))]
+    return out
 
 
 @dataclass(frozen=True)

@@ -183,17 +183,28 @@ def plan_conversion(src: str | Path, dst: str | Path, options: ConvertOptions = 
     if t.calibrated and spec.quantization is not None and spec.quantization.target is not None:
         raise CheckpointError(f"{src} is already a {spec.quantization.describe()} checkpoint",
                               f"convert to {t.name} from K2's block-FP8 (or a BF16) checkpoint")
+    if t.whole_files and spec.quantization is not None and spec.quantization.is_int4_source:
+        raise CheckpointError(f"{src} holds Moonshot's INT4 experts (compressed-tensors), which TensorRT-LLM cannot "
+                              "load as they are", f"convert them: k2trt convert {src} {dst} --to fp8-block (Hopper) "
+                              "or --to nvfp4 (Blackwell)")
     kv = options.kv_cache_dtype == "fp8"
     out = spec.with_quantization(t.quantization(spec, kv))
     headers = [_read_validated_header(s / f) for f in _source_shards(s)]
-    entries = {n: e for h in headers for n, e in h.tensors.items()}
+    entries, vision = names.strip_text_prefix({n: e for h in headers for n, e in h.tensors.items()})
     linears, part_of, scales = _linears(entries)
     notes: list[str] = []
+    if spec.multimodal is not None:  # K2.5: a text-only DeepseekV3 checkpoint (docs/reference/k2_int4.md §4)
+        notes.append(f"K2.5: text-only DeepseekV3ForCausalLM output; the vision tower ({len(vision)} tensors) is not "
+                     "carried — images are not served")
     shards: list[ShardPlan] = []
     for h in headers:
         sp = ShardPlan(h.path.name, "whole" if t.whole_files else "rewrite", h.file_size,
                        metadata=h.metadata or {"format": "pt"})
         for e in sorted(h.tensors.values(), key=lambda e: e.begin):
+            if e.name in vision:
+                sp.ops.append(Op("drop", e, ()))
+                continue
+            e = entries[names.text_name(e.name) or e.name]
             sp.ops.append(_op_for(e, linears, part_of, out, t.whole_files))
         if sp.action == "whole":
             sp.data_size, sp.out_size = sum(e.nbytes for e in h.tensors.values()), h.file_size
@@ -209,11 +220,24 @@ def plan_conversion(src: str | Path, dst: str | Path, options: ConvertOptions = 
         notes += [f"quantization: {out.quantization.describe() if out.quantization else '-'}",
                   "activation scales: " + ("calibrated (--calib-data)" if options.calib_amax else
                                            "weight-only bounds (no clipping; --calib-data on a GPU node is tighter)")]
+    if spec.quantization is not None and spec.quantization.is_int4_source:
+        notes.append(_int4_note(spec, out))
     meta = targets.metadata(t, s, spec, out, kv, options.model_type, notes)
     side, skipped = _side_files(s)
     notes += [f"not carried: {n}" for n in skipped]
     return Plan(s, d, options, t, spec, out, shards, meta, side, notes, weight_map, _same_fs(s, d), entries,
                 scales)
+
+
+def _int4_note(spec: ModelSpec, out: ModelSpec) -> str:
+    """What happens to Moonshot's INT4 experts (group 32) under the output's format, and its error bound."""
+    fmt = out.linear_format("expert_gate")
+    what = {"bf16": "dequantised exactly (code × scale) and rounded once to BF16: |Δw| ≤ 2^-8 |w|",
+            "fp8": "dequantised and re-quantised to 128×128 block FP8 (e4m3: |Δw| ≤ 2^-4 |w| + block scale / 2^10)",
+            "int4": "re-grouped from 32 to 128 inputs per scale (lossy: --verify prints the worst ‖Δw‖/‖w‖)",
+            "nvfp4": "re-quantised to NVFP4 (e2m1 per 16, lossy: --verify prints the worst ‖Δw‖/‖w‖)"}
+    return f"INT4 routed experts (compressed-tensors, group {spec.quantization.group_size if spec.quantization else '?'})" \
+        f": {what.get(fmt, fmt)}"
 
 
 def _check_paths(src: Path, dst: Path) -> tuple[Path, Path]:

@@ -48,7 +48,9 @@ class CheckpointReader:
 
     def __init__(self, model_dir: str | Path, locations: dict[str, files.TensorEntry] | None = None) -> None:
         self.model_dir = Path(model_dir)
-        self.locations = locations if locations is not None else files.tensor_locations(self.model_dir)
+        # a K2.5 checkpoint's text model is read under its plain names; its vision tower is never read
+        self.locations = locations if locations is not None else \
+            names.strip_text_prefix(files.tensor_locations(self.model_dir))[0]
         if not self.locations:
             raise CheckpointError(f"{self.model_dir}: no tensors in any *.safetensors file",
                                   "point at a checkpoint directory")

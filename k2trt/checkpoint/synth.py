@@ -15,14 +15,16 @@ data region as a file hole. The directory appears under its final name only when
 
 from __future__ import annotations
 
+import math
 import shutil
 import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from k2trt.checkpoint import names
 from k2trt.checkpoint.files import ShardWriter
-from k2trt.checkpoint.formats import tensor_name
+from k2trt.checkpoint.formats import FORMATS, tensor_name
 from k2trt.errors import CheckpointError
 from k2trt.fsio import atomic_write_json
 from k2trt.spec import ModelSpec, TensorInfo
@@ -30,7 +32,7 @@ from k2trt.spec import ModelSpec, TensorInfo
 if TYPE_CHECKING:
     import torch
 
-DEFAULT_SHARDS = {"tiny": 4}
+DEFAULT_SHARDS = {"tiny": 4, "tiny-thinking": 4, "tiny-k25": 4}
 
 
 def shard_name(i: int, n: int) -> str:
@@ -86,24 +88,32 @@ WeightSource = Callable[[TensorInfo], "torch.Tensor"]
 
 
 def tensor_values(spec: ModelSpec, seed: int, weights: WeightSource | None = None) -> "Any":
-    """Yield (TensorInfo, tensor) for every tensor of ``spec`` in inventory order (FP8 weights with their scales).
+    """Yield (TensorInfo, tensor) for every tensor of ``spec`` in inventory order (quantized weights with their
+    scales: FP8 from the BF16 value, compressed-tensors INT4 by its format row's ``encode``).
 
-    Values are the seeded random ones, or ``weights(info)`` when given; either way they are stored in the
-    checkpoint's dtype (FP8 weights quantised from their BF16 rounding with ``fp8.quantize``)."""
+    Values are the seeded random ones, or ``weights(info)`` when given (``info`` at its logical, unpacked shape);
+    either way they are stored in the checkpoint's own format."""
     import torch
 
     from k2trt.checkpoint.fp8 import quantize
 
-    pending_scale: dict[str, torch.Tensor] = {}
+    pending: dict[str, torch.Tensor] = {}  # a quantized weight's other parts, by TensorInfo.name
     for t in spec.tensors():
         if t.scale_of is not None:
-            yield t, pending_scale.pop(t.scale_of)
+            yield t, pending.pop(t.name)
             continue
-        w = _bf16_value(spec, t, seed) if weights is None else weights(t).detach().float()
+        # a packed 4-bit weight part stores [out, in / packed]; its value is drawn at the logical [out, in]
+        logical = replace(t, shape=(*t.shape[:-1], t.shape[-1] * t.packed)) if t.packed > 1 else t
+        w = _bf16_value(spec, logical, seed) if weights is None else weights(logical).detach().float()
         if t.dtype == "F8_E4M3":
             q, s = quantize(w.to(torch.bfloat16))
-            pending_scale[t.name] = s
+            pending[f"{t.name}.scale"] = s
             yield t, q
+        elif t.fmt not in (None, "bf16"):
+            f = FORMATS[t.fmt]
+            parts = f.encode(w, {}) if f.encode is not None else []
+            pending.update((f"{t.name}.{p.part}", x) for p, x in zip(f.parts[1:], parts[1:]))
+            yield t, parts[0]
         elif t.dtype == "F32":
             yield t, w.to(torch.float32)
         else:
@@ -168,9 +178,11 @@ def _write_all(spec: ModelSpec, tmp: Path, seed: int, shards: int | None, sparse
         raise CheckpointError(f"synth writes {spec.quantization.target} layouts only as --sparse headers",
                               f"synthesize the FP8 model, then k2trt convert SRC DST --to {spec.quantization.target}")
     tensors = spec.tensors()
-    hf = [tensor_name(t) for t in tensors]
+    prefix = names.TEXT_PREFIX if spec.multimodal is not None else ""  # K2.5 nests the language model
+    hf = [prefix + tensor_name(t) for t in tensors]
     n = shards or DEFAULT_SHARDS.get(preset_name or "", max(1, spec.num_hidden_layers))
     groups = plan_shards(tensors, n)
+    vision = names.vision_tensors(spec.multimodal["vision_config"], spec.hidden_size) if spec.multimodal else []
     weight_map: dict[str, str] = {}
     total = sum(t.nbytes for t in tensors)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="synth", disable=not progress or sparse)
@@ -180,8 +192,9 @@ def _write_all(spec: ModelSpec, tmp: Path, seed: int, shards: int | None, sparse
         fname = shard_name(i, n)
         group_names = hf[at: at + len(group)]
         at += len(group)
-        with ShardWriter(tmp / fname, [(nm, t.dtype, t.shape) for nm, t in zip(group_names, group)],
-                         preallocate=not sparse) as w:
+        extra = vision if i == n else []  # the vision tower rides in the last shard
+        with ShardWriter(tmp / fname, [(nm, t.dtype, t.shape) for nm, t in zip(group_names, group)]
+                         + [(nm, "BF16", shape) for nm, shape in extra], preallocate=not sparse) as w:
             for nm, t in zip(group_names, group):
                 weight_map[nm] = fname
                 if values is not None:
@@ -189,11 +202,16 @@ def _write_all(spec: ModelSpec, tmp: Path, seed: int, shards: int | None, sparse
                     assert info == t  # internal invariant: same inventory order
                     w.write(nm, tensor_bytes(x))
                     bar.update(t.nbytes)
+            for nm, shape in extra:
+                weight_map[nm] = fname
+                if not sparse:
+                    w.write(nm, tensor_bytes(_vision_value(nm, shape, seed)))
             w.commit(sparse=sparse)
     bar.close()
+    total += sum(2 * math.prod(shape) for _nm, shape in vision)
     atomic_write_json(tmp / names.INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map})
     if not q4:
-        atomic_write_json(tmp / "config.json", spec.to_config())
+        atomic_write_json(tmp / "config.json", spec.to_multimodal_config())
         return
     # a ModelOpt layout: TensorRT-LLM reads hf_quant_config.json before config.json
     from k2trt.checkpoint import quantcfg
@@ -203,6 +221,15 @@ def _write_all(spec: ModelSpec, tmp: Path, seed: int, shards: int | None, sparse
     for fname, obj in quantcfg.metadata_files(spec, hq).items():
         atomic_write_json(tmp / fname, obj)
     atomic_write_json(tmp / "config.json", quantcfg.config_json(spec, hq))
+
+
+def _vision_value(name: str, shape: tuple[int, ...], seed: int) -> "torch.Tensor":
+    import torch
+
+    g = _generator(seed, name)
+    if len(shape) == 1:
+        return (1.0 + 0.1 * torch.randn(shape, generator=g)).to(torch.bfloat16)
+    return (torch.randn(shape, generator=g) / shape[-1] ** 0.5).to(torch.bfloat16)
 
 
 def _write_tokenizer(spec: ModelSpec, out: Path, seed: int) -> None:

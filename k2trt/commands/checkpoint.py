@@ -12,12 +12,12 @@ from k2trt.cli_options import echo_json, json_option
 
 @click.command()
 @click.option("--preset", "preset_name", default="tiny", show_default=True,
-              help="Model preset: tiny, k2-instruct or k2-instruct-0905.")
+              help="Model preset: tiny, tiny-thinking (INT4 experts), k2-instruct, k2-instruct-0905 or k2-thinking.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory to write the checkpoint to.")
 @click.option("--seed", default=0, show_default=True, help="Weights are a pure function of the seed.")
 @click.option("--shards", type=click.IntRange(min=1), default=None,
-              help="Number of safetensors shards [default: 4 for tiny, one per layer otherwise].")
+              help="Number of safetensors shards [default: 4 for the tiny presets, one per layer otherwise].")
 @click.option("--sparse", is_flag=True, help="Headers only; data regions left as file holes (full-size presets).")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
 def synth(preset_name: str, out: Path, seed: int, shards: int | None, sparse: bool, force: bool) -> None:
@@ -37,11 +37,19 @@ def synth(preset_name: str, out: Path, seed: int, shards: int | None, sparse: bo
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @json_option
 @click.option("--layers", "show_layers", is_flag=True, help="Show the per-layer summary.")
-def inspect(model_dir: Path, as_json: bool, show_layers: bool) -> None:
+@click.option("--gpu", "gpu_key", default=None,
+              help="GPU to serve on (h100, h200, h20, b200, gb200, ...): name only its conversion of an INT4 "
+                   "checkpoint.")
+def inspect(model_dir: Path, as_json: bool, show_layers: bool, gpu_key: str | None) -> None:
     """Check a checkpoint from its headers alone. Exit 0 when clean, 1 when there are errors or warnings."""
     from k2trt.checkpoint.inspect import inspect_checkpoint
 
     rep = inspect_checkpoint(model_dir)
+    if rep.int4 is not None and gpu_key is not None:
+        from k2trt.plan.gpus import gpu
+
+        family = "blackwell" if gpu(gpu_key).fp4 else "hopper"
+        rep.int4["convert"] = {gpu_key: rep.int4["convert"][family]}
     if as_json:
         echo_json(rep.to_dict())
     else:
@@ -70,9 +78,31 @@ def _render(rep: "object", show_layers: bool) -> None:
         for s in rep.layers:
             t.add_row(str(s.layer), s.kind, str(s.tensors), f"{s.params:,}", f"{s.bytes / 2**30:.3f}")
         con.print(t)
+    if rep.int4 is not None:
+        _render_int4(con, rep.int4)
     style = {"error": "red", "warning": "yellow", "info": "dim"}
     for p in rep.problems:
         fix = f" — {p.fix}" if p.fix else ""
         con.print(f"  [{style[p.severity]}]{p.severity}[/]: {p.where}: {p.message}{fix}", soft_wrap=True)
     n_err, n_warn = rep.count("error"), rep.count("warning")
     con.print("[green]clean[/green]" if rep.ok else f"[red]{n_err} errors, {n_warn} warnings[/red]")
+
+
+def _render_int4(con: "object", d: dict) -> None:  # type: ignore[type-arg]
+    """The INT4 section: what is stored, and the exact conversion TensorRT-LLM needs."""
+    from rich.console import Console
+
+    from k2trt.checkpoint.inspect import INT4_CONVERSIONS
+
+    assert isinstance(con, Console)
+    st = d["stored"]
+    con.print(f"  INT4 routed experts (compressed-tensors pack-quantized, symmetric, group {d['group_size']}): "
+              f"declared {d['declared_shape']} stored as weight_packed {st['weight']['dtype']}{st['weight']['shape']} "
+              f"(8 codes per word), weight_scale {st['scale']['dtype']}{st['scale']['shape']}, "
+              f"weight_shape {st['shape']['dtype']}{st['shape']['shape']}", soft_wrap=True)
+    con.print(f"  not quantized (ignore list): {', '.join(d['ignore']) or '-'}", soft_wrap=True)
+    con.print("  [bold]TensorRT-LLM cannot load INT4 experts[/bold] (its compressed-tensors loader takes FP8, NVFP4 "
+              "and MXFP4). Convert first:", soft_wrap=True)
+    for k, cmd in d["convert"].items():
+        why = INT4_CONVERSIONS.get(k, INT4_CONVERSIONS["blackwell" if "nvfp4" in cmd else "hopper"])[1]
+        con.print(f"    {k}: {cmd}   # {why}", soft_wrap=True)

@@ -107,5 +107,7 @@ def _render_result(d: dict[str, Any]) -> list[str]:
         v = d["verified"]
         lines.append(f"  verified: {v['tensors']:,} tensors against the source, {v['files_hashed']} files hashed "
                      f"({v['seconds']:.1f} s)")
+        for kind, rel in sorted((v.get("max_rel_error") or {}).items()):
+            lines.append(f"  requantization error of the {kind} experts: worst ‖Δw‖/‖w‖ {rel:.4f}")
     lines.append(f"  manifest: {d['manifest']}")
     return lines

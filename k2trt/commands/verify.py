@@ -57,7 +57,7 @@ def verify(checkpoint: Path, other: Path | None, against: str | None, layout: An
         return
     from k2trt.reference import verify as v
 
-    base = v.Thresholds.for_checkpoint(other) if other else v.Thresholds.default(mode)  # type: ignore[arg-type]
+    base = v.Thresholds.for_pair(checkpoint, other) if other else v.Thresholds.default(mode)  # type: ignore[arg-type]
     t = base.merged(**limits)
     progress = sys.stderr.isatty() and not as_json
     if mode == "transformers":

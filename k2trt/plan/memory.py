@@ -64,6 +64,10 @@ WeightFormat = Literal["fp8_block", "bf16", "nvfp4", "w4a8"]
 experts (ModelOpt), or W4A8 routed experts with block FP8 elsewhere. Recipes and ``--weights`` name one of these;
 ``parse_weight_format`` also takes the spellings users meet elsewhere."""
 WEIGHT_FORMATS: tuple[str, ...] = get_args(WeightFormat)
+INT4_SOURCE = "int4"
+"""``weight_format`` of Moonshot's native INT4 checkpoints (K2-Thinking, K2.5, K2.6: compressed-tensors
+``pack-quantized`` experts). The planner sizes them and the reference engine reads them; TensorRT-LLM cannot load
+them, so no recipe names this format — ``k2trt convert --to fp8-block|w4a8|nvfp4`` comes first."""
 # Other spellings of the same formats: ``fp8`` (recipes and ``k2trt plan --weights`` before the formats had one
 # name) and ``fp8-block`` (``k2trt convert --to``, whose choices are kebab-case like every k2trt flag value).
 _WEIGHT_ALIASES = {"fp8": "fp8_block", "fp8-block": "fp8_block"}
@@ -96,7 +100,8 @@ def convert_target(fmt: WeightFormat) -> str:
 
 def with_weights(spec: ModelSpec, fmt: WeightFormat) -> ModelSpec:
     """``spec`` re-described as stored in ``fmt`` (what ``k2trt convert --to`` would write), for planning a
-    checkpoint that does not exist yet."""
+    checkpoint that does not exist yet. A K2.5 converts to its text model alone (``multimodal`` dropped)."""
+    spec = replace(spec, multimodal=None)
     if fmt == "bf16":
         return spec.with_quantization(None)
     return spec.with_quantization(Quantization() if fmt == "fp8_block" else Quantization.requant(fmt))
@@ -120,6 +125,8 @@ def weight_format(spec: ModelSpec) -> str:
     q = spec.quantization
     if q is None:
         return "bf16"
+    if q.is_int4_source:  # Moonshot's compressed-tensors INT4 (K2-Thinking, K2.5): read, never served by TensorRT-LLM
+        return INT4_SOURCE
     if q.target is not None:  # k2trt convert --to nvfp4|w4a8, or a ModelOpt export: the inventory is exact
         return q.target
     if q.quant_method == "fp8":

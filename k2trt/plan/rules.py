@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from k2trt.mapping import Mapping
 from k2trt.plan.gpus import GiB, Gpu
-from k2trt.plan.memory import MemoryPlan, weight_format
+from k2trt.plan.memory import INT4_SOURCE, MemoryPlan, weight_format
 from k2trt.spec import ModelSpec
 from k2trt.trtllm import known
 from k2trt.trtllm.deploy import EPLB_SHM_DEFAULT, EPLB_SHM_VAR
@@ -139,6 +139,16 @@ RULES: tuple[Rule, ...] = (
                    + (f"{c.release} does not load it" if known.release_fact(c.release, "w4a8_mixed_precision")
                       is False else f"that {c.release} loads it is not established")
                    + ", so the recipe is refused — serve the FP8 checkpoint (k2-h200-2x8-*) instead"),
+    Rule("int4-not-loadable", "error",
+         lambda c: weight_format(c.spec) == INT4_SOURCE and not c.gpu.reference_only,
+         lambda c: "Moonshot's INT4 experts (compressed-tensors pack-quantized) are not loadable by TensorRT-LLM: its "
+                   "compressed-tensors loader takes FP8, NVFP4 and MXFP4 groups (docs/reference/k2_int4.md §4); "
+                   f"convert first: k2trt convert SRC DST --to {'nvfp4' if c.gpu.fp4 else 'fp8-block'}, and plan "
+                   f"--weights {'nvfp4' if c.gpu.fp4 else 'fp8'}"),
+    Rule("k25-text-only", "info",
+         lambda c: c.spec.multimodal is not None,
+         lambda c: "K2.5 / K2.6: k2trt plans and serves the text model (a text-only DeepseekV3 conversion); the "
+                   "vision tower is not carried — images are not served"),
     Rule("eplb-needs-shm", "warning",
          lambda c: c.eplb_online,
          lambda c: f"online EPLB keeps a host copy of every routed expert in each node's /dev/shm "

@@ -74,6 +74,24 @@ class Thresholds:
         # rel ≥ 0.33, top-1 ≤ 0.54 (tests/unit/test_requant.py).
         return cls(max_rel=0.26, min_top1=0.62, max_kl=0.035)
 
+    @classmethod
+    def for_pair(cls, a: str | Path, b: str | Path) -> "Thresholds":
+        """The ``checkpoints`` defaults for checkpoint ``b`` converted from ``a``, per target.
+
+        From Moonshot's INT4 (compressed-tensors) source, calibrated on the tiny K2-Thinking (8 prompts × 16
+        tokens; tests/unit/test_int4.py): ``bf16`` dequantises exactly up to one BF16 rounding per weight (KL
+        ≈ 1e-6, rel ≈ 0.002), so it is held tight; ``fp8-block`` (KL 0.023, rel ≈ 0.2, top-1 0.75), ``w4a8``
+        (regrouped 32 → 128: KL 0.032, rel 0.25, top-1 0.65) and ``nvfp4`` (KL 0.015) share one bound that every
+        misread INT4 fails (swapped nibbles, packing along the wrong axis: KL ≥ 0.36; a 128 group or transposed
+        scales: KL ≥ 0.062, rel ≥ 0.35, top-1 ≤ 0.51). Any other source: ``for_checkpoint(b)``.
+        """
+        qa, qb = ModelSpec.from_config(a).quantization, ModelSpec.from_config(b).quantization
+        if qa is None or not qa.is_int4_source:
+            return cls.for_checkpoint(b)
+        if qb is None:
+            return cls(max_rel=0.02, min_top1=0.95, max_kl=1e-3)
+        return cls(max_rel=0.3, min_top1=0.58, max_kl=0.045)
+
     def merged(self, **overrides: float | None) -> "Thresholds":
         import dataclasses
 
@@ -230,7 +248,7 @@ def between(a: str | Path, b: str | Path, *, prompts: int = 8, length: int = 16,
     want = _run(ma, x, progress, "A")
     del ma
     got = _run(load_model(b, attn_impl=attn_impl), x, progress, "B")
-    t = thresholds or Thresholds.for_checkpoint(b)
+    t = thresholds or Thresholds.for_pair(a, b)
     m = logit_metrics(want, got)
     return Report("checkpoints", str(b), str(a), m, asdict(t), judge(m, t),
                   {"a_quantization": sa.quantization.describe() if sa.quantization else "bf16",

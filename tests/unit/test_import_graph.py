@@ -24,7 +24,8 @@ FLOORS: list[tuple[str, ...]] = [
      "jsonlog",  # the JSON-lines log formatter: stdlib only; the gateway and the launcher log through it
      "sampling",  # the sampling-value rules both the gateway and the reference engine enforce: stdlib only
      "asgi",  # racing a request against the client's disconnect: stdlib; the gateway and the reference server
-     "configcheck"),  # types and bounds of a config.json: stdlib and errors; spec checks a config through it
+     "configcheck",  # types and bounds of a config.json: stdlib and errors; spec checks a config through it
+     "presets"),  # the presets' config.json data (no imports): spec turns a row into a ModelSpec
     ("spec",),  # ModelSpec from config.json: K2's dimensions and tensor inventory, which everything else reads
     ("mapping",),  # TensorRT-LLM's Mapping semantics: which rank holds which slice of a ModelSpec's tensors
     ("layout",),  # the tp16ep8adp syntax of one instance and its Mapping (recipes, plan, bundle, reference)

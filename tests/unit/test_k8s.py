@@ -41,6 +41,7 @@ GOLDEN = Path(__file__).parent.parent / "golden" / "k8s"
 UPDATE = os.environ.get("K2TRT_UPDATE_GOLDEN") == "1"
 IMAGE = "registry.example.com/ml/k2trt:0.1.0-trtllm1.3.0rc24"
 REFUSED = {"k2-h200-1x8-w4a8": (PlanError, "MIXED_PRECISION"),
+           "k2-thinking-h200-1x8-w4a8": (PlanError, "MIXED_PRECISION"),
            "tiny-cpu": (ConfigError, "runs the reference engine")}
 
 

@@ -24,7 +24,8 @@ from k2trt.trtllm.render import EngineOptions, dump_yaml, llm_options
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "recipes"
 # Recipes the pinned release is not known to load (plan/rules.py); their YAML is still pinned by the goldens.
-REFUSED = {"k2-h200-1x8-w4a8": "MIXED_PRECISION is ambiguous"}
+REFUSED = {"k2-h200-1x8-w4a8": "MIXED_PRECISION is ambiguous",
+           "k2-thinking-h200-1x8-w4a8": "MIXED_PRECISION is ambiguous"}
 UPDATE = os.environ.get("K2TRT_UPDATE_GOLDEN") == "1"
 NAMES = list_recipes()
 MODEL, BUNDLE = "/models/K2", "/bundle"
@@ -32,7 +33,8 @@ MODEL, BUNDLE = "/models/K2", "/bundle"
 
 def test_the_expected_recipes_are_packaged() -> None:
     assert {"k2-h200-2x8-tp16ep8", "k2-h200-2x8-ep16-adp", "k2-h20-2x8", "k2-h100-2x8", "k2-b200-1x8-nvfp4", "k2-h200-1x8-w4a8",
-            "k2-h200-disagg", "tiny-cpu"} <= set(NAMES)
+            "k2-h200-disagg", "tiny-cpu", "k2-thinking-h200-2x8-fp8", "k2-thinking-h200-1x8-w4a8",
+            "k2.5-text-h200-2x8-fp8"} <= set(NAMES)
     repo_dir = Path(__file__).parent.parent.parent / "recipes"  # the repository path documented in README
     assert sorted(p.name for p in repo_dir.glob("*.yaml")) == sorted(p.name for p in recipe_dir().glob("*.yaml"))
 
