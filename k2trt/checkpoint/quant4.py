@@ -127,6 +127,14 @@ def quantize_nvfp4(weight: "torch.Tensor", scale_2: "torch.Tensor | None" = None
     return (code[:, 1::2] << 4) | code[:, 0::2], scale.contiguous(), s2
 
 
+def _check_group_scale(what: str, scale: "torch.Tensor", m: int, n: int, group: int, weight: str, rule: str,
+                       fix: str) -> None:
+    """Refuse a 4-bit weight's per-group scale whose shape is not ``[M, N / group]`` (one line naming the fix)."""
+    if tuple(scale.shape) != (m, n // group):
+        raise CheckpointError(f"{what} has shape {list(scale.shape)}, expected {[m, n // group]} for a [{m}, {n}] "
+                              f"{weight} ({rule})", f"the scale does not belong to this weight; {fix}")
+
+
 def dequantize_nvfp4(packed: "torch.Tensor", weight_scale: "torch.Tensor", weight_scale_2: "torch.Tensor",
                      dtype: "torch.dtype | None" = None) -> "torch.Tensor":
     """NVFP4 → float with modelopt's ``NVFP4QTensor.dequantize`` (any row range / whole-16-group column range).
@@ -141,10 +149,8 @@ def dequantize_nvfp4(packed: "torch.Tensor", weight_scale: "torch.Tensor", weigh
     nvfp4, _ = _modelopt()
     m, half = packed.shape
     n = 2 * half
-    if tuple(weight_scale.shape) != (m, n // NVFP4_GROUP):
-        raise CheckpointError(f"NVFP4 weight_scale has shape {list(weight_scale.shape)}, expected "
-                              f"{[m, n // NVFP4_GROUP]} for a [{m}, {n}] weight (one e4m3 scale per 16 inputs)",
-                              "the scale does not belong to this weight; re-run k2trt convert")
+    _check_group_scale("NVFP4 weight_scale", weight_scale, m, n, NVFP4_GROUP, "weight", "one e4m3 scale per 16 inputs",
+                       "re-run k2trt convert")
     qt = nvfp4(torch.Size((m, n)), torch.float32, packed.view(torch.uint8))
     out = qt.dequantize(torch.float32, scale=weight_scale.view(torch.float8_e4m3fn),
                         double_scale=weight_scale_2.to(torch.float32).reshape(()), block_sizes={-1: NVFP4_GROUP})
@@ -206,10 +212,8 @@ def dequantize_w4a8(packed: "torch.Tensor", scale: "torch.Tensor", dtype: "torch
 
     m, half = packed.shape
     n = 2 * half
-    if tuple(scale.shape) != (m, n // W4A8_GROUP):
-        raise CheckpointError(f"W4A8 weight_scale_inv has shape {list(scale.shape)}, expected "
-                              f"{[m, n // W4A8_GROUP]} for a [{m}, {n}] INT4 weight (one scale per 128 inputs)",
-                              "the scale does not belong to this weight; re-run k2trt convert")
+    _check_group_scale("W4A8 weight_scale_inv", scale, m, n, W4A8_GROUP, "INT4 weight", "one scale per 128 inputs",
+                       "re-run k2trt convert")
     lo, hi = _unpack_nibbles(packed)
     codes = torch.stack([lo, hi], dim=-1).reshape(m, n).to(torch.float32)  # [M, N]
     out = codes * scale.to(torch.float32).repeat_interleave(W4A8_GROUP, dim=1)
@@ -249,10 +253,8 @@ def dequantize_ct_int4(packed: "torch.Tensor", scale: "torch.Tensor", dtype: "to
     helpers, _, _, _ = _ct()
     m, words = packed.shape
     n = words * CT_INT4_PACK
-    if tuple(scale.shape) != (m, n // CT_INT4_GROUP):
-        raise CheckpointError(f"INT4 weight_scale has shape {list(scale.shape)}, expected "
-                              f"{[m, n // CT_INT4_GROUP]} for a [{m}, {n}] weight_packed (one scale per "
-                              f"{CT_INT4_GROUP} inputs)", "the scale does not belong to this weight; re-download it")
+    _check_group_scale("INT4 weight_scale", scale, m, n, CT_INT4_GROUP, "weight_packed",
+                       f"one scale per {CT_INT4_GROUP} inputs", "re-download it")
     codes = helpers.unpack_from_int32(packed.contiguous(), 4, torch.Size((m, n)))          # int8 [M, N]
     out = codes.to(torch.float32)                                                           # [M, N]
     out.view(m, n // CT_INT4_GROUP, CT_INT4_GROUP).mul_(scale.to(torch.float32).unsqueeze(-1))  # in place: ⅓ faster
