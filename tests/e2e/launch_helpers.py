@@ -3,6 +3,7 @@ and process-table scans by a per-test token."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import k2trt
 from k2trt.launch.spec import LaunchSpec
@@ -98,3 +99,24 @@ def stop_group(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def served_reference(ckpt: Path, work: Path, port: int, master_port: int) -> Iterator[tuple[dict[str, Any], Path, str]]:
+    """``k2trt serve --detach`` a bundle running the reference engine on ``ckpt`` (tp2 under mpirun, this checkout);
+    yields (serve's JSON result, the bundle, the served model name), then stops the job and checks that no process
+    of it is left."""
+    name = token()  # the served model name doubles as the process-table search token
+    argv = (sys.executable, "-m", "k2trt.reference.serve", str(ckpt), "--tp", "2", "--host", "127.0.0.1",
+            "--port", str(port), "--served-model-name", name)
+    b = make_bundle(work, argv=argv, world_size=2, http_port=port, model_dir=str(ckpt),
+                    env={"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(master_port), "PYTHONPATH": str(ROOT)},
+                    ready_timeout_s=240)
+    r = run_k2trt("serve", str(b), "--detach", "--json", timeout=280)
+    try:
+        assert r.returncode == 0, r.stderr[-2000:] + r.stdout[-2000:]
+        yield json.loads(r.stdout), b, name
+    finally:
+        stop = run_k2trt("stop", str(b), "--json")
+    assert stop.returncode == 0, stop.stderr
+    assert procs_with(name) == []

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from launch_helpers import ROOT, make_bundle, procs_with, run_k2trt, token
+from launch_helpers import served_reference
 
 from k2trt.bench.toolcheck import ToolcheckSpec, run_toolcheck
 from k2trt.chat.thinking import write_family_files
@@ -65,20 +64,8 @@ def thinking_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine_url(thinking_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    name = token()
-    argv = (sys.executable, "-m", "k2trt.reference.serve", str(thinking_ckpt), "--tp", "2", "--host", "127.0.0.1",
-            "--port", str(PORT), "--served-model-name", name)
-    b = make_bundle(tmp_path_factory.mktemp("bundle"), argv=argv, world_size=2, http_port=PORT,
-                    model_dir=str(thinking_ckpt), env={"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(MASTER_PORT),
-                                                       "PYTHONPATH": str(ROOT)}, ready_timeout_s=240)
-    r = run_k2trt("serve", str(b), "--detach", "--json", timeout=280)
-    try:
-        assert r.returncode == 0, r.stderr[-2000:] + r.stdout[-2000:]
-        yield json.loads(r.stdout)["url"]
-    finally:
-        stop = run_k2trt("stop", str(b), "--json")
-        assert stop.returncode == 0, stop.stderr
-        assert procs_with(name) == []
+    with served_reference(thinking_ckpt, tmp_path_factory.mktemp("bundle"), PORT, MASTER_PORT) as (res, _, _):
+        yield res["url"]
 
 
 def _toolcheck(url: str, exs: list[Example], work: Path) -> list[dict[str, Any]]:
