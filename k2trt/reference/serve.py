@@ -330,16 +330,22 @@ def build_app(engine: Engine, tok: Any, spec: Any, model_name: str) -> Any:
                 c, stop_reason = payload
                 return "".join(parts), c, stop_reason
 
-    async def answer(http: HttpRequest, req: Request) -> tuple[str, Completion, Any]:
-        """A non-streamed request's result; the request is cancelled if its client goes first."""
-        try:
-            return await until_disconnect(http, run(req))
-        finally:
-            req.cancelled.set()  # a no-op once it finished; else the engine drops it
-
     def usage(c: Completion) -> dict[str, int]:
         return {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
                 "total_tokens": c.prompt_tokens + c.completion_tokens}
+
+    async def respond(http: HttpRequest, req: Request, head: dict[str, Any], choice: Any) -> Any:
+        """A non-streamed request's response: ``head``, ``choice(text, completion, stop_reason)`` and the usage;
+        500 if generation failed, 499 (and the request cancelled) if its client went first."""
+        try:
+            text, c, reason = await until_disconnect(http, run(req))
+        except RequestFailed as e:
+            return _error(500, f"generation failed: {e}", kind="internal_server_error")
+        except ClientGone:
+            return Response(status_code=499)
+        finally:
+            req.cancelled.set()  # a no-op once it finished; else the engine drops it
+        return JSONResponse({**head, "choices": [choice(text, c, reason)], "usage": usage(c)})
 
     async def sse(req: Request, chunk: Any, final: Any, include_usage: bool) -> AsyncIterator[bytes]:
         try:
@@ -385,15 +391,8 @@ def build_app(engine: Engine, tok: Any, spec: Any, model_name: str) -> Any:
                                                        "finish_reason": c.finish_reason, "stop_reason": r,
                                                        "logprobs": None}]}
             return StreamingResponse(sse(req, chunk, final, include), media_type="text/event-stream")
-        try:
-            text, c, reason = await answer(http, req)
-        except RequestFailed as e:
-            return _error(500, f"generation failed: {e}", kind="internal_server_error")
-        except ClientGone:
-            return Response(status_code=499)
-        return JSONResponse({**head, "choices": [{"index": 0, "text": text, "finish_reason": c.finish_reason,
-                                                  "stop_reason": reason, "logprobs": None}],
-                             "usage": usage(c)})
+        return await respond(http, req, head, lambda text, c, reason: {
+            "index": 0, "text": text, "finish_reason": c.finish_reason, "stop_reason": reason, "logprobs": None})
 
     async def chat(http: HttpRequest) -> Any:
         try:
@@ -427,17 +426,9 @@ def build_app(engine: Engine, tok: Any, spec: Any, model_name: str) -> Any:
                                   "choices": [{"index": 0, "delta": {}, "finish_reason": c.finish_reason,
                                                "stop_reason": r}]}
             return StreamingResponse(sse(req, chunk, final, include), media_type="text/event-stream")
-        try:
-            text, c, reason = await answer(http, req)
-        except RequestFailed as e:
-            return _error(500, f"generation failed: {e}", kind="internal_server_error")
-        except ClientGone:
-            return Response(status_code=499)
-        return JSONResponse({**head, "object": "chat.completion",
-                             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                          "finish_reason": c.finish_reason,
-                                          "stop_reason": reason}],
-                             "usage": usage(c)})
+        return await respond(http, req, {**head, "object": "chat.completion"}, lambda text, c, reason: {
+            "index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": c.finish_reason,
+            "stop_reason": reason})
 
     async def models(_: HttpRequest) -> Any:
         return JSONResponse({"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
