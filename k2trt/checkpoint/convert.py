@@ -7,9 +7,10 @@ is ``plan.py``; the bytes of each op come from ``stream.py``. This module runs a
   shape/dtype against config.json, every quantized weight's parts), then every F32 scale the output depends on is
   read (numpy) and checked for NaN/Inf/zero, and the destination's free space against the bytes to write;
 - each output shard is one source shard, written in file order through ``files.ShardWriter`` (temporary name,
-  fsync, rename when complete). A thread pool computes the next pieces ahead (numpy and torch release the GIL)
-  while this thread writes and hashes them in order, so the output bytes never depend on scheduling and memory
-  is a bounded window of pieces whatever the checkpoint size. ``trtllm`` moves whole files instead (hard links,
+  fsync, rename when complete; a shard's fsync overlaps the next shard's work). A thread pool computes the next
+  pieces ahead (numpy, torch and the compiled loops release the GIL) while this thread writes and hashes them in
+  order, so the output bytes never depend on scheduling and memory is a bounded window of pieces whatever the
+  checkpoint size. ``trtllm`` moves whole files instead (hard links,
   or kernel-side copies, several at once);
 - after each shard the manifest (``manifest.py``) is saved: a killed run resumes from it and ends byte-identical.
   The index, side files and metadata files follow; config.json is written last, so an unfinished directory never
@@ -84,8 +85,7 @@ def convert(src: str | Path, dst: str | Path, options: ConvertOptions = ConvertO
     """
     t0 = time.monotonic()
     plan = plan_conversion(src, dst, options)
-    if plan.needs_torch:
-        import torch  # noqa: F401  (seconds on a busy machine: kept out of the "stream" timing)
+    _load_libraries(plan)
     man = _prepare_dst(plan)
     done = {sp.name for sp in plan.shards if man is not None and sp.name in man.files
             and file_matches(plan.dst / sp.name, man.files[sp.name], options.hash)}
@@ -165,6 +165,22 @@ def _check_space(plan: Plan, done: set[str]) -> None:
 
 # ---- the run -----------------------------------------------------------------------------------------------------
 
+def _load_libraries(plan: Plan) -> None:
+    """Import what the ops compute with before the stream starts: seconds of one-off start-up on a busy machine
+    (torch ~1 s, compressed-tensors ~2 s, the compiled loops ~0.3 s) that would otherwise stall the first chunks
+    and count as streaming time."""
+    if plan.needs_torch:
+        import torch  # noqa: F401
+    if plan.needs_compressed_tensors:
+        from k2trt.checkpoint.quant4 import load_compressed_tensors
+
+        load_compressed_tensors()
+    if plan.needs_kernels:
+        from k2trt.checkpoint import kernels
+
+        kernels.warm()
+
+
 def _run_shards(plan: Plan, todo: list[ShardPlan], man: Manifest, progress: bool) -> int:
     """Write the shards in ``todo``, recording each in the manifest as it finishes; returns the meter's peak."""
     from tqdm import tqdm
@@ -194,22 +210,38 @@ def _run_shards(plan: Plan, todo: list[ShardPlan], man: Manifest, progress: bool
                 for f in futs:
                     f.result()
                 return 0
-            with CheckpointReader(plan.src, plan.entries) as rd, _torch_threads(plan.needs_torch):
+            with CheckpointReader(plan.src, plan.entries) as rd, _torch_threads(plan.needs_torch), \
+                    ThreadPoolExecutor(1, thread_name_prefix="k2trt-commit") as committer:
                 ctx = Context(rd, plan.out_spec, plan.options.hash, dict(plan.options.calib_amax))
+                # a shard's fsync and rename overlap the next shard's work; shards finish (and enter the
+                # manifest) in order, and an interrupted run waits for the commit in flight
+                pending: Future[None] | None = None
                 for sp in todo:
-                    finished(sp, _guard(sp, plan, lambda sp=sp: _rewrite_shard(sp, plan, ctx, pool, tick)))
+                    w = _guard(sp, plan, lambda sp=sp: _rewrite_shard(sp, plan, ctx, pool, tick))
+                    try:
+                        if pending is not None:
+                            pending.result()
+                    except BaseException:
+                        w.abort()
+                        raise
+                    pending = committer.submit(_guard, sp, plan, lambda sp=sp, w=w: finished(sp, _commit(sp, w)))
+                if pending is not None:
+                    pending.result()
                 return ctx.meter.peak
     finally:
         bar.close()
 
 
 def _rewrite_shard(sp: ShardPlan, plan: Plan, ctx: Any, pool: ThreadPoolExecutor,
-                   tick: Callable[[int], None]) -> FileRecord:
+                   tick: Callable[[int], None]) -> files.ShardWriter:
+    """Write one shard's bytes under its temporary name; the caller commits it (``_commit``). On any error the
+    temporary file is removed."""
     from k2trt.checkpoint.stream import Copy, Tail, items
 
     work = (it for op in sp.ops for it in items(op, ctx))
     trimmed = 0
-    with files.ShardWriter(plan.dst / sp.name, sp.out_tensors, sp.metadata, hashing=plan.options.hash) as w:
+    w = files.ShardWriter(plan.dst / sp.name, sp.out_tensors, sp.metadata, hashing=plan.options.hash)
+    try:
         for it, out in _ordered(pool, work, window=2 * max(1, plan.options.workers) + 2):
             if w.pos - trimmed >= _TRIM_BYTES:
                 _release_free_memory()
@@ -222,7 +254,18 @@ def _rewrite_shard(sp: ShardPlan, plan: Plan, ctx: Any, pool: ThreadPoolExecutor
                 w.append(buf)
             tick(it.src_bytes)
         tick(sum(op.src.nbytes for op in sp.ops if op.kind == "drop"))
+    except BaseException:
+        w.abort()
+        raise
+    return w
+
+
+def _commit(sp: ShardPlan, w: files.ShardWriter) -> FileRecord:
+    try:
         w.commit()
+    except BaseException:
+        w.abort()
+        raise
     return FileRecord(sp.out_size, w.sha256, "rewrite", sp.name)
 
 

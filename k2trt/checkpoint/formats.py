@@ -62,6 +62,9 @@ class StorageFormat:
     encode: Callable[["torch.Tensor", dict[str, Any]], "list[torch.Tensor]"] | None = None
     weight_dtypes: tuple[str, ...] = ()
     """Stored dtypes of the weight part that identify this format (default: the geometry's)."""
+    codes: Callable[[Parts], "tuple[torch.Tensor, torch.Tensor]"] | None = None
+    """For a group-quantised format: ``(int8 codes [rows, cols], float32 scale per group [rows, cols/group])``
+    with ``decode == codes × scale``, so block-FP8 encoding can fuse the product (``kernels``)."""
 
     @property
     def name(self) -> str:
@@ -85,6 +88,12 @@ def _decode_ct_int4(p: Parts) -> "torch.Tensor":
     from k2trt.checkpoint.quant4 import dequantize_ct_int4
 
     return dequantize_ct_int4(p["weight"], p["scale"])
+
+
+def _codes_ct_int4(p: Parts) -> "tuple[torch.Tensor, torch.Tensor]":
+    from k2trt.checkpoint.quant4 import ct_int4_codes
+
+    return ct_int4_codes(p["weight"], p["scale"])
 
 
 def _encode_ct_int4(w: "torch.Tensor", _extra: dict[str, Any]) -> "list[torch.Tensor]":
@@ -163,7 +172,7 @@ FORMATS: dict[str, StorageFormat] = {f.name: f for f in (
                   _decode_int4, ("weight", "scale"), _encode_int4),
     StorageFormat(LINEAR_FORMATS["ct-int4"], {"weight": "weight_packed", "scale": "weight_scale",
                                               "shape": "weight_shape"},
-                  _decode_ct_int4, ("weight", "scale"), _encode_ct_int4),
+                  _decode_ct_int4, ("weight", "scale"), _encode_ct_int4, codes=_codes_ct_int4),
     StorageFormat(LINEAR_FORMATS["bf16"], {"weight": "weight"}, _decode_float, ("weight",), _encode_bf16,
                   FLOAT_DTYPES),
 )}

@@ -10,10 +10,11 @@ Quantisation (BF16 → FP8) zero-pads partial blocks to 128 before taking the bl
 fp8 → bf16 → fp8 reproduces the original bytes exactly: the block maximum maps to ±448, dequantises to the original
 bf16 amax, and so gives back the same scale; every other element moves by far less than half an e4m3 step.
 The block constants and the scale grid are ``k2trt.spec``'s (``BLOCK``, ``FP8_MAX``, ``scale_shape``). Besides the
-torch reference math, ``dequantize_rows`` is the converter's numpy path: an e4m3 byte has 256 values, so each
+torch reference math, ``dequantize_rows`` is the converter's path: an e4m3 byte has 256 values, so each
 128×128 block has only 256 possible outputs ``bf16(f32(v) × scale)``; they are computed once per block with the
-same float32 product and single rounding, then gathered per element — bit-identical to ``dequantize(…, bfloat16)``
-and several times faster than torch's (unvectorised) fp8 → float cast, without importing torch at all.
+same float32 product and single rounding, then gathered per element (a compiled loop, ``kernels.py``) —
+bit-identical to ``dequantize(…, bfloat16)`` and many times faster than torch's fp8 → float cast, without torch.
+The converter quantises with ``kernels.quantize_rows``, bit-identical to ``quantize`` here (the reference).
 torch is imported inside functions so that ``k2trt.checkpoint`` stays importable on a login node.
 """
 
@@ -133,24 +134,11 @@ def e4m3_values() -> "np.ndarray":
     return out
 
 
-def bf16_bits(x: "np.ndarray") -> "np.ndarray":
-    """float32 → bfloat16 bit patterns (uint16), round to nearest even; NaN → 0x7FC0 as torch rounds it."""
-    import numpy as np
-
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    out = ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint16)
-    out[np.isnan(x)] = 0x7FC0
-    return out
-
-
-_SUB_ROWS = 16  # rows per gather: the intp index of 16 × 7168 elements (~0.9 MB) stays in cache
-
-
 def dequantize_rows(u8: "np.ndarray", scale: "np.ndarray", first_row: int, out: "np.ndarray") -> None:
     """FP8 bytes → ``out`` by per-block lookup table, for rows ``first_row…`` of a weight with its whole scale grid.
 
     Args:
-        u8: uint8 ``[R, N]``, rows ``first_row .. first_row+R`` of the weight (``first_row`` a multiple of 16).
+        u8: uint8 ``[R, N]``, rows ``first_row .. first_row+R`` of the weight (any start row).
         scale: float32 ``[ceil(M/128), ceil(N/128)]``, the weight's scale grid.
         first_row: the weight row ``u8[0]`` is.
         out: ``[R, N]`` to fill: float32 (the exact float32 product ``f32(v) × scale``) or uint16/int16 (its
@@ -158,20 +146,6 @@ def dequantize_rows(u8: "np.ndarray", scale: "np.ndarray", first_row: int, out: 
     Example: ``dequantize_rows(raw, s, 0, out)``; for a uint16 ``out``, ``torch.from_numpy(out).view(
     torch.bfloat16)`` equals ``dequantize(w, s, torch.bfloat16)``.
     """
-    import numpy as np
+    from k2trt.checkpoint import kernels
 
-    rows, n = u8.shape
-    if first_row % _SUB_ROWS:
-        raise ValueError(f"first_row {first_row} is not a multiple of {_SUB_ROWS}")
-    values = e4m3_values()
-    col = (np.arange(n, dtype=np.intp) // BLOCK) * 256   # [N]: where each column's block starts in a table row
-    idx = np.empty((min(_SUB_ROWS, rows), n), dtype=np.intp)
-    table: Any = None
-    for r in range(0, rows, _SUB_ROWS):   # 16-row stripes never cross a 128-row block
-        if table is None or (first_row + r) % BLOCK == 0:
-            b = (first_row + r) // BLOCK
-            prod = values[None, :] * scale[b][:, None]                              # [Nb, 256] float32
-            table = (prod if out.dtype == np.float32 else bf16_bits(prod).view(out.dtype)).reshape(-1)
-        k = min(rows, r + _SUB_ROWS) - r
-        np.add(u8[r:r + k], col, out=idx[:k])
-        np.take(table, idx[:k], out=out[r:r + k])
+    kernels.dequantize_rows(u8, scale, first_row, e4m3_values(), out)

@@ -31,6 +31,13 @@ from k2trt.checkpoint.manifest import MANIFEST_FILE, digest
 from k2trt.errors import CheckpointError
 from k2trt.spec import LINEAR_ROLES, ModelSpec
 
+def _torch_free(op: "Op") -> bool:
+    st = op.stored
+    return op.kind in ("copy", "drop") or st is not None and (
+        (op.kind == "dequant" and st.fmt.name == "fp8")
+        or (op.kind == "quant" and st.fmt.name == "bf16" and st.weight.dtype == "BF16"))
+
+
 ENCODE_KIND = {"bf16": "dequant", "fp8": "quant", "nvfp4": "nvfp4", "int4": "int4"}
 """Op kind of a re-encode, by output storage format."""
 # Weight formats that must not ride along as "side files": a loader could pick them up instead of the shards.
@@ -136,9 +143,20 @@ class Plan:
 
     @property
     def needs_torch(self) -> bool:
-        """Whether any op computes with torch (copies and FP8 → BF16 run on numpy alone)."""
-        return any(op.kind not in ("copy", "drop") and not (op.kind == "dequant" and op.stored is not None
-                                                            and op.stored.fmt.name == "fp8")
+        """Whether any op computes with torch (copies, FP8 → BF16 and BF16 → FP8 run on numpy and compiled loops
+        alone)."""
+        return not all(_torch_free(op) for sp in self.shards for op in sp.ops)
+
+    @property
+    def needs_kernels(self) -> bool:
+        """Whether any op re-encodes (FP8 decoding and block-FP8 encoding run through ``kernels.py``)."""
+        return any(op.kind not in ("copy", "drop") for sp in self.shards for op in sp.ops)
+
+    @property
+    def needs_compressed_tensors(self) -> bool:
+        """Whether any op reads or writes compressed-tensors INT4 (``quant4`` unpacks and packs with it)."""
+        return any(op.kind not in ("copy", "drop")
+                   and "ct-int4" in (op.out_fmt, op.stored.fmt.name if op.stored else None)
                    for sp in self.shards for op in sp.ops)
 
     def digest(self) -> str:

@@ -194,6 +194,20 @@ class CheckpointReader:
 
     def decode(self, st: formats.Stored, rows: Span | None = None, cols: Span | None = None) -> "torch.Tensor":
         """float32 ``[rows, cols]`` of a stored linear weight: widened to whole blocks/groups, decoded, cropped."""
+        parts, (r0, r1, c0, c1) = self._parts(st, rows, cols)
+        return st.fmt.decode(parts)[r0:r1, c0:c1].contiguous()
+
+    def codes(self, st: formats.Stored, rows: Span) -> "tuple[np.ndarray, np.ndarray]":
+        """Rows of a group-quantised weight as its format's ``codes``: int8 ``[rows, N]`` and float32 group scales
+        ``[rows, N/group]`` (numpy), for formats whose groups never span rows."""
+        assert st.fmt.codes is not None
+        parts, (r0, r1, _c0, _c1) = self._parts(st, rows, None)
+        codes, scale = st.fmt.codes(parts)
+        return codes[r0:r1].numpy(), scale[r0:r1].numpy()
+
+    def _parts(self, st: formats.Stored, rows: Span | None, cols: Span | None
+               ) -> tuple[dict[str, Any], tuple[int, int, int, int]]:
+        """The stored parts covering ``rows × cols`` widened to whole blocks/groups, and the crop back into them."""
         m, n = st.shape
         r0, r1 = rows or (0, m)
         c0, c1 = cols or (0, n)
@@ -210,8 +224,7 @@ class CheckpointReader:
             else:
                 parts[part] = self.slice(e.name, (w0 // per[0], -(-w1 // per[0])),
                                          (v0 // per[1], -(-v1 // per[1])))
-        full = st.fmt.decode(parts)
-        return full[r0 - w0: r1 - w0, c0 - v0: c1 - v0].contiguous()
+        return parts, (r0 - w0, r1 - w0, c0 - v0, c1 - v0)
 
 
 def _as_torch(buf: "np.ndarray", dtype: str) -> "torch.Tensor":

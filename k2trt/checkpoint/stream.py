@@ -3,13 +3,14 @@
 An op becomes a sequence of work items:
 
 - ``Chunk``: a function run in the worker pool that returns buffers (the next bytes of the shard). FP8 → BF16
-  dequantisation and BF16 → FP8 quantisation go in 128-row chunks of about ``CHUNK`` output bytes, so memory is
-  a few chunks whatever the tensor or checkpoint size; FP8 → BF16 runs on numpy alone (``fp8.dequantize_rows``);
+  dequantisation and quantisation to block FP8 (from BF16 bits, or from any format decoded a chunk of rows at a
+  time) go in 128-row chunks of about ``CHUNK`` output bytes through compiled loops (``kernels.py``), so memory
+  is a few chunks whatever the tensor or checkpoint size, and neither needs torch for a BF16/FP8 source;
 - ``Copy``: bytes of a source tensor appended as they are — by the kernel (``copy_file_range``) when no hash is
   kept, else read ahead in the pool in ``CHUNK`` pieces and hashed by the writer;
 - ``Tail``: a function the writer runs after the op's chunks (the scale grid a chunked quantisation filled in).
 
-Every other re-encode (to or from a 4-bit format, or from any format ``formats.py`` can decode) is one chunk:
+Every other re-encode (to a 4-bit format, or to BF16 from a format other than FP8) is one chunk:
 decode the whole source weight to float32 (``reader.decode``), encode it with the output format's row. The routed
 experts' NVFP4/W4A8 encodings need per-expert statistics (``Experts``): the ``weight_scale_2`` shared by gate and
 up (TensorRT-LLM fuses them) and the activation amax (calibrated, or the weight-only bound of
@@ -108,7 +109,7 @@ def items(op: Op, ctx: Context) -> Iterator[Item]:
     assert st is not None and op.out_fmt is not None
     if op.out_fmt == "bf16" and st.fmt.name == "fp8":
         yield from _dequant_fp8(st, ctx)
-    elif op.out_fmt == "fp8" and st.fmt.name == "bf16":
+    elif op.out_fmt == "fp8":
         yield from _quant_rows(st, ctx)
     else:
         yield Chunk(lambda: _reencode(op, ctx), sum(e.nbytes for e in st.parts.values()))
@@ -151,23 +152,39 @@ def _dequant_fp8(st: formats.Stored, ctx: Context) -> Iterator[Item]:
 
 
 def _quant_rows(st: formats.Stored, ctx: Context) -> Iterator[Item]:
-    """BF16 → (FP8, F32 block scales) in 128-row chunks (identical to ``fp8.quantize`` on the whole weight): the
-    FP8 rows stream out, each chunk fills its rows of the scale grid, and the grid follows as the tail."""
+    """Any decodable weight → (FP8, F32 block scales) in 128-row chunks (``kernels.quantize_rows``, bit-identical
+    to ``fp8.quantize`` on the whole weight): the FP8 rows stream out, each chunk fills its rows of the scale grid,
+    and the grid follows as the tail. A BF16 weight is quantised from its bits, a group-quantised one (INT4) from
+    its codes and group scales (``reader.codes``); any other format is decoded to float32 one chunk of rows at a
+    time (``reader.decode``)."""
     import numpy as np
 
-    from k2trt.checkpoint.fp8 import quantize, scale_problems
+    from k2trt.checkpoint.fp8 import scale_problems
+    from k2trt.checkpoint.kernels import quantize_grouped_rows, quantize_rows
     from k2trt.spec import scale_shape
 
     w = st.weight
     m, n = st.shape
     grid = np.empty(scale_shape((m, n)), dtype=np.float32)
     step = _rows_per_chunk(4 * n)  # by the float32 working set, not the (4× smaller) output
-    row_bytes = w.nbytes // m if m else 0
+    raw_bits = st.fmt.name == "bf16" and w.dtype == "BF16"
+    src_per_row = sum(e.nbytes for e in st.parts.values()) / max(1, m)
 
     def chunk(r0: int, r1: int) -> list[Any]:
-        q, s = quantize(ctx.reader.tensor(w, r0, r1))
-        grid[r0 // BLOCK: r0 // BLOCK + s.shape[0]] = s.numpy()
-        return [_bytes(q)]
+        q = np.empty((r1 - r0, n), dtype=np.uint8)
+        if raw_bits:
+            quantize_rows(ctx.reader.rows(w, r0, r1).view(np.int16), q, grid[r0 // BLOCK:])
+            return [q]
+        size = (r1 - r0) * n * 4
+        ctx.meter.add(size)
+        try:
+            if st.fmt.codes is not None:   # INT4: code × group scale fused into the quantisation
+                quantize_grouped_rows(*ctx.reader.codes(st, (r0, r1)), q, grid[r0 // BLOCK:])
+            else:
+                quantize_rows(ctx.reader.decode(st, (r0, r1)).numpy(), q, grid[r0 // BLOCK:])
+        finally:
+            ctx.meter.sub(size)
+        return [q]
 
     def tail() -> list[Any]:
         why = scale_problems(grid)
@@ -178,7 +195,7 @@ def _quant_rows(st: formats.Stored, ctx: Context) -> Iterator[Item]:
 
     for r0 in range(0, m, step):
         r1 = min(m, r0 + step)
-        yield Chunk(lambda r0=r0, r1=r1: chunk(r0, r1), (r1 - r0) * row_bytes)
+        yield Chunk(lambda r0=r0, r1=r1: chunk(r0, r1), round((r1 - r0) * src_per_row))
     yield Tail(tail)
 
 
@@ -196,16 +213,7 @@ def _reencode(op: Op, ctx: Context) -> list[Any]:
     w = ctx.experts.weight(op)
     ctx.meter.add(size)
     try:
-        parts = formats.FORMATS[op.out_fmt].encode(w, extra)
-        if op.out_fmt == "fp8":
-            from k2trt.checkpoint.fp8 import scale_problems
-
-            why = scale_problems(parts[1])
-            if why is not None:
-                raise CheckpointError(f"{st.weight.name} in {st.weight.file}: its block scales would contain "
-                                      f"NaN/Inf/zero ({why}); the weight has non-finite values",
-                                      "repair or re-download the source shard")
-        return [_bytes(p) for p in parts]
+        return [_bytes(p) for p in formats.FORMATS[op.out_fmt].encode(w, extra)]
     finally:
         ctx.meter.sub(size)
 
