@@ -62,9 +62,11 @@ class StorageFormat:
     encode: Callable[["torch.Tensor", dict[str, Any]], "list[torch.Tensor]"] | None = None
     weight_dtypes: tuple[str, ...] = ()
     """Stored dtypes of the weight part that identify this format (default: the geometry's)."""
-    codes: Callable[[Parts], "tuple[torch.Tensor, torch.Tensor]"] | None = None
-    """For a group-quantised format: ``(int8 codes [rows, cols], float32 scale per group [rows, cols/group])``
-    with ``decode == codes × scale``, so block-FP8 encoding can fuse the product (``kernels``)."""
+    nibbles: str | None = None
+    """For a 4-bit format whose ``weight`` part holds two codes per byte (the even column low, in file order) and
+    whose ``scale`` part one scale per group of a row, with ``decode == code × scale``: how a nibble encodes its
+    code, ``"offset"`` (``code + 8``, compressed-tensors) or ``"signed"`` (two's complement, W4A8). Block-FP8
+    encoding then reads the packed bytes directly (``kernels.quantize_packed_rows``)."""
 
     @property
     def name(self) -> str:
@@ -88,12 +90,6 @@ def _decode_ct_int4(p: Parts) -> "torch.Tensor":
     from k2trt.checkpoint.quant4 import dequantize_ct_int4
 
     return dequantize_ct_int4(p["weight"], p["scale"])
-
-
-def _codes_ct_int4(p: Parts) -> "tuple[torch.Tensor, torch.Tensor]":
-    from k2trt.checkpoint.quant4 import ct_int4_codes
-
-    return ct_int4_codes(p["weight"], p["scale"])
 
 
 def _encode_ct_int4(w: "torch.Tensor", _extra: dict[str, Any]) -> "list[torch.Tensor]":
@@ -169,10 +165,10 @@ FORMATS: dict[str, StorageFormat] = {f.name: f for f in (
                   _decode_nvfp4, ("weight", "scale", "scale_2"), _encode_nvfp4),
     StorageFormat(LINEAR_FORMATS["int4"], {"weight": "weight", "scale": "weight_scale_inv",
                                            "input_scale": "input_scale"},
-                  _decode_int4, ("weight", "scale"), _encode_int4),
+                  _decode_int4, ("weight", "scale"), _encode_int4, nibbles="signed"),
     StorageFormat(LINEAR_FORMATS["ct-int4"], {"weight": "weight_packed", "scale": "weight_scale",
                                               "shape": "weight_shape"},
-                  _decode_ct_int4, ("weight", "scale"), _encode_ct_int4, codes=_codes_ct_int4),
+                  _decode_ct_int4, ("weight", "scale"), _encode_ct_int4, nibbles="offset"),
     StorageFormat(LINEAR_FORMATS["bf16"], {"weight": "weight"}, _decode_float, ("weight",), _encode_bf16,
                   FLOAT_DTYPES),
 )}

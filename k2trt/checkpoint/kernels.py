@@ -1,24 +1,35 @@
-"""Compiled loops for the converter's hot paths (numba): block-FP8 quantisation and FP8 → BF16 dequantisation.
+"""Compiled loops for the converter's hot paths (numba): block-FP8 quantisation (from BF16, float32, or packed
+INT4 codes × group scales) and FP8 → BF16/float32 dequantisation.
 
 Each is one pass over a chunk of rows that stays in cache, where the same math as torch/numpy operations costs a
-pass over memory per operation (measured on one core, one 2048×7168 K2 expert: BF16 → FP8 110 ms with torch, 15 ms
-here; FP8 → BF16 44 ms with numpy's per-block table, see ``bench/bench_convert.py``). The results are bit-identical
-to the reference math in ``fp8.py`` — same float32 division and clamp, the same scale ``max(amax, 1e-12) / 448``,
-float32 → e4m3 rounded to nearest even exactly as torch's cast, BF16 rounded to nearest even; the tests compare
-them byte for byte, e4m3 rounding over every 97th float32 bit pattern in range.
+pass over memory per operation (one 2048×7168 K2 expert on one core: BF16 → FP8 ~9 ms here against ~85 ms with
+torch, FP8 → BF16 ~5 ms against ~45 ms with numpy's per-block table, INT4 → FP8 ~12 ms against ~140 ms decoding
+with compressed-tensors and quantising with torch; ``bench/bench_convert.py`` prints the first two). The results are
+bit-identical to the reference math — ``fp8.quantize``/``dequantize`` and the INT4 formats' dequantisation in
+``quant4``: the same float32 products and division, the same scale ``max(amax, 1e-12) / 448``, float32 → e4m3
+rounded to nearest even exactly as torch's cast, BF16 rounded to nearest even; tests/unit/test_kernels.py compares
+them byte for byte (e4m3 rounding over every 97th float32 bit pattern in range; packed INT4 against
+compressed-tensors' own unpacking, every nibble in both positions).
 
 The float32 → e4m3 rounding is integer and float arithmetic on the float's bits: a normal result rounds the
 magnitude to 3 mantissa bits by adding and subtracting ``2^(e+20)`` (the float32 ulp there is the e4m3 step);
 a subnormal one (below 2^-6) is the float32 bits of ``|x| + 2^14`` (ulp 2^-9, e4m3's subnormal step) minus those of
-``2^14``. Inputs are clamped to ±448 first, so nothing rounds past the largest finite code; NaN never reaches the
-encoder (a NaN or Inf anywhere in a block makes its scale NaN/Inf, which the converter refuses).
+``2^14``. Inputs are clamped to ±448 first, so nothing rounds past the largest finite code; a NaN or Inf anywhere
+in a block makes its scale NaN/Inf (amaxes compare as bits), which the converter refuses.
+
+The INT4 → FP8 loop unpacks the packed bytes itself (a 256-entry table of each byte's two codes) instead of
+calling compressed-tensors' unpacking, which alone (~28 ms) costs twice the whole fused pass; compressed-tensors stays the
+reader everywhere else and the test's oracle here.
 
 Compiled on first use and cached next to this file (numba's ``cache=True``; ``NUMBA_CACHE_DIR`` moves it), so a
-conversion pays the ~1 s compilation once per machine. Every kernel releases the GIL: the converter's worker
-threads run them in parallel. Imported by the converter's chunk functions only, never on a login node's path.
+conversion pays the ~2 s compilation once per machine; ``warm()`` loads every loop before a conversion streams.
+Every loop releases the GIL: the converter's worker threads run them in parallel. Imported by the converter only,
+never on a login node's path.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 from llvmlite import ir
@@ -93,31 +104,44 @@ def _quantize(src, shift, q, scale):  # type: ignore[no-untyped-def]
                     out[j] = _e4m3(min(max(x, -lim), lim))
 
 
+@njit(inline="always")
+def _unpack_row(row, pairs, c64):  # type: ignore[no-untyped-def]
+    # packed bytes → float32 codes, two at a time: pairs[b] holds byte b's (low, high) codes as one 64-bit word
+    for k in range(row.shape[0]):
+        c64[k] = pairs[row[k]]
+
+
 @njit(**_JIT)
-def _quantize_grouped(codes, gscale, group, q, scale):  # type: ignore[no-untyped-def]
-    # codes: int8 [R, N]; gscale: float32 [R, N/group]; value = f32(code) × its group's scale (group | 128)
-    rows, cols = codes.shape
-    nb, ng = -(-cols // BLOCK), gscale.shape[1]
+def _quantize_packed(packed, gscale, pairs, q, scale):  # type: ignore[no-untyped-def]
+    # packed: uint8 [R, N/2], column 2k in byte k's low nibble; gscale: float32 [R, N/group], group | 128.
+    # Each row is unpacked into a float32 scratch row (by byte-pair table), then as _quantize with value =
+    # code × group scale, recomputed in the encode pass rather than kept for the whole band
+    rows, half = packed.shape
+    cols, ng = 2 * half, gscale.shape[1]
+    nb, group = -(-cols // BLOCK), cols // ng
     top, inv = np.zeros(nb, np.int32), np.zeros(nb, np.float32)
-    lim = np.float32(FP8_MAX)
+    codes = np.empty(cols, np.float32)
+    c64 = codes.view(np.int64)
+    lim, mask = np.float32(FP8_MAX), np.int32(0x7FFFFFFF)
     for r0 in range(0, rows, BLOCK):
         r1 = min(rows, r0 + BLOCK)
         top[:] = 0
         for i in range(r0, r1):
+            _unpack_row(packed[i], pairs, c64)
             for g in range(ng):
-                seg, sc, c = codes[i, g * group:(g + 1) * group], gscale[i, g], g * group // BLOCK
+                seg, sc, c = codes[g * group:(g + 1) * group], gscale[i, g], g * group // BLOCK
                 t = top[c]
                 for j in range(seg.shape[0]):
-                    t = max(t, _as_i32(np.float32(seg[j]) * sc) & np.int32(0x7FFFFFFF))
+                    t = max(t, _as_i32(seg[j] * sc) & mask)
                 top[c] = t
         _scales(top, r0, inv, scale)
         for i in range(r0, r1):
+            _unpack_row(packed[i], pairs, c64)
             for g in range(ng):
-                seg, out = codes[i, g * group:(g + 1) * group], q[i, g * group:(g + 1) * group]
+                seg, out = codes[g * group:(g + 1) * group], q[i, g * group:(g + 1) * group]
                 sc, s = gscale[i, g], inv[g * group // BLOCK]
                 for j in range(seg.shape[0]):
-                    x = (np.float32(seg[j]) * sc) / s
-                    out[j] = _e4m3(min(max(x, -lim), lim))
+                    out[j] = _e4m3(min(max((seg[j] * sc) / s, -lim), lim))
 
 
 @njit(**_JIT)
@@ -193,27 +217,40 @@ def quantize_rows(src: np.ndarray, q: np.ndarray, scale: np.ndarray) -> None:
         raise TypeError(f"quantize_rows takes BF16 bits or float32, not {src.dtype}")
 
 
-def quantize_grouped_rows(codes: np.ndarray, group_scale: np.ndarray, q: np.ndarray, scale: np.ndarray) -> None:
-    """Block-FP8 quantisation of a group-quantised weight's rows without materialising it in float32: the value of
-    each element is ``f32(code) × its group's scale`` (the dequantisation of INT4 formats), then as
-    ``quantize_rows``.
+def quantize_packed_rows(packed: np.ndarray, group_scale: np.ndarray, signed: bool, q: np.ndarray,
+                         scale: np.ndarray) -> None:
+    """Block-FP8 quantisation of a 4-bit group-quantised weight's rows, straight from its packed bytes: each
+    element is ``f32(code) × its group's scale`` (the INT4 formats' dequantisation), then as ``quantize_rows``.
 
     Args:
-        codes: int8 ``[R, N]`` integer codes, rows from a multiple of 128.
+        packed: uint8 ``[R, N/2]``, two codes per byte, column 2k in byte k's low nibble (compressed-tensors'
+            int32 words read little-endian, or W4A8's bytes); rows from a multiple of 128.
         group_scale: float32 ``[R, N / group]``; ``group`` divides 128.
+        signed: nibbles are two's-complement int4 (W4A8) rather than offset-binary ``code + 8`` (compressed-tensors).
         q, scale: as ``quantize_rows``.
-    Example: ``quantize_grouped_rows(c, gs, q, s)`` equals ``fp8.quantize(torch.from_numpy(c).float() *
-    torch.from_numpy(gs).repeat_interleave(group, 1))``.
+    Example: ``quantize_packed_rows(raw, gs, False, q, s)`` equals ``fp8.quantize(quant4.dequantize_ct_int4(…))``.
     """
-    rows, cols = codes.shape
-    if codes.dtype != np.int8 or group_scale.shape[0] != rows or not group_scale.shape[1]:
-        raise TypeError(f"quantize_grouped_rows takes int8 codes and a scale per group of each row, not "
-                        f"{codes.dtype} {list(codes.shape)} with {list(group_scale.shape)}")
-    group = -(-cols // group_scale.shape[1])
-    if BLOCK % group or -(-cols // group) != group_scale.shape[1]:
-        raise ValueError(f"{group_scale.shape[1]} groups over {cols} inputs: a group must divide {BLOCK}")
-    _quantize_grouped(np.ascontiguousarray(codes), np.ascontiguousarray(group_scale, dtype=np.float32),
-                      np.int64(group), q, scale)
+    rows, half = packed.shape
+    groups = group_scale.shape[1] if group_scale.ndim == 2 else 0
+    if packed.dtype != np.uint8 or group_scale.shape[0] != rows or not groups or half % groups \
+            or BLOCK % (2 * half // groups):
+        raise ValueError(f"{list(group_scale.shape)} group scales for {list(packed.shape)} packed bytes: need one "
+                         f"scale per group of each row, groups dividing {BLOCK} inputs")
+    _quantize_packed(np.ascontiguousarray(packed), np.ascontiguousarray(group_scale, dtype=np.float32),
+                     _code_pairs(signed), q, scale)
+
+
+@functools.lru_cache(maxsize=2)
+def _code_pairs(signed: bool) -> np.ndarray:
+    """int64 [256]: byte b's two 4-bit codes as float32 (low nibble first), one 64-bit word per byte; a nibble is
+    two's complement (signed) or ``code + 8``."""
+    b = np.arange(256)
+    lo, hi = b & 15, b >> 4
+    if signed:
+        lo, hi = lo ^ 8, hi ^ 8
+    pairs = np.stack([lo - 8, hi - 8], axis=1).astype(np.float32).view(np.int64).reshape(256)
+    pairs.flags.writeable = False
+    return pairs
 
 
 def e4m3_bytes(x: np.ndarray) -> np.ndarray:
@@ -256,7 +293,8 @@ def warm() -> None:
     q, s = np.zeros((1, 1), np.uint8), np.zeros((1, 1), np.float32)
     quantize_rows(bits, q, s)
     quantize_rows(f32, q, s)
-    quantize_grouped_rows(np.zeros((1, 1), np.int8), f32, q, s)
+    quantize_packed_rows(np.zeros((1, 1), np.uint8), f32, False, np.zeros((1, 2), np.uint8), s)
     values = np.zeros(256, np.float32)
+    values.flags.writeable = False  # as fp8.e4m3_values() hands it over (a read-only array is its own signature)
     dequantize_rows(q, s, 0, values, np.zeros((1, 1), np.uint16))
     dequantize_rows(q, s, 0, values, np.zeros((1, 1), np.float32))

@@ -197,13 +197,17 @@ class CheckpointReader:
         parts, (r0, r1, c0, c1) = self._parts(st, rows, cols)
         return st.fmt.decode(parts)[r0:r1, c0:c1].contiguous()
 
-    def codes(self, st: formats.Stored, rows: Span) -> "tuple[np.ndarray, np.ndarray]":
-        """Rows of a group-quantised weight as its format's ``codes``: int8 ``[rows, N]`` and float32 group scales
-        ``[rows, N/group]`` (numpy), for formats whose groups never span rows."""
-        assert st.fmt.codes is not None
-        parts, (r0, r1, _c0, _c1) = self._parts(st, rows, None)
-        codes, scale = st.fmt.codes(parts)
-        return codes[r0:r1].numpy(), scale[r0:r1].numpy()
+    def float_rows(self, e: files.TensorEntry, r0: int, r1: int) -> "np.ndarray":
+        """Rows ``r0:r1`` of a BF16 or F32 tensor as float32 numpy (BF16 widened exactly), without torch."""
+        import numpy as np
+
+        raw = self.rows(e, r0, r1)
+        if e.dtype == "F32":
+            return raw.view(np.float32)
+        if e.dtype != "BF16":
+            raise CheckpointError(f"{e.name} in {e.file} is {e.dtype}, expected BF16 or F32",
+                                  "the checkpoint does not match its format; re-download or re-convert it")
+        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
 
     def _parts(self, st: formats.Stored, rows: Span | None, cols: Span | None
                ) -> tuple[dict[str, Any], tuple[int, int, int, int]]:

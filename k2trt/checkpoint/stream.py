@@ -154,13 +154,12 @@ def _dequant_fp8(st: formats.Stored, ctx: Context) -> Iterator[Item]:
 def _quant_rows(st: formats.Stored, ctx: Context) -> Iterator[Item]:
     """Any decodable weight → (FP8, F32 block scales) in 128-row chunks (``kernels.quantize_rows``, bit-identical
     to ``fp8.quantize`` on the whole weight): the FP8 rows stream out, each chunk fills its rows of the scale grid,
-    and the grid follows as the tail. A BF16 weight is quantised from its bits, a group-quantised one (INT4) from
-    its codes and group scales (``reader.codes``); any other format is decoded to float32 one chunk of rows at a
-    time (``reader.decode``)."""
+    and the grid follows as the tail. A BF16 weight is quantised from its bits, a 4-bit one (INT4) from its packed
+    bytes and group scales; any other format is decoded to float32 one chunk of rows at a time (``reader.decode``)."""
     import numpy as np
 
     from k2trt.checkpoint.fp8 import scale_problems
-    from k2trt.checkpoint.kernels import quantize_grouped_rows, quantize_rows
+    from k2trt.checkpoint.kernels import quantize_packed_rows, quantize_rows
     from k2trt.spec import scale_shape
 
     w = st.weight
@@ -178,8 +177,9 @@ def _quant_rows(st: formats.Stored, ctx: Context) -> Iterator[Item]:
         size = (r1 - r0) * n * 4
         ctx.meter.add(size)
         try:
-            if st.fmt.codes is not None:   # INT4: code × group scale fused into the quantisation
-                quantize_grouped_rows(*ctx.reader.codes(st, (r0, r1)), q, grid[r0 // BLOCK:])
+            if st.fmt.nibbles is not None:   # INT4: unpacked, × group scale, quantised in one pass
+                quantize_packed_rows(ctx.reader.rows(w, r0, r1), ctx.reader.float_rows(st.parts["scale"], r0, r1),
+                                     st.fmt.nibbles == "signed", q, grid[r0 // BLOCK:])
             else:
                 quantize_rows(ctx.reader.decode(st, (r0, r1)).numpy(), q, grid[r0 // BLOCK:])
         finally:

@@ -58,19 +58,33 @@ def test_wrong_dtypes_are_refused() -> None:
         kernels.dequantize_rows(q, s, 0, np.zeros(256, np.float32), np.zeros((2, 2), np.float64))
 
 
-def test_grouped_quantisation_equals_quantising_the_decoded_int4_weight() -> None:
-    """INT4 → block FP8 without a float32 copy: the fused product gives the bytes of decode-then-quantise, on a
-    ragged shape (partial blocks) and with compressed-tensors' own unpacking."""
-    from k2trt.checkpoint.quant4 import ct_int4_codes, dequantize_ct_int4, quantize_ct_int4
+@pytest.mark.parametrize("fmt", ["ct-int4", "w4a8"])
+def test_packed_int4_quantisation_equals_quantising_the_decoded_weight(fmt: str) -> None:
+    """INT4 → block FP8 from the packed bytes: the bytes of decode-then-quantise, where decode is
+    compressed-tensors' own unpacking (offset-binary nibbles) or W4A8's (two's complement). Random bytes put every
+    nibble value in both positions; the shape is ragged (a partial row block and a partial column block)."""
+    from k2trt.checkpoint.quant4 import dequantize_ct_int4, dequantize_w4a8
 
-    w = torch.randn(300, 416, generator=torch.Generator().manual_seed(3)) * 0.02
-    packed, gscale, _ = quantize_ct_int4(w)
-    want_q, want_s = quantize(dequantize_ct_int4(packed, gscale))
-    codes, gs = ct_int4_codes(packed, gscale)
-    q, s = np.empty((300, 416), np.uint8), np.empty(tuple(want_s.shape), np.float32)
-    for r0 in range(0, 300, 128):
-        kernels.quantize_grouped_rows(codes[r0:r0 + 128].numpy(), gs[r0:r0 + 128].numpy(), q[r0:r0 + 128],
-                                      s[r0 // 128:])
+    m, n, group = (300, 416, 32) if fmt == "ct-int4" else (300, 384, 128)
+    rng = np.random.default_rng(5)
+    packed = rng.integers(0, 256, (m, n // 2), dtype=np.uint8)
+    gscale = (rng.uniform(1e-4, 1e-2, (m, n // group)) * rng.choice([1, 0], (m, n // group), p=[0.9, 0.1]))
+    if fmt == "ct-int4":  # BF16 scales, int32 words read little-endian
+        gs = torch.from_numpy(gscale.astype(np.float32)).to(torch.bfloat16)
+        ref = dequantize_ct_int4(torch.from_numpy(packed.view(np.int32).copy()), gs)
+        gs = gs.float().numpy()
+    else:
+        gs = gscale.astype(np.float32)
+        ref = dequantize_w4a8(torch.from_numpy(packed.view(np.int8).copy()), torch.from_numpy(gs))
+    want_q, want_s = quantize(ref)
+    q, s = np.empty((m, n), np.uint8), np.empty(tuple(want_s.shape), np.float32)
+    for r0 in range(0, m, 128):
+        kernels.quantize_packed_rows(packed[r0:r0 + 128], gs[r0:r0 + 128], fmt == "w4a8", q[r0:r0 + 128],
+                                     s[r0 // 128:])
     assert np.array_equal(s, want_s.numpy()) and np.array_equal(q, want_q.view(torch.uint8).numpy())
-    with pytest.raises(ValueError, match="must divide 128"):
-        kernels.quantize_grouped_rows(codes[:4, :96].numpy(), gs[:4, :2].numpy(), q[:4, :96], s[:1])
+
+
+def test_packed_quantisation_refuses_groups_that_straddle_blocks() -> None:
+    q, s = np.empty((4, 96), np.uint8), np.empty((1, 1), np.float32)
+    with pytest.raises(ValueError, match="groups dividing 128"):
+        kernels.quantize_packed_rows(np.zeros((4, 48), np.uint8), np.ones((4, 2), np.float32), False, q, s)
