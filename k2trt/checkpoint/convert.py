@@ -179,6 +179,10 @@ def _load_libraries(plan: Plan) -> None:
         from k2trt.checkpoint import kernels
 
         kernels.warm()
+    if plan.needs_kernels4:
+        from k2trt.checkpoint import kernels4
+
+        kernels4.warm()
 
 
 def _run_shards(plan: Plan, todo: list[ShardPlan], man: Manifest, progress: bool) -> int:
