@@ -69,7 +69,8 @@ Item = Chunk | Copy | Tail
 
 
 class Meter:
-    """The most decoded float32 weight data (plus its source bytes) held at once: the bounded-memory evidence."""
+    """The most weight data the chunks being computed hold at once (decoded float32 plus its source bytes, or the
+    source bytes a compiled loop reads directly): the bounded-memory evidence."""
 
     def __init__(self) -> None:
         self.live = self.peak = 0
