@@ -183,13 +183,12 @@ def test_row_statistics_do_not_depend_on_the_chunking() -> None:
     and FP8 bytes; the amax is exact."""
     w = _weights(300, 520, 1) * 7
     q8, grid = quantize(w[:, :512])
-    for src, g in ((w.numpy(), None), (q8.view(torch.uint8).numpy(), grid.numpy())):
+    for src, g, x in ((w.numpy(), None, w), (q8.view(torch.uint8).numpy(), grid.numpy(), dequantize(q8, grid))):
         whole, parts = np.empty(300), np.empty(300)
         a = K.row_stats(src, whole, g)
         tops = [K.row_stats(src[r0:r0 + 77], parts[r0:r0 + 77], g, r0) for r0 in range(0, 300, 77)]
-        assert a == max(tops) and np.array_equal(whole.view(np.int64), parts.view(np.int64))
-    np.testing.assert_allclose(np.sqrt(whole), torch.linalg.vector_norm(dequantize(q8, grid).double(), dim=1),
-                               rtol=1e-6)
+        assert a == max(tops) == float(x.abs().max()) and np.array_equal(whole.view(np.int64), parts.view(np.int64))
+        np.testing.assert_allclose(np.sqrt(whole), torch.linalg.vector_norm(x.double(), dim=1), rtol=1e-6)
 
 
 def test_bad_arguments_are_refused() -> None:
