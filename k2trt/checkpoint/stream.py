@@ -282,7 +282,8 @@ def _source_rows(st: formats.Stored, ctx: Context) -> _Rows:
 
 
 def _non_finite(st: formats.Stored) -> CheckpointError:
-    return CheckpointError(f"{st.weight.name} in {st.weight.file} has NaN/Inf values", "repair or re-download the shard")
+    return CheckpointError(f"{st.weight.name} in {st.weight.file} has NaN/Inf values",
+                           "repair or re-download the shard")
 
 
 def _reencode(op: Op, ctx: Context) -> list[Any]:
