@@ -110,24 +110,6 @@ class CheckpointReader:
         row_bytes = e.nbytes // n_rows if n_rows else 0
         return self.raw(e, r0 * row_bytes, (r1 - r0) * row_bytes).reshape(r1 - r0, row_bytes)
 
-    def floats(self, name: str) -> "np.ndarray":
-        """A whole BF16/F16/F32 tensor as a float32 numpy array (exact), without torch: for small tensors (norms).
-
-        Example: ``rd.floats("model.norm.weight").max()``.
-        """
-        import numpy as np
-
-        e = self.entry(name)
-        raw = self.raw(e).reshape(-1)
-        if e.dtype == "BF16":
-            out = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-        elif e.dtype in ("F16", "F32"):
-            out = raw.view(np.float16 if e.dtype == "F16" else np.float32).astype(np.float32)
-        else:
-            raise CheckpointError(f"{name} in {e.file} is {e.dtype}, expected a float tensor",
-                                  "the checkpoint is not a K2 checkpoint; check it with k2trt inspect")
-        return out.reshape(e.shape)
-
     # ---- stored tensors ----------------------------------------------------------------------------------------
 
     def entry(self, name: str) -> files.TensorEntry:

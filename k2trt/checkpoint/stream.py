@@ -402,7 +402,8 @@ class Experts:
         with self._lock:
             v = self._norm.get(layer)
         if v is None:
-            v = float(abs(self.ctx.reader.floats(names.name_of("post_norm", layer))).max())
+            rd = self.ctx.reader
+            v = float(abs(rd.float_rows(rd.entry(names.name_of("post_norm", layer)), 0, 1)).max())
             with self._lock:
                 self._norm[layer] = v
         return v
