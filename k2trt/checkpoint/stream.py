@@ -208,8 +208,9 @@ def _quant4_rows(op: Op, ctx: Context) -> Iterator[Item]:
     """A routed expert → NVFP4 or W4A8 in row chunks (``kernels4``, bit-identical to ``quant4.quantize_nvfp4`` /
     ``quantize_w4a8`` on the whole weight: both encode each row on its own). The packed rows stream out, each chunk
     fills its rows of the group-scale grid, and the tail writes the grid and the per-tensor scales. The expert's
-    statistics (``Experts``) come first, from whichever chunk asks first. FP8 rows are encoded from their bytes and
-    block scales, BF16 from its bits; any other format is decoded to float32 one chunk of rows at a time."""
+    statistics (``Experts``) come first: its first op queues their reads as pool items. FP8 rows are encoded from
+    their bytes and block scales, BF16 from its bits; any other format is decoded to float32 a chunk of rows at a
+    time."""
     import numpy as np
 
     from k2trt.checkpoint import kernels4
