@@ -158,7 +158,7 @@ def run(work: Path, repeat: int, sizes: list[str], cases: list[str]) -> dict[str
     sparse = _sparse(work)
     # last: it imports torch here, and a child's peak RSS starts at its parent's (ru_maxrss survives fork + exec)
     return {"base_rss": base_rss, "load_before": load0, "load_after": os.getloadavg(), "rows": rows,
-            "sparse": sparse, "kernel": _kernel()}
+            "sparse": sparse, "kernel": _kernel(), "kernel4": _kernel4()}
 
 
 def _sparse(work: Path) -> dict[str, float]:
@@ -204,6 +204,41 @@ def _kernel() -> dict[str, float]:
     return res
 
 
+def _kernel4() -> dict[str, float]:
+    """The same K2 expert from block FP8 to NVFP4 and W4A8, one thread, CPU time: the compiled loops
+    (``kernels4.py``, FP8 bytes in) against the torch reference they are bit-identical to (decode, then
+    ``quant4.quantize_nvfp4`` / ``quantize_w4a8``)."""
+    import numpy as np
+    import torch
+
+    from k2trt.checkpoint import kernels4
+    from k2trt.checkpoint.fp8 import dequantize, quantize
+    from k2trt.checkpoint.quant4 import nvfp4_scale_2, quantize_nvfp4, quantize_w4a8
+
+    def cpu(fn: Any, n: int = 3) -> float:
+        t = time.process_time()
+        for _ in range(n):
+            fn()
+        return (time.process_time() - t) / n
+
+    torch.set_num_threads(1)
+    kernels4.warm()
+    q, s = quantize(torch.randn(2048, 7168, generator=torch.Generator().manual_seed(0)) / 85)
+    u8, grid = q.view(torch.uint8).numpy(), s.numpy()
+    s2 = nvfp4_scale_2(dequantize(q, s))
+    nq, ns = np.empty((2048, 3584), np.uint8), np.empty((2048, 448), np.uint8)
+    wq, ws = np.empty((2048, 3584), np.int8), np.empty((2048, 56), np.float32)
+    res = {"nvfp4_s": cpu(lambda: kernels4.nvfp4_rows(u8, float(s2), nq, ns, grid)),
+           "nvfp4_ref_s": cpu(lambda: quantize_nvfp4(dequantize(q, s), s2), 1),
+           "w4a8_s": cpu(lambda: kernels4.w4a8_rows(u8, wq, ws, grid)),
+           "w4a8_ref_s": cpu(lambda: quantize_w4a8(dequantize(q, s)), 1)}
+    want_q, want_s, _ = quantize_nvfp4(dequantize(q, s), s2)
+    assert np.array_equal(nq, want_q.numpy()) and np.array_equal(ns, want_s.view(torch.uint8).numpy())
+    want_wq, want_ws = quantize_w4a8(dequantize(q, s))
+    assert np.array_equal(wq, want_wq.numpy()) and np.array_equal(ws, want_ws.numpy())
+    return res
+
+
 def _verdict(r: dict[str, Any]) -> str:
     if r["linked"]:
         return ""
@@ -236,6 +271,10 @@ def _print(res: dict[str, Any]) -> None:
     print(f"one K2 expert weight (2048×7168, 1 thread, CPU time), compiled loop vs torch reference, bit-identical: "
           f"FP8 → BF16 {k['deq_s'] * 1e3:.0f} ms vs {k['deq_ref_s'] * 1e3:.0f} ms; "
           f"BF16 → FP8 {k['q_s'] * 1e3:.0f} ms vs {k['q_ref_s'] * 1e3:.0f} ms")
+    k4 = res["kernel4"]
+    print(f"the same weight from block FP8, compiled loop vs torch reference (decode + quant4), bit-identical: "
+          f"→ NVFP4 {k4['nvfp4_s'] * 1e3:.0f} ms vs {k4['nvfp4_ref_s'] * 1e3:.0f} ms; "
+          f"→ W4A8 {k4['w4a8_s'] * 1e3:.0f} ms vs {k4['w4a8_ref_s'] * 1e3:.0f} ms")
     s = res["sparse"]
     print(f"sparse 1 TB K2 layout: inspect {s['inspect_wall']:.1f} s, convert --dry-run {s['dry_run_wall']:.1f} s "
           f"(wall, process start-up included), dry-run peak RSS {s['dry_run_rss'] / mib:.0f} MiB")

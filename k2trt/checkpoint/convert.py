@@ -54,7 +54,7 @@ class ConvertResult:
     timings: dict[str, float] = field(default_factory=dict)
     """``validate`` (headers, scales, torch import) and ``stream`` (shards, metadata) seconds."""
     peak_tensor_bytes: int = 0
-    """Most decoded float32 weight data held at once (the 4-bit targets' bounded-memory evidence)."""
+    """Most weight data the computing chunks held at once (``stream.Meter``: the bounded-memory evidence)."""
     verified: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -179,6 +179,10 @@ def _load_libraries(plan: Plan) -> None:
         from k2trt.checkpoint import kernels
 
         kernels.warm()
+    if plan.needs_kernels4:
+        from k2trt.checkpoint import kernels4
+
+        kernels4.warm()
 
 
 def _run_shards(plan: Plan, todo: list[ShardPlan], man: Manifest, progress: bool) -> int:

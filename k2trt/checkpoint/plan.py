@@ -32,10 +32,14 @@ from k2trt.errors import CheckpointError
 from k2trt.spec import LINEAR_ROLES, ModelSpec
 
 def _torch_free(op: "Op") -> bool:
+    # the compiled loops (kernels.py, kernels4.py) read FP8 bytes and BF16 bits; any other source decodes with torch
     st = op.stored
-    return op.kind in ("copy", "drop") or st is not None and (
-        (op.kind == "dequant" and st.fmt.name == "fp8")
-        or (op.kind == "quant" and st.fmt.name == "bf16" and st.weight.dtype == "BF16"))
+    if op.kind in ("copy", "drop"):
+        return True
+    if st is None:
+        return False
+    fp8, bf16_bits = st.fmt.name == "fp8", st.fmt.name == "bf16" and st.weight.dtype == "BF16"
+    return {"dequant": fp8, "quant": bf16_bits, "nvfp4": fp8 or bf16_bits, "int4": fp8 or bf16_bits}.get(op.kind, False)
 
 
 ENCODE_KIND = {"bf16": "dequant", "fp8": "quant", "nvfp4": "nvfp4", "int4": "int4"}
@@ -143,14 +147,19 @@ class Plan:
 
     @property
     def needs_torch(self) -> bool:
-        """Whether any op computes with torch (copies, FP8 → BF16 and BF16 → FP8 run on numpy and compiled loops
-        alone)."""
+        """Whether any op computes with torch (copies, FP8 → BF16, BF16 → FP8 and FP8/BF16 → NVFP4/W4A8 run on
+        numpy and compiled loops alone)."""
         return not all(_torch_free(op) for sp in self.shards for op in sp.ops)
 
     @property
     def needs_kernels(self) -> bool:
         """Whether any op re-encodes (FP8 decoding and block-FP8 encoding run through ``kernels.py``)."""
         return any(op.kind not in ("copy", "drop") for sp in self.shards for op in sp.ops)
+
+    @property
+    def needs_kernels4(self) -> bool:
+        """Whether any op encodes NVFP4 or W4A8 (``kernels4.py``)."""
+        return any(op.kind in ("nvfp4", "int4") for sp in self.shards for op in sp.ops)
 
     @property
     def needs_compressed_tensors(self) -> bool:

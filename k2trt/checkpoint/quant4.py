@@ -44,6 +44,7 @@ from k2trt.errors import CheckpointError
 from k2trt.spec import CT_INT4_GROUP, CT_INT4_PACK, FP8_MAX, LINEAR_FORMATS, NVFP4_GROUP, W4A8_GROUP
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 E2M1_MAX = 6.0  # largest NVFP4 (e2m1) magnitude
@@ -77,12 +78,22 @@ def modelopt_version() -> str:
 
 # ---- NVFP4 ---------------------------------------------------------------------------------------------------
 
+def weight_scale_2(*amax: float) -> "np.float32":
+    """``weight_scale_2`` of tensors whose largest magnitudes are ``amax`` (gate and up of one expert share it):
+    max amax / (6 · 448) in float32 (modelopt's ``get_weights_scaling_factor_2``; each float32 amax is exact here).
+
+    Example: ``weight_scale_2(2688.0, 1.0)`` → ``np.float32(1.0)``.
+    """
+    import numpy as np
+
+    return np.float32(max(amax)) / np.float32(E2M1_MAX * E4M3_MAX)
+
+
 def nvfp4_scale_2(*weights: "torch.Tensor") -> "torch.Tensor":
-    """``weight_scale_2`` shared by ``weights`` (gate and up of one expert): max amax / (6 · 448), float32 []
-    (modelopt's ``get_weights_scaling_factor_2``)."""
+    """``weight_scale_2`` shared by ``weights`` as a float32 [] tensor (``weight_scale_2`` of their amaxes)."""
     import torch
 
-    return torch.stack([w.abs().amax().float() / (E2M1_MAX * E4M3_MAX) for w in weights]).max()
+    return torch.tensor(float(weight_scale_2(*(float(w.abs().amax()) for w in weights))), dtype=torch.float32)
 
 
 _E2M1_BOUNDS = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)
@@ -296,28 +307,29 @@ def quantize_ct_int4(weight: "torch.Tensor") -> "tuple[torch.Tensor, torch.Tenso
 
 # ---- activation scales -----------------------------------------------------------------------------------------
 
-def activation_bounds(norm_weight: "torch.Tensor", gate: "torch.Tensor", up: "torch.Tensor", hidden: int
-                      ) -> tuple[float, float]:
+def activation_bounds(norm_max: float, row_norms_max: float, hidden: int) -> tuple[float, float]:
     """The weight-only default activation amax of one expert: ``(gate/up input bound, down input bound)``.
 
     The FFN input is RMSNorm(h) ⊙ w: its rms is 1 before the weight, so ``|x_i| ≤ √D · max|w|`` and
     ``‖x‖₂ ≤ √D · max|w|``. The down input ``silu(g_i) · u_i`` has ``|silu(g)| ≤ |g|`` and ``|g_i| ≤ ‖G_i‖₂ ‖x‖₂``, so
     ``≤ max_i ‖G_i‖₂ ‖U_i‖₂ · D · max|w|²``. Both are hard bounds (no activation can clip); the second is loose, so
     calibrate (``--calib-data`` on a GPU node) for the best per-tensor FP8 (W4A8) resolution.
+
+    Args:
+        norm_max: ``max|w|`` of the layer's post-attention norm weight.
+        row_norms_max: ``max_i ‖G_i‖₂ ‖U_i‖₂`` over the rows of the expert's gate and up weights.
+        hidden: the model's hidden size D.
+    Example: ``activation_bounds(1.0, 2.0, 4)`` → ``(2.0, 8.0)``.
     """
-    import torch
-
-    wmax = float(norm_weight.float().abs().max())
-    x_max = math.sqrt(hidden) * wmax
-    rows = (torch.linalg.vector_norm(gate.float(), dim=1) * torch.linalg.vector_norm(up.float(), dim=1)).max()
-    return x_max, float(rows) * x_max * x_max
+    x_max = math.sqrt(hidden) * norm_max
+    return x_max, row_norms_max * x_max * x_max
 
 
-def input_scale(amax: float, target: str) -> "torch.Tensor":
+def input_scale(amax: float, target: str) -> "np.ndarray":
     """``input_scale`` for an activation amax: NVFP4 amax/(6·448) as float32 [], W4A8 FP8 amax/448 as [1]."""
-    import torch
+    import numpy as np
 
     a = max(float(amax), 1e-12)
     if target == "nvfp4":
-        return torch.tensor(a / (E2M1_MAX * E4M3_MAX), dtype=torch.float32)
-    return torch.tensor([a / E4M3_MAX], dtype=torch.float32)
+        return np.array(a / (E2M1_MAX * E4M3_MAX), dtype=np.float32)
+    return np.array([a / E4M3_MAX], dtype=np.float32)

@@ -15,6 +15,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -206,6 +207,54 @@ def test_4bit_encoders_give_modelopts_bytes() -> None:
         want = R.pack_int4_along_input(torch.stack([lo, hi], dim=1).reshape(w.shape))
         q4, s4 = R.quantize_w4a8(w)
         assert torch.equal(q4, want) and torch.equal(s4, scale), shape
+
+
+def test_streamed_experts_are_the_reference_encoders_bytes(ckpts: dict[str, Path]) -> None:
+    """The converter encodes experts in row chunks with compiled loops (``kernels4``); every routed expert of both
+    outputs is byte for byte ``quantize_nvfp4`` (with the gate/up pair's ``weight_scale_2``) / ``quantize_w4a8`` of
+    the FP8 source decoded in full, and the gate/up input scale is the norm-weight bound exactly."""
+    src, nv, w4 = ckpts["src"], ckpts["nvfp4"], ckpts["w4a8"]
+    spec = preset("tiny")
+    unit = R.E2M1_MAX * R.E4M3_MAX
+    for layer in spec.moe_layers:
+        norm = _load(src, names.name_of("post_norm", layer)).float()
+        x_bound = math.sqrt(spec.hidden_size) * float(norm.abs().max())
+        for e in range(spec.n_routed_experts):
+            w = {r: _src_float(src, names.name_of(r, layer, e)) for r in rq.EXPERT_ROLES}
+            pair = R.nvfp4_scale_2(w["expert_gate"], w["expert_up"])
+            for role, x in w.items():
+                n = names.name_of(role, layer, e)
+                m = module_name(n)
+                q, s, s2 = R.quantize_nvfp4(x, None if role == "expert_down" else pair)
+                assert torch.equal(_load(nv, n), q), n
+                assert torch.equal(_load(nv, f"{m}.weight_scale").view(torch.uint8), s.view(torch.uint8)), n
+                assert torch.equal(_load(nv, f"{m}.weight_scale_2"), s2), n
+                q4, s4 = R.quantize_w4a8(x)
+                assert torch.equal(_load(w4, n), q4) and torch.equal(_load(w4, f"{m}.weight_scale_inv"), s4), n
+                if role != "expert_down":
+                    assert float(_load(nv, f"{m}.input_scale")) == np.float32(x_bound / unit), n
+                    assert float(_load(w4, f"{m}.input_scale")[0]) == np.float32(x_bound / R.E4M3_MAX), n
+
+
+def test_the_4bit_stream_runs_without_torch(ckpts: dict[str, Path], tmp_path: Path) -> None:
+    """From block FP8 the NVFP4/W4A8 stream needs no torch (plan.needs_torch is False): after planning (modelopt,
+    which imports torch, writes the metadata), torch is made unimportable and the conversion still writes the same
+    bytes. From compressed-tensors INT4 it decodes with torch."""
+    import subprocess
+    import sys
+
+    for target in TARGETS:
+        assert not plan_conversion(ckpts["src"], tmp_path / "p", ConvertOptions(target=target)).needs_torch
+    int4 = synthesize(preset("tiny").with_quantization(Quantization.compressed_int4()), tmp_path / "int4", seed=0)
+    assert plan_conversion(int4, tmp_path / "q", ConvertOptions(target="w4a8")).needs_torch
+    code = ("import sys; from k2trt.checkpoint.convert import ConvertOptions, convert, plan_conversion; "
+            "o = ConvertOptions(target=sys.argv[3]); plan_conversion(sys.argv[1], sys.argv[2], o); "
+            "sys.modules['torch'] = None; convert(sys.argv[1], sys.argv[2], o)")
+    out = tmp_path / "w4a8"
+    r = subprocess.run([sys.executable, "-c", code, str(ckpts["src"]), str(out), "w4a8"], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _digest(out) == _digest(ckpts["w4a8"])
 
 
 def test_expert_round_trip_error_bounds(ckpts: dict[str, Path]) -> None:
