@@ -7,7 +7,7 @@ is ``plan.py``; the bytes of each op come from ``stream.py``. This module runs a
   shape/dtype against config.json, every quantized weight's parts), then every F32 scale the output depends on is
   read (numpy) and checked for NaN/Inf/zero, and the destination's free space against the bytes to write;
 - each output shard is one source shard, written in file order through ``files.ShardWriter`` (temporary name,
-  fsync, rename when complete; a shard's fsync overlaps the next shard's work). A thread pool computes the next
+  fsync, rename when complete; two shards are written at once). A thread pool computes the next
   pieces ahead (numpy, torch and the compiled loops release the GIL) while this thread writes and hashes them in
   order, so the output bytes never depend on scheduling and memory is a bounded window of pieces whatever the
   checkpoint size. ``trtllm`` moves whole files instead (hard links,
@@ -215,31 +215,56 @@ def _run_shards(plan: Plan, todo: list[ShardPlan], man: Manifest, progress: bool
                     f.result()
                 return 0
             with CheckpointReader(plan.src, plan.entries) as rd, _torch_threads(plan.needs_torch), \
-                    ThreadPoolExecutor(1, thread_name_prefix="k2trt-commit") as committer:
+                    ThreadPoolExecutor(_SHARDS_IN_FLIGHT, thread_name_prefix="k2trt-shard") as writers:
                 ctx = Context(rd, plan.out_spec, plan.options.hash, dict(plan.options.calib_amax))
-                # a shard's fsync and rename overlap the next shard's work; shards finish (and enter the
-                # manifest) in order, and an interrupted run waits for the commit in flight
-                pending: Future[None] | None = None
-                for sp in todo:
-                    w = _guard(sp, plan, lambda sp=sp: _rewrite_shard(sp, plan, ctx, pool, tick))
-                    try:
-                        if pending is not None:
-                            pending.result()
-                    except BaseException:
-                        w.abort()
-                        raise
-                    pending = committer.submit(_guard, sp, plan, lambda sp=sp, w=w: finished(sp, _commit(sp, w)))
-                if pending is not None:
-                    pending.result()
+                inflight: deque[tuple[ShardPlan, Future[files.ShardWriter]]] = deque()
+                stop = threading.Event()
+                try:
+                    for sp in todo:
+                        inflight.append((sp, writers.submit(_guard, sp, plan, lambda sp=sp: _rewrite_shard(
+                            sp, plan, ctx, pool, tick, stop))))
+                        if len(inflight) >= _SHARDS_IN_FLIGHT:
+                            _commit_oldest(inflight, plan, finished)
+                    while inflight:
+                        _commit_oldest(inflight, plan, finished)
+                except BaseException:
+                    stop.set()
+                    _abandon(inflight)
+                    raise
                 return ctx.meter.peak
     finally:
         bar.close()
 
 
+_SHARDS_IN_FLIGHT = 2
+"""Shards written at once (their chunks share the pool): each file's sha256 is one sequential chain, so two
+chains let hashing use both cores, and a shard's fsync overlaps the next one's writes. Shards still finish (and
+enter the manifest) in order."""
+
+
+def _commit_oldest(inflight: "deque[tuple[ShardPlan, Future[files.ShardWriter]]]", plan: Plan,
+                   finished: Callable[[ShardPlan, FileRecord], None]) -> None:
+    sp, fut = inflight.popleft()
+    w = fut.result()
+    finished(sp, _guard(sp, plan, lambda: _commit(sp, w)))
+
+
+def _abandon(inflight: "deque[tuple[ShardPlan, Future[files.ShardWriter]]]") -> None:
+    """After an error or an interrupt: stop the shards not yet committed and remove their temporary files."""
+    for _sp, fut in inflight:
+        fut.cancel()
+    for _sp, fut in inflight:
+        if not fut.cancelled():
+            try:
+                fut.result().abort()
+            except BaseException:  # it failed on its own and removed its file already
+                pass
+
+
 def _rewrite_shard(sp: ShardPlan, plan: Plan, ctx: Any, pool: ThreadPoolExecutor,
-                   tick: Callable[[int], None]) -> files.ShardWriter:
-    """Write one shard's bytes under its temporary name; the caller commits it (``_commit``). On any error the
-    temporary file is removed."""
+                   tick: Callable[[int], None], stop: threading.Event) -> files.ShardWriter:
+    """Write one shard's bytes under its temporary name; the caller commits it (``_commit``). On any error, or once
+    ``stop`` is set, the temporary file is removed."""
     from k2trt.checkpoint.stream import Copy, Tail, items
 
     work = (it for op in sp.ops for it in items(op, ctx))
@@ -247,6 +272,8 @@ def _rewrite_shard(sp: ShardPlan, plan: Plan, ctx: Any, pool: ThreadPoolExecutor
     w = files.ShardWriter(plan.dst / sp.name, sp.out_tensors, sp.metadata, hashing=plan.options.hash)
     try:
         for it, out in _ordered(pool, work, window=2 * max(1, plan.options.workers) + 2):
+            if stop.is_set():
+                raise CheckpointError(f"{sp.name}: stopped before it was complete")
             if w.pos - trimmed >= _TRIM_BYTES:
                 _release_free_memory()
                 trimmed = w.pos
