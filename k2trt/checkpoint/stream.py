@@ -353,8 +353,6 @@ class Experts:
             return st
         if p is None:  # not claimed (or evicted): read here
             p = _Pieces(self._reads(layer, expert))
-            for role in p.reads:
-                p.run(role)
         st = self._combine(layer, expert, p.results())
         with self._lock:
             self._stats[key] = st
@@ -411,15 +409,23 @@ class Experts:
 
 
 class _Pieces:
-    """The reads of one expert's statistics: each run once (by a pool item or inline), results kept by name."""
+    """The reads of one expert's statistics: each run once, by its pool item or by the first chunk that needs the
+    results before the item has started (so a chunk never waits on queued work: with two shards in flight, the
+    items a chunk waits for may sit behind that very chunk in the pool's queue); results kept by name."""
 
     def __init__(self, reads: dict[str, Callable[[], Any]]) -> None:
         self.reads = reads
         self._done = {r: threading.Event() for r in reads}
+        self._started: set[str] = set()
+        self._lock = threading.Lock()
         self._out: dict[str, Any] = {}
         self._err: BaseException | None = None
 
     def run(self, role: str) -> list[Any]:
+        with self._lock:
+            if role in self._started:
+                return []
+            self._started.add(role)
         try:
             self._out[role] = self.reads[role]()
         except BaseException as e:
@@ -430,6 +436,8 @@ class _Pieces:
         return []
 
     def results(self) -> dict[str, Any]:
+        for role in self.reads:
+            self.run(role)  # whatever nobody has started yet runs here
         for ev in self._done.values():
             ev.wait()
         if self._err is not None:

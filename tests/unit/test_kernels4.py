@@ -202,3 +202,30 @@ def test_bad_arguments_are_refused() -> None:
         K.nvfp4_rows(np.zeros((2, 120), np.float32), 1.0, q, s)
     with pytest.raises(ValueError, match="float64"):
         K.row_stats(np.zeros((2, 16), np.float32), np.empty(2, np.float32))
+
+
+def test_statistics_never_wait_on_queued_reads() -> None:
+    """A chunk that needs an expert's statistics before their pool items have started runs the reads itself (with
+    two shards in flight those items can sit behind the waiting chunks in the queue: waiting on them deadlocked);
+    an item that starts afterwards does not read again."""
+    import threading
+
+    from k2trt.checkpoint.stream import _Pieces
+
+    calls: list[str] = []
+    gate = threading.Event()
+
+    def slow() -> int:
+        calls.append("slow")
+        gate.wait(5)
+        return 1
+
+    p = _Pieces({"queued": lambda: calls.append("queued") or 2, "running": slow})
+    t = threading.Thread(target=p.run, args=("running",))
+    t.start()
+    while "slow" not in calls:
+        pass
+    threading.Timer(0.2, gate.set).start()
+    assert p.results() == {"queued": 2, "running": 1}  # ran "queued" here, waited for "running"
+    assert p.run("queued") == [] and calls.count("queued") == 1 and calls.count("slow") == 1
+    t.join()
