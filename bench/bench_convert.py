@@ -172,6 +172,14 @@ def _sparse(work: Path) -> dict[str, float]:
     return {"inspect_wall": ins[0], "dry_run_wall": dry[0], "dry_run_rss": dry[1]}
 
 
+def _cpu(fn: Any, n: int = 3) -> float:
+    """Mean CPU seconds of ``fn()`` over ``n`` calls."""
+    t = time.process_time()
+    for _ in range(n):
+        fn()
+    return (time.process_time() - t) / n
+
+
 def _kernel() -> dict[str, float]:
     """One K2 expert weight (2048×7168), one thread, CPU time: the converter's compiled loops (``kernels.py``,
     loaded first) against the torch reference math they are bit-identical to, both directions."""
@@ -181,12 +189,6 @@ def _kernel() -> dict[str, float]:
     from k2trt.checkpoint import kernels
     from k2trt.checkpoint.fp8 import dequantize, dequantize_rows, quantize
 
-    def cpu(fn: Any, n: int = 3) -> float:
-        t = time.process_time()
-        for _ in range(n):
-            fn()
-        return (time.process_time() - t) / n
-
     torch.set_num_threads(1)
     kernels.warm()
     w = (torch.randn(2048, 7168, generator=torch.Generator().manual_seed(0)) / 85).to(torch.bfloat16)
@@ -195,10 +197,10 @@ def _kernel() -> dict[str, float]:
     out, q8, g8 = np.empty(u8.shape, dtype=np.uint16), np.empty(u8.shape, dtype=np.uint8), np.empty_like(grid)
     bits = w.view(torch.int16).numpy()
     res = {"mib": q.numel() / 2**20,
-           "deq_s": cpu(lambda: dequantize_rows(u8, grid, 0, out)),
-           "deq_ref_s": cpu(lambda: dequantize(q, s, torch.bfloat16), 1),
-           "q_s": cpu(lambda: kernels.quantize_rows(bits, q8, g8)),
-           "q_ref_s": cpu(lambda: quantize(w), 1)}
+           "deq_s": _cpu(lambda: dequantize_rows(u8, grid, 0, out)),
+           "deq_ref_s": _cpu(lambda: dequantize(q, s, torch.bfloat16), 1),
+           "q_s": _cpu(lambda: kernels.quantize_rows(bits, q8, g8)),
+           "q_ref_s": _cpu(lambda: quantize(w), 1)}
     assert torch.equal(torch.from_numpy(out).view(torch.bfloat16), dequantize(q, s, torch.bfloat16))
     assert np.array_equal(q8, u8) and np.array_equal(g8, grid)
     return res
@@ -215,12 +217,6 @@ def _kernel4() -> dict[str, float]:
     from k2trt.checkpoint.fp8 import dequantize, quantize
     from k2trt.checkpoint.quant4 import nvfp4_scale_2, quantize_nvfp4, quantize_w4a8
 
-    def cpu(fn: Any, n: int = 3) -> float:
-        t = time.process_time()
-        for _ in range(n):
-            fn()
-        return (time.process_time() - t) / n
-
     torch.set_num_threads(1)
     kernels4.warm()
     q, s = quantize(torch.randn(2048, 7168, generator=torch.Generator().manual_seed(0)) / 85)
@@ -228,10 +224,10 @@ def _kernel4() -> dict[str, float]:
     s2 = nvfp4_scale_2(dequantize(q, s))
     nq, ns = np.empty((2048, 3584), np.uint8), np.empty((2048, 448), np.uint8)
     wq, ws = np.empty((2048, 3584), np.int8), np.empty((2048, 56), np.float32)
-    res = {"nvfp4_s": cpu(lambda: kernels4.nvfp4_rows(u8, float(s2), nq, ns, grid)),
-           "nvfp4_ref_s": cpu(lambda: quantize_nvfp4(dequantize(q, s), s2), 1),
-           "w4a8_s": cpu(lambda: kernels4.w4a8_rows(u8, wq, ws, grid)),
-           "w4a8_ref_s": cpu(lambda: quantize_w4a8(dequantize(q, s)), 1)}
+    res = {"nvfp4_s": _cpu(lambda: kernels4.nvfp4_rows(u8, float(s2), nq, ns, grid)),
+           "nvfp4_ref_s": _cpu(lambda: quantize_nvfp4(dequantize(q, s), s2), 1),
+           "w4a8_s": _cpu(lambda: kernels4.w4a8_rows(u8, wq, ws, grid)),
+           "w4a8_ref_s": _cpu(lambda: quantize_w4a8(dequantize(q, s)), 1)}
     want_q, want_s, _ = quantize_nvfp4(dequantize(q, s), s2)
     assert np.array_equal(nq, want_q.numpy()) and np.array_equal(ns, want_s.view(torch.uint8).numpy())
     want_wq, want_ws = quantize_w4a8(dequantize(q, s))
