@@ -21,6 +21,8 @@ COPY plugins ./plugins
 # TensorRT-LLM's image may lack. Never let pip replace the container's torch.
 RUN pip install --no-cache-dir --no-deps . \
  && pip install --no-cache-dir click pyyaml rich tqdm jinja2 tiktoken starlette uvicorn httpx
+# k2trt convert's compiled loops (numba): the image's own numba when it has one, else the newest that fits its numpy.
+RUN python -c "import numba" 2>/dev/null || pip install --no-cache-dir "numba>=0.60"
 
 ENTRYPOINT ["k2trt"]
 CMD ["--help"]
