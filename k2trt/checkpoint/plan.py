@@ -32,14 +32,17 @@ from k2trt.errors import CheckpointError
 from k2trt.spec import LINEAR_ROLES, ModelSpec
 
 def _torch_free(op: "Op") -> bool:
-    # the compiled loops (kernels.py, kernels4.py) read FP8 bytes and BF16 bits; any other source decodes with torch
+    # the compiled loops (kernels.py, kernels4.py) read FP8 bytes and BF16 bits, and block FP8 is also encoded from
+    # packed INT4 bytes; any other source decodes with torch
     st = op.stored
     if op.kind in ("copy", "drop"):
         return True
     if st is None:
         return False
     fp8, bf16_bits = st.fmt.name == "fp8", st.fmt.name == "bf16" and st.weight.dtype == "BF16"
-    return {"dequant": fp8, "quant": bf16_bits, "nvfp4": fp8 or bf16_bits, "int4": fp8 or bf16_bits}.get(op.kind, False)
+    packed = st.fmt.nibbles is not None
+    return {"dequant": fp8, "quant": bf16_bits or packed, "nvfp4": fp8 or bf16_bits,
+            "int4": fp8 or bf16_bits}.get(op.kind, False)
 
 
 ENCODE_KIND = {"bf16": "dequant", "fp8": "quant", "nvfp4": "nvfp4", "int4": "int4"}
@@ -163,9 +166,9 @@ class Plan:
 
     @property
     def needs_compressed_tensors(self) -> bool:
-        """Whether any op reads or writes compressed-tensors INT4 (``quant4`` unpacks and packs with it)."""
-        return any(op.kind not in ("copy", "drop")
-                   and "ct-int4" in (op.out_fmt, op.stored.fmt.name if op.stored else None)
+        """Whether any op decodes or encodes compressed-tensors INT4 with torch (``quant4`` unpacks and packs with
+        the package; INT4 → block FP8 reads the packed bytes in a compiled loop instead)."""
+        return any(not _torch_free(op) and "ct-int4" in (op.out_fmt, op.stored.fmt.name if op.stored else None)
                    for sp in self.shards for op in sp.ops)
 
     def digest(self) -> str:
