@@ -249,14 +249,17 @@ def load_compressed_tensors() -> Any:
     return helpers, forward, calculate_qparams, args
 
 
-def ct_int4_codes(packed: "torch.Tensor", scale: "torch.Tensor") -> "tuple[torch.Tensor, torch.Tensor]":
-    """compressed-tensors ``pack-quantized`` INT4 → ``(codes int8 [M, N], scale float32 [M, N/32])``, unpacked by
-    the package itself; the weight is ``code · scale`` per 32-input group.
+def dequantize_ct_int4(packed: "torch.Tensor", scale: "torch.Tensor", dtype: "torch.dtype | None" = None
+                       ) -> "torch.Tensor":
+    """compressed-tensors ``pack-quantized`` INT4 → float: ``code · scale`` per 32-input group.
 
-    Any row range and any whole-group column range (32 inputs = 4 packed words) unpacks on its own.
+    Any row range and any whole-group column range (32 inputs = 4 packed words) decodes on its own.
 
     Args:
         packed: int32 ``[M, N/8]`` (``weight_packed``); scale: ``[M, N/32]`` (``weight_scale``, BF16).
+    Returns:
+        ``[M, N]`` in ``dtype`` (float32 by default).
+    Example: ``dequantize_ct_int4(*quantize_ct_int4(w)[:2])`` ≈ ``w``.
     """
     import torch
 
@@ -265,23 +268,9 @@ def ct_int4_codes(packed: "torch.Tensor", scale: "torch.Tensor") -> "tuple[torch
     n = words * CT_INT4_PACK
     _check_group_scale("INT4 weight_scale", scale, m, n, CT_INT4_GROUP, "weight_packed",
                        f"one scale per {CT_INT4_GROUP} inputs", "re-download it")
-    return helpers.unpack_from_int32(packed.contiguous(), 4, torch.Size((m, n))), scale.to(torch.float32)
-
-
-def dequantize_ct_int4(packed: "torch.Tensor", scale: "torch.Tensor", dtype: "torch.dtype | None" = None
-                       ) -> "torch.Tensor":
-    """compressed-tensors ``pack-quantized`` INT4 → float: ``code · scale`` per 32-input group (``ct_int4_codes``).
-
-    Returns:
-        ``[M, N]`` in ``dtype`` (float32 by default).
-    Example: ``dequantize_ct_int4(*quantize_ct_int4(w)[:2])`` ≈ ``w``.
-    """
-    import torch
-
-    codes, scale = ct_int4_codes(packed, scale)
-    m, n = codes.shape
+    codes = helpers.unpack_from_int32(packed.contiguous(), 4, torch.Size((m, n)))          # int8 [M, N]
     out = codes.to(torch.float32)                                                           # [M, N]
-    out.view(m, n // CT_INT4_GROUP, CT_INT4_GROUP).mul_(scale.unsqueeze(-1))                # in place: ⅓ faster
+    out.view(m, n // CT_INT4_GROUP, CT_INT4_GROUP).mul_(scale.to(torch.float32).unsqueeze(-1))  # in place: ⅓ faster
     return out if dtype in (None, torch.float32) else out.to(dtype)
 
 

@@ -194,24 +194,6 @@ class CheckpointReader:
 
     def decode(self, st: formats.Stored, rows: Span | None = None, cols: Span | None = None) -> "torch.Tensor":
         """float32 ``[rows, cols]`` of a stored linear weight: widened to whole blocks/groups, decoded, cropped."""
-        parts, (r0, r1, c0, c1) = self._parts(st, rows, cols)
-        return st.fmt.decode(parts)[r0:r1, c0:c1].contiguous()
-
-    def float_rows(self, e: files.TensorEntry, r0: int, r1: int) -> "np.ndarray":
-        """Rows ``r0:r1`` of a BF16 or F32 tensor as float32 numpy (BF16 widened exactly), without torch."""
-        import numpy as np
-
-        raw = self.rows(e, r0, r1)
-        if e.dtype == "F32":
-            return raw.view(np.float32)
-        if e.dtype != "BF16":
-            raise CheckpointError(f"{e.name} in {e.file} is {e.dtype}, expected BF16 or F32",
-                                  "the checkpoint does not match its format; re-download or re-convert it")
-        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-
-    def _parts(self, st: formats.Stored, rows: Span | None, cols: Span | None
-               ) -> tuple[dict[str, Any], tuple[int, int, int, int]]:
-        """The stored parts covering ``rows × cols`` widened to whole blocks/groups, and the crop back into them."""
         m, n = st.shape
         r0, r1 = rows or (0, m)
         c0, c1 = cols or (0, n)
@@ -228,7 +210,20 @@ class CheckpointReader:
             else:
                 parts[part] = self.slice(e.name, (w0 // per[0], -(-w1 // per[0])),
                                          (v0 // per[1], -(-v1 // per[1])))
-        return parts, (r0 - w0, r1 - w0, c0 - v0, c1 - v0)
+        full = st.fmt.decode(parts)
+        return full[r0 - w0: r1 - w0, c0 - v0: c1 - v0].contiguous()
+
+    def float_rows(self, e: files.TensorEntry, r0: int, r1: int) -> "np.ndarray":
+        """Rows ``r0:r1`` of a BF16 or F32 tensor as float32 numpy (BF16 widened exactly), without torch."""
+        import numpy as np
+
+        raw = self.rows(e, r0, r1)
+        if e.dtype == "F32":
+            return raw.view(np.float32)
+        if e.dtype != "BF16":
+            raise CheckpointError(f"{e.name} in {e.file} is {e.dtype}, expected BF16 or F32",
+                                  "the checkpoint does not match its format; re-download or re-convert it")
+        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
 def _as_torch(buf: "np.ndarray", dtype: str) -> "torch.Tensor":
