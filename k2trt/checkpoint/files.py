@@ -19,7 +19,10 @@ refused in one line instead of blocking the reader.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -37,6 +40,8 @@ from k2trt.fsio import fsync_dir, partial_name
 from k2trt.spec import DTYPE_BYTES as DTYPE_SIZE
 
 CHUNK = 16 * 2**20
+WRITEBACK = 8 * 2**20
+"""Bytes a writer appends before it asks the kernel to start writing them to disk (``start_writeback``)."""
 """Read size for hashing and copying through user space: large enough to stream at disk speed."""
 MAX_HEADER = 100 * 2**20  # safetensors itself refuses headers over 100 MB
 ALIGN = 8
@@ -292,6 +297,8 @@ class ShardWriter:
         self._ends = sorted((e, n) for n, (_b, e) in self.offsets.items())
         self._next = 0  # first entry of _ends not yet complete
         self.tmp = partial_name(self.path)
+        self._flushed = False
+        self._written = 0  # bytes handed to start_writeback
         self._fd: int | None = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         if preallocate and self.size:
             try:  # one extent up front: appends then skip the filesystem's per-write allocation (measured ~2×)
@@ -319,6 +326,12 @@ class ShardWriter:
             self._sha.update(mv)
         self.pos += len(mv)
         self._advance()
+        self._writeback()
+
+    def _writeback(self) -> None:
+        if self.pos - self._written >= WRITEBACK:
+            start_writeback(self._fd, self._written, self.pos - self._written)  # type: ignore[arg-type]
+            self._written = self.pos
 
     def copy_range(self, src_fd: int, offset: int, n: int) -> None:
         """Append ``n`` bytes of another file from ``offset``: copied by the kernel unless hashing needs them."""
@@ -330,6 +343,7 @@ class ShardWriter:
             self.pos += n
             os.lseek(self._fd, self.pos, os.SEEK_SET)  # type: ignore[arg-type]
             self._advance()
+            self._writeback()
             return
         buf = bytearray(min(CHUNK, n))
         mv = memoryview(buf)
@@ -373,23 +387,33 @@ class ShardWriter:
             raise write_error(self.path, err, f"tensor {name}") from None
         self._pending.discard(name)
 
-    def commit(self, sparse: bool = False) -> Path:
-        """Finish the file and rename it into place. ``sparse`` allows unwritten tensors (left as holes)."""
+    def flush(self, sparse: bool = False) -> None:
+        """Finish the temporary file: check every tensor was written (``sparse`` allows holes), take the hash, and
+        put the bytes on disk. ``commit`` does this itself when it was not called; calling it first, on the thread
+        that wrote, keeps the wait for the disk off a caller that commits files in order."""
+        if self._flushed:
+            return
         if self._pending and not sparse:
             first = min(self._pending, key=lambda n: self.offsets[n][0])
             raise CheckpointError(f"{self.path.name}: {len(self._pending)} tensors were never written "
                                   f"(first: {first})")
-        fd, self._fd = self._fd, None
-        assert fd is not None
+        assert self._fd is not None
         if self._sha is not None:
             self._digest = self._sha.hexdigest()
         try:
-            os.ftruncate(fd, self.size)
-            os.fsync(fd)
+            os.ftruncate(self._fd, self.size)
+            os.fsync(self._fd)
         except OSError as err:
-            os.close(fd)
-            self.tmp.unlink(missing_ok=True)
+            self.abort()
             raise write_error(self.path, err) from None
+        self._flushed = True
+
+    def commit(self, sparse: bool = False) -> Path:
+        """Finish the file (``flush``) and rename it into place. ``sparse`` allows unwritten tensors (left as
+        holes)."""
+        self.flush(sparse)
+        fd, self._fd = self._fd, None
+        assert fd is not None
         os.close(fd)
         os.replace(self.tmp, self.path)
         fsync_dir(self.path.parent)
@@ -472,6 +496,29 @@ def _kernel_copy(src_fd: int, dst_fd: int, offset: int, n: int) -> None:
         done += k
 
 
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's ``sync_file_range`` (Linux; Python's ``os`` lacks it), or None."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
+def start_writeback(fd: int, offset: int, n: int) -> None:
+    """Ask the kernel to start writing ``n`` bytes of ``fd`` from ``offset`` to disk, without waiting
+    (``SYNC_FILE_RANGE_WRITE``). A writer that does this as it goes finds little left for its final ``fsync``: the
+    disk works while the converter computes (measured: the fsyncs of a 1 GiB INT4 → FP8 conversion waited 0.9 s in
+    all without it). A hint only: where the call is missing or fails, ``fsync`` still writes everything."""
+    fn = _sync_file_range()
+    if fn is not None and n > 0:
+        fn(fd, offset, n, 2)  # SYNC_FILE_RANGE_WRITE
+
+
 def sha256_file(path: str | Path, chunk: int = CHUNK) -> str:
     """sha256 of a file, read in chunks (hashlib releases the GIL, so several files hash in parallel)."""
     h = hashlib.sha256()
@@ -504,6 +551,7 @@ def copy_file(src: Path, dst: Path, *, hashing: bool, on_bytes: Callable[[int], 
                 n = min(4 * CHUNK, size - off)
                 _kernel_copy(fi.fileno(), fo.fileno(), off, n)
                 os.lseek(fo.fileno(), off + n, os.SEEK_SET)
+                start_writeback(fo.fileno(), off, n)
                 if on_bytes is not None:
                     on_bytes(n)
             os.fsync(fo.fileno())

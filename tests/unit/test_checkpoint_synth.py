@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -124,3 +125,33 @@ def test_shard_writer_is_atomic(tmp_path) -> None:
         assert f.get_tensor("a").tolist() == [4.0, 5.0]
         assert f.get_tensor("b").tolist() == [1.0, 2.0, 3.0]
     assert os.listdir(tmp_path) == ["s.safetensors"]
+
+
+def test_shard_writer_flush_then_commit(tmp_path, monkeypatch) -> None:
+    """``flush`` (the converter calls it on the writing thread) hashes and syncs under the temporary name; ``commit``
+    then only renames. A writer past ``WRITEBACK`` bytes asks the kernel to start writing them back as it goes,
+    covering every byte once, in order."""
+    import hashlib
+
+    hinted: list[tuple[int, int]] = []
+    real = files.start_writeback
+    monkeypatch.setattr(files, "start_writeback", lambda fd, off, n: (hinted.append((off, n)), real(fd, off, n)))
+    n = 3 * files.WRITEBACK // 16 + 1  # float32s: three tensors of 3/4 WRITEBACK bytes (+4) each
+    path = tmp_path / "s.safetensors"
+    w = files.ShardWriter(path, [(k, "F32", (n,)) for k in "abc"], hashing=True)
+    for k in "abc":
+        w.write(k, np.full(n, ord(k), np.float32).tobytes())
+    w.flush()
+    assert not path.exists() and w.tmp.exists() and w.sha256 is not None
+    assert w.sha256 == hashlib.sha256(w.tmp.read_bytes()).hexdigest()
+    w.flush()  # idempotent
+    assert w.commit() == path and not w.tmp.exists()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == w.sha256
+    assert len(hinted) == 1 and hinted[0][0] == 0 and hinted[0][1] >= files.WRITEBACK
+    with safe_open(path, "np") as f:
+        assert f.get_tensor("c")[0] == ord("c")
+    w = files.ShardWriter(tmp_path / "t.safetensors", [("a", "F32", (2,))])
+    with pytest.raises(CheckpointError, match="never written"):
+        w.flush()
+    w.abort()
+    assert sorted(os.listdir(tmp_path)) == ["s.safetensors"]
