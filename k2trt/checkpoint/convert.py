@@ -7,7 +7,8 @@ is ``plan.py``; the bytes of each op come from ``stream.py``. This module runs a
   shape/dtype against config.json, every quantized weight's parts), then every F32 scale the output depends on is
   read (numpy) and checked for NaN/Inf/zero, and the destination's free space against the bytes to write;
 - each output shard is one source shard, written in file order through ``files.ShardWriter`` (temporary name,
-  fsync, rename when complete; two shards are written at once). A thread pool computes the next
+  writeback started as it goes, fsync on the shard's own thread, rename in file order; three shards are written at
+  once). A thread pool computes the next
   pieces ahead (numpy, torch and the compiled loops release the GIL) while this thread writes and hashes them in
   order, so the output bytes never depend on scheduling and memory is a bounded window of pieces whatever the
   checkpoint size. ``trtllm`` moves whole files instead (hard links,

@@ -547,8 +547,8 @@ def copy_file(src: Path, dst: Path, *, hashing: bool, on_bytes: Callable[[int], 
             if hasher is not None:
                 hasher.start()
             size = os.fstat(fi.fileno()).st_size
-            for off in range(0, size, 4 * CHUNK):
-                n = min(4 * CHUNK, size - off)
+            for off in range(0, size, WRITEBACK):
+                n = min(WRITEBACK, size - off)
                 _kernel_copy(fi.fileno(), fo.fileno(), off, n)
                 os.lseek(fo.fileno(), off + n, os.SEEK_SET)
                 start_writeback(fo.fileno(), off, n)
