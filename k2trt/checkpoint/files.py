@@ -40,9 +40,9 @@ from k2trt.fsio import fsync_dir, partial_name
 from k2trt.spec import DTYPE_BYTES as DTYPE_SIZE
 
 CHUNK = 16 * 2**20
+"""Read size for hashing and copying through user space: large enough to stream at disk speed."""
 WRITEBACK = 8 * 2**20
 """Bytes a writer appends before it asks the kernel to start writing them to disk (``start_writeback``)."""
-"""Read size for hashing and copying through user space: large enough to stream at disk speed."""
 MAX_HEADER = 100 * 2**20  # safetensors itself refuses headers over 100 MB
 ALIGN = 8
 
@@ -497,12 +497,20 @@ def _kernel_copy(src_fd: int, dst_fd: int, offset: int, n: int) -> None:
 
 
 @functools.cache
-def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """libc's ``sync_file_range`` (Linux; Python's ``os`` lacks it), or None."""
+def libc() -> ctypes.CDLL | None:
+    """The C library, for the calls Python's ``os`` lacks (None where it cannot be loaded)."""
+    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.sync_file_range
-    except (OSError, AttributeError):
+        return ctypes.CDLL(name, use_errno=True) if name else None
+    except OSError:
+        return None
+
+
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's ``sync_file_range`` (Linux), or None."""
+    fn = getattr(libc(), "sync_file_range", None)
+    if fn is None:
         return None
     fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     fn.restype = ctypes.c_int
