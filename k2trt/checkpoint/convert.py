@@ -170,6 +170,9 @@ def _load_libraries(plan: Plan) -> None:
     """Import what the ops compute with before the stream starts: seconds of one-off start-up on a busy machine
     (torch ~1 s, compressed-tensors ~2 s, the compiled loops ~0.3 s) that would otherwise stall the first chunks
     and count as streaming time."""
+    import tqdm  # noqa: F401  (and the stream's own modules, ~12 ms together)
+
+    from k2trt.checkpoint import reader, stream  # noqa: F401
     if plan.needs_torch:
         import torch  # noqa: F401
     if plan.needs_compressed_tensors:
