@@ -179,10 +179,11 @@ def _quant_rows(st: formats.Stored, ctx: Context) -> Iterator[Item]:
         if raw_bits:
             quantize_rows(ctx.reader.rows(w, r0, r1).view(np.int16), q, grid[r0 // BLOCK:])
             return [q]
-        size = (r1 - r0) * n * 4
+        packed = st.fmt.nibbles is not None
+        size = round((r1 - r0) * src_per_row) if packed else (r1 - r0) * n * 4  # what the loop reads / decodes to
         ctx.meter.add(size)
         try:
-            if st.fmt.nibbles is not None:   # INT4: unpacked, × group scale, quantised in one pass
+            if packed:   # INT4: unpacked, × group scale, quantised in one pass
                 quantize_packed_rows(ctx.reader.rows(w, r0, r1), ctx.reader.float_rows(st.parts["scale"], r0, r1),
                                      st.fmt.nibbles == "signed", q, grid[r0 // BLOCK:])
             else:

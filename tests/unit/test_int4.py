@@ -194,6 +194,13 @@ def test_a_killed_int4_conversion_resumes_to_identical_bytes(ckpts: dict[str, Pa
     assert (r2.state, r2.shards_skipped, r2.shards_written) == ("resumed", 2, 2)
     assert digest(dst) == digest(ckpts["fp8-block"])
     assert any("INT4 routed experts (compressed-tensors, group 32)" in n for n in r2.plan.notes)
+    # bounded memory, metered as what the compiled loop reads: at most one expert's packed bytes and group
+    # scales per worker (the loop holds no float32 copy of the weight; BF16 weights are read as bits, unmetered)
+    with CheckpointReader(ckpts["src"]) as rd:
+        expert = sum(e.nbytes for e in rd.stored("expert_gate", 1, 0).parts.values())
+    for r in (r1, r2):
+        assert r.peak_tensor_bytes <= ConvertOptions().workers * expert, (r.peak_tensor_bytes, expert)
+    assert r1.peak_tensor_bytes + r2.peak_tensor_bytes > 0
 
 
 @pytest.mark.parametrize("bug", ["nibbles-swapped", "packed-along-wrong-dim", "group-128", "scales-transposed"])
