@@ -243,8 +243,9 @@ def _run_shards(plan: Plan, todo: list[ShardPlan], man: Manifest, progress: bool
 _SHARDS_IN_FLIGHT = 3
 """Shards written at once (their chunks share the pool): each file's sha256 is one sequential chain, so several
 chains let hashing use every core, and a shard's final fsync (on its own thread) overlaps the others' writes. Shards
-still finish (and enter the manifest) in order. Three measured 5–10 % faster than two on 2 cores (INT4 → FP8, both
-bench checkpoints); each adds one window of chunks to the memory bound, not a size that grows with the checkpoint."""
+still finish (and enter the manifest) in order. On 2 cores three measured 5–10 % faster than two while fsync still
+blocked (INT4 → FP8, both bench checkpoints), and two, three and four are even since the shards start their writeback
+early; each adds one window of chunks to the memory bound, not a size that grows with the checkpoint."""
 
 
 def _commit_oldest(inflight: "deque[tuple[ShardPlan, Future[files.ShardWriter]]]", plan: Plan,
