@@ -9,8 +9,8 @@ is ``plan.py``; the bytes of each op come from ``stream.py``. This module runs a
 - each output shard is one source shard, written in file order through ``files.ShardWriter`` (temporary name,
   writeback started as it goes, fsync on the shard's own thread, rename in file order; three shards are written at
   once). A thread pool computes the next
-  pieces ahead (numpy, torch and the compiled loops release the GIL) while this thread writes and hashes them in
-  order, so the output bytes never depend on scheduling and memory is a bounded window of pieces whatever the
+  pieces ahead (numpy, torch and the compiled loops release the GIL) while each shard's thread writes and hashes
+  them in order, so the output bytes never depend on scheduling and memory is a bounded window of pieces whatever the
   checkpoint size. ``trtllm`` moves whole files instead (hard links,
   or kernel-side copies, several at once);
 - after each shard the manifest (``manifest.py``) is saved: a killed run resumes from it and ends byte-identical.

@@ -26,7 +26,6 @@ length (the learning rate before the decay does not depend on ``steps``, nor do 
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import os
 import platform
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from k2trt.checkpoint import files
 from k2trt.errors import ConfigError
 from k2trt.fsio import atomic_open, atomic_write_json
 from k2trt.train.config import METADATA_FILE, STATE_FILE, TOKENIZER_SEED, RunOptions, TrainConfig
@@ -94,11 +94,9 @@ def make_batch(seqs: list[tuple[Any, Any]], pad_id: int) -> tuple[torch.Tensor, 
 def _steady_heap() -> None:
     """Batches of ever-changing shapes fragment glibc's heap: a run's resident size grew by about 1 GB per 50
     steps. A fixed mmap threshold returns every large tensor to the kernel when it is freed (RSS stays flat)."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB
-        except (OSError, AttributeError):
-            pass
+    mallopt = getattr(files.libc(), "mallopt", None) if sys.platform.startswith("linux") else None
+    if mallopt is not None:
+        mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
