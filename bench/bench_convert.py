@@ -205,6 +205,30 @@ def _kernel() -> dict[str, float]:
            "q_ref_s": _cpu(lambda: quantize(w), 1)}
     assert torch.equal(torch.from_numpy(out).view(torch.bfloat16), dequantize(q, s, torch.bfloat16))
     assert np.array_equal(q8, u8) and np.array_equal(g8, grid)
+    return res | _kernel_int4()
+
+
+def _kernel_int4() -> dict[str, float]:
+    """The same expert as K2-Thinking stores it (compressed-tensors INT4, group 32) → block FP8: the byte-shuffle
+    loop (x86), the table loop, and compressed-tensors' decode + the torch quantisation."""
+    import numpy as np
+    import torch
+
+    from k2trt.checkpoint import kernels
+    from k2trt.checkpoint.fp8 import quantize
+    from k2trt.checkpoint.quant4 import dequantize_ct_int4
+
+    rng = np.random.default_rng(0)
+    packed = rng.integers(0, 256, (2048, 3584), dtype=np.uint8)
+    gs = torch.from_numpy(rng.uniform(1e-4, 1e-2, (2048, 224)).astype(np.float32)).to(torch.bfloat16)
+    g32 = gs.float().numpy()
+    q, s = np.empty((2048, 7168), np.uint8), np.empty((16, 56), np.float32)
+    want_q, want_s = quantize(dequantize_ct_int4(torch.from_numpy(packed.view(np.int32)), gs))  # loads, warms
+    res = {"int4_ref_s": _cpu(lambda: quantize(dequantize_ct_int4(torch.from_numpy(packed.view(np.int32)), gs)))}
+    for key, shuffle in (("int4_table_s", False), ("int4_s", True)) if kernels.SHUFFLE else (("int4_table_s", False),):
+        kernels.SHUFFLE = shuffle
+        res[key] = _cpu(lambda: kernels.quantize_packed_rows(packed, g32, False, q, s))
+        assert np.array_equal(q, want_q.view(torch.uint8).numpy()) and np.array_equal(s, want_s.numpy())
     return res
 
 
@@ -268,7 +292,9 @@ def _print(res: dict[str, Any]) -> None:
     k = res["kernel"]
     print(f"one K2 expert weight (2048×7168, 1 thread, CPU time), compiled loop vs torch reference, bit-identical: "
           f"FP8 → BF16 {k['deq_s'] * 1e3:.0f} ms vs {k['deq_ref_s'] * 1e3:.0f} ms; "
-          f"BF16 → FP8 {k['q_s'] * 1e3:.0f} ms vs {k['q_ref_s'] * 1e3:.0f} ms")
+          f"BF16 → FP8 {k['q_s'] * 1e3:.0f} ms vs {k['q_ref_s'] * 1e3:.0f} ms; INT4 (group 32) → FP8 "
+          + (f"{k['int4_s'] * 1e3:.0f} ms (byte shuffle), " if "int4_s" in k else "")
+          + f"{k['int4_table_s'] * 1e3:.0f} ms (table loop) vs {k['int4_ref_s'] * 1e3:.0f} ms")
     k4 = res["kernel4"]
     print(f"the same weight from block FP8, compiled loop vs torch reference (decode + quant4), bit-identical: "
           f"→ NVFP4 {k4['nvfp4_s'] * 1e3:.0f} ms vs {k4['nvfp4_ref_s'] * 1e3:.0f} ms; "

@@ -58,12 +58,21 @@ def test_wrong_dtypes_are_refused() -> None:
         kernels.dequantize_rows(q, s, 0, np.zeros(256, np.float32), np.zeros((2, 2), np.float64))
 
 
+LOOPS = [pytest.param(True, id="shuffled", marks=pytest.mark.skipif(not kernels.SHUFFLE, reason="x86 SSSE3 only")),
+         pytest.param(False, id="table")]
+"""Both INT4 → FP8 loops: byte shuffle (x86) and the 256-entry table loop (everywhere)."""
+
+
+@pytest.mark.parametrize("shuffle", LOOPS)
 @pytest.mark.parametrize("fmt", ["ct-int4", "w4a8"])
-def test_packed_int4_quantisation_equals_quantising_the_decoded_weight(fmt: str) -> None:
+def test_packed_int4_quantisation_equals_quantising_the_decoded_weight(fmt: str, shuffle: bool,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """INT4 → block FP8 from the packed bytes: the bytes of decode-then-quantise, where decode is
     compressed-tensors' own unpacking (offset-binary nibbles) or W4A8's (two's complement). Random bytes put every
     nibble value in both positions; the shape is ragged (a partial row block and a partial column block)."""
     from k2trt.checkpoint.quant4 import dequantize_ct_int4, dequantize_w4a8
+
+    monkeypatch.setattr(kernels, "SHUFFLE", shuffle)
 
     m, n, group = (300, 416, 32) if fmt == "ct-int4" else (300, 384, 128)
     rng = np.random.default_rng(5)
@@ -82,6 +91,36 @@ def test_packed_int4_quantisation_equals_quantising_the_decoded_weight(fmt: str)
         kernels.quantize_packed_rows(packed[r0:r0 + 128], gs[r0:r0 + 128], fmt == "w4a8", q[r0:r0 + 128],
                                      s[r0 // 128:])
     assert np.array_equal(s, want_s.numpy()) and np.array_equal(q, want_q.view(torch.uint8).numpy())
+
+
+@pytest.mark.skipif(not kernels.SHUFFLE, reason="the byte-shuffle loop runs on x86 (SSSE3) only")
+@pytest.mark.parametrize("group,signed", [(32, False), (64, True), (128, False)])
+def test_shuffled_int4_loop_equals_the_table_loop_on_every_scale(group: int, signed: bool) -> None:
+    """The shuffled loop takes each group's amax from its largest |code|; that shortcut must not change a bit
+    where it does not hold either: Inf and NaN group scales (Inf × a zero code is NaN), negative and zero scales,
+    a group of zero codes. The table loop is the oracle (the test above ties it to the reference)."""
+    rng = np.random.default_rng(7)
+    m, n = 256, 640
+    packed = rng.integers(0, 256, (m, n // 2), dtype=np.uint8)
+    gs = rng.uniform(-1e-2, 1e-2, (m, n // group)).astype(np.float32)
+    zero, one = (0x00, 0x11) if signed else (0x88, 0x99)
+    per_block = 128 // group                     # groups per block column
+    for row, g, value in [(3, 0, np.inf), (4, 0, -np.inf), (130, 0, np.nan), (5, 1, 0.0), (6, 1, -0.0),
+                          (200, 0, np.inf), (60, 2 * per_block, -np.inf)]:
+        gs[row, g] = value
+    packed[3, 0:3] = zero                        # an Inf group with some zero codes (NaN) and the rest (Inf)
+    packed[200, 0:group // 2] = zero             # an Inf group of zero codes only (NaN)
+    packed[60, group * per_block:group * per_block + group // 2] = one  # no zero code: an Inf scale
+    packed[7, group // 2:group] = zero           # a finite group of zero codes only
+    out = []
+    for loop in (kernels._quantize_packed_shuffled, kernels._quantize_packed):
+        q, s = np.zeros((m, n), np.uint8), np.zeros((2, 5), np.float32)
+        tables = kernels._code_tables(signed) if loop is kernels._quantize_packed_shuffled \
+            else (kernels._code_pairs(signed),)
+        loop(packed, gs, *tables, q, s)
+        out.append((q, s.view(np.int32)))
+    assert np.isnan(out[1][1].view(np.float32)).any() and np.isinf(out[1][1].view(np.float32)).any()
+    assert np.array_equal(out[0][1], out[1][1]) and np.array_equal(out[0][0], out[1][0])
 
 
 def test_packed_quantisation_refuses_groups_that_straddle_blocks() -> None:
