@@ -343,6 +343,10 @@ def quantize_packed_rows(packed: np.ndarray, group_scale: np.ndarray, signed: bo
             or BLOCK % (2 * half // groups):
         raise ValueError(f"{list(group_scale.shape)} group scales for {list(packed.shape)} packed bytes: need one "
                          f"scale per group of each row, groups dividing {BLOCK} inputs")
+    if q.dtype != np.uint8 or q.shape != (rows, 2 * half) or scale.shape[0] < -(-rows // BLOCK) \
+            or scale.shape[1] != -(-2 * half // BLOCK):
+        raise ValueError(f"{list(q.shape)} codes and {list(scale.shape)} scales for {list(packed.shape)} packed "
+                         f"bytes: need uint8 [{rows}, {2 * half}] and one scale per {BLOCK}×{BLOCK} block")
     packed, group_scale = np.ascontiguousarray(packed), np.ascontiguousarray(group_scale, dtype=np.float32)
     if SHUFFLE and (2 * half // groups) % 32 == 0 and q.strides[1] == 1:
         _quantize_packed_shuffled(packed, group_scale, *_code_tables(signed), q, scale)

@@ -127,3 +127,14 @@ def test_packed_quantisation_refuses_groups_that_straddle_blocks() -> None:
     q, s = np.empty((4, 96), np.uint8), np.empty((1, 1), np.float32)
     with pytest.raises(ValueError, match="groups dividing 128"):
         kernels.quantize_packed_rows(np.zeros((4, 48), np.uint8), np.ones((4, 2), np.float32), False, q, s)
+
+
+@pytest.mark.parametrize("q_shape,s_shape", [((4, 64), (1, 1)), ((3, 96), (1, 1)), ((4, 96), (1, 2)),
+                                             ((4, 96), (0, 1))])
+def test_packed_quantisation_refuses_outputs_of_another_shape(q_shape: tuple[int, int],
+                                                              s_shape: tuple[int, int]) -> None:
+    """The loops write through raw row addresses: an output of the wrong shape is refused before any write."""
+    q, s = np.zeros(q_shape, np.uint8), np.zeros(s_shape, np.float32)
+    with pytest.raises(ValueError, match="need uint8"):
+        kernels.quantize_packed_rows(np.zeros((4, 48), np.uint8), np.ones((4, 3), np.float32), False, q, s)
+    assert not q.any()
