@@ -356,7 +356,8 @@ def quantize_packed_rows(packed: np.ndarray, group_scale: np.ndarray, signed: bo
 
 @functools.lru_cache(maxsize=2)
 def _code_tables(signed: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 [16]: nibble v's code, uint64 [2]: the 16 bytes |code|) for the shuffled loop."""
+    """(float32 [16]: nibble v's code, uint64 [2]: the 16 bytes |code|); a nibble is two's complement (signed) or
+    ``code + 8``."""
     n = np.arange(16)
     code = ((n ^ 8) - 8) if signed else (n - 8)
     values, magnitudes = code.astype(np.float32), np.abs(code).astype(np.uint8).view(np.uint64)
@@ -366,13 +367,10 @@ def _code_tables(signed: bool) -> tuple[np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=2)
 def _code_pairs(signed: bool) -> np.ndarray:
-    """int64 [256]: byte b's two 4-bit codes as float32 (low nibble first), one 64-bit word per byte; a nibble is
-    two's complement (signed) or ``code + 8``."""
-    b = np.arange(256)
-    lo, hi = b & 15, b >> 4
-    if signed:
-        lo, hi = lo ^ 8, hi ^ 8
-    pairs = np.stack([lo - 8, hi - 8], axis=1).astype(np.float32).view(np.int64).reshape(256)
+    """int64 [256]: byte b's two 4-bit codes as float32 (low nibble first, ``_code_tables``), one 64-bit word per
+    byte."""
+    values, b = _code_tables(signed)[0], np.arange(256)
+    pairs = np.stack([values[b & 15], values[b >> 4]], axis=1).view(np.int64).reshape(256)
     pairs.flags.writeable = False
     return pairs
 
