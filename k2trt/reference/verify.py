@@ -17,6 +17,7 @@ KL(P_a ‖ P_b) averaged over positions.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -194,9 +195,18 @@ def layout_argv(ckpt: str | Path, layout: Layout, out: str | Path, *, np: int | 
     np = np or layout.tp
     if np != layout.tp:
         raise ConfigError(f"layout {layout} runs on {layout.tp} ranks, not --np {np}", f"use --np {layout.tp}")
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(master_port or free_port())}
+    # TMPDIR: Open MPI's session files live and go with the check's own directory (killed runs left theirs in /tmp)
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(master_port or free_port()), "TMPDIR": str(out)}
     return mpirun_command(np, check_argv(ckpt, layout, out, seed=seed, attn_impl=attn_impl, timeout_s=timeout_s),
                           env=env)
+
+
+def _cause(output: str) -> str:
+    """The line of a failed mpirun's output that names the cause: a rank's last exception line, else the last line
+    with words in it (Open MPI closes its report with a banner of dashes)."""
+    lines = [x.strip() for x in output.splitlines() if any(ch.isalnum() for ch in x)]
+    errors = [x for x in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", x)]
+    return ((errors or lines or ["no output"])[-1])[:300]
 
 
 def against_layout(ckpt: str | Path, layout: Layout, *, np: int | None = None, master_port: int = 0, seed: int = 0,
@@ -212,8 +222,7 @@ def against_layout(ckpt: str | Path, layout: Layout, *, np: int | None = None, m
             raise LaunchError(f"the sharded check of {layout} did not finish in {timeout_s:.0f}s",
                               "a rank hung; rerun and read its output") from None
         if r.returncode != 0:
-            tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise LaunchError(f"mpirun for layout {layout} exited {r.returncode}: {tail[0][:300]}",
+            raise LaunchError(f"mpirun for layout {layout} exited {r.returncode}: {_cause(r.stderr or r.stdout)}",
                               "run the printed --dry-run command by hand to see every rank's output")
         got = torch.load(Path(out) / "logits.pt")
         reads = [json.loads(p.read_text()) for p in sorted(Path(out).glob("reads-*.json"))]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from k2trt.checkpoint import kernels4 as K
-from k2trt.checkpoint.fp8 import dequantize, quantize
+from k2trt.checkpoint.fp8 import dequantize, e4m3_values, quantize
 from k2trt.checkpoint.quant4 import nvfp4_scale_2, quantize_nvfp4, quantize_w4a8
 
 
@@ -156,6 +156,62 @@ def test_degenerate_scales_follow_the_reference() -> None:
     _assert_w4a8(torch.from_numpy(t), (q4, s4, ok))
     assert s4[0, 0] == 0 and q4.view(np.uint8)[0, 0] == (7 | (8 << 4))
 
+
+
+def _element_loops(u8: np.ndarray, grid: np.ndarray, s2: float, r0: int = 0
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """NVFP4 and W4A8 of FP8 rows by the decode-then-encode loops (the byte loops' reference)."""
+    m, n = u8.shape
+    q, s = np.zeros((m, n // 2), np.uint8), np.zeros((m, n // 16), np.uint8)
+    q4, s4 = np.zeros((m, n // 2), np.uint8), np.zeros((m, n // 128), np.float32)
+    g, v = np.ascontiguousarray(grid, np.float32), e4m3_values()
+    K._nvfp4(u8, g, np.int64(r0), np.int32(0), v, np.float32(s2), q, s)
+    K._w4a8(u8, g, np.int64(r0), np.int32(0), v, q4, s4)
+    return q, s, q4, s4
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_byte_loops_equal_the_element_loops_on_any_bytes_and_scales(seed: int) -> None:
+    """Every non-NaN FP8 byte (both zeros, subnormals, ±448) under block scales spread over 2^±60 and per-tensor
+    scales from far below to far above the data, in row chunks that start mid-band: the byte loops (codes by
+    thresholds on the magnitudes) give the element loops' bytes exactly."""
+    rng = np.random.default_rng(seed)
+    m, n = 300, 1024
+    u8 = rng.integers(0, 256, (m, n), dtype=np.uint8)
+    u8[(u8 & 0x7F) == 0x7F] = 0x80  # no NaN bytes (-0 instead)
+    u8[5, :64] = rng.integers(0, 4, 64)  # groups of tiny magnitudes and zeros
+    u8[7] &= 0x8F
+    grid = (2.0 ** rng.uniform(-60, 60, (3, 8))).astype(np.float32)
+    for s2 in (1e-30, 2.0 ** -8, 3.7, 1e25):
+        want = _element_loops(u8, grid, s2)
+        for chunk in (300, 77):
+            q, s = np.zeros_like(want[0]), np.zeros_like(want[1])
+            q4, s4 = np.zeros_like(want[2]), np.zeros_like(want[3])
+            for r0 in range(0, m, chunk):
+                assert K._on_bytes(grid, r0, min(chunk, m - r0), np.float32(s2))
+                assert K.nvfp4_rows(u8[r0:r0 + chunk], s2, q[r0:r0 + chunk], s[r0:r0 + chunk], grid, r0)
+                assert K.w4a8_rows(u8[r0:r0 + chunk], q4[r0:r0 + chunk], s4[r0:r0 + chunk], grid, r0)
+            assert np.array_equal(s, want[1]) and np.array_equal(q, want[0]), f"NVFP4 s2={s2} chunk={chunk}"
+            assert np.array_equal(s4.view(np.int32), want[3].view(np.int32)) and np.array_equal(q4, want[2])
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, 1e-38, np.inf, np.nan, 2.0 ** 101])
+def test_grids_outside_the_byte_loops_range_take_the_element_loops(bad: float) -> None:
+    """A zero, negative, subnormal-making, infinite or NaN block scale in the rows' bands (or a per-tensor scale
+    of 0) sends the rows to the element loops, whose bytes they then are; other bands keep the byte loops."""
+    rng = np.random.default_rng(3)
+    u8 = rng.integers(0, 0x7E, (256, 256), dtype=np.uint8)
+    grid = np.full((2, 2), 1e-3, np.float32)
+    grid[1, 1] = bad
+    assert K._on_bytes(grid, 0, 128, np.float32(1e-4)) and not K._on_bytes(grid, 100, 29, np.float32(1e-4))
+    assert not K._on_bytes(grid, 0, 128, np.float32(0.0))
+    want = _element_loops(u8, grid, 1e-4)
+    q, s = np.zeros_like(want[0]), np.zeros_like(want[1])
+    q4, s4 = np.zeros_like(want[2]), np.zeros_like(want[3])
+    K.nvfp4_rows(u8, 1e-4, q, s, grid)
+    K.w4a8_rows(u8, q4, s4, grid)
+    assert np.array_equal(q, want[0]) and np.array_equal(s, want[1])
+    assert np.array_equal(q4, want[2]) and np.array_equal(s4.view(np.int32), want[3].view(np.int32))
 
 def test_non_finite_sources_are_reported() -> None:
     """NaN/Inf in float rows, or a NaN byte (0x7F / 0xFF) in FP8 rows, make the loops return False and the

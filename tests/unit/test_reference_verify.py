@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from k2trt.checkpoint import files, names
 from k2trt.cli import cli
 from k2trt.reference.oracle import write_float_copy
-from k2trt.reference.verify import Thresholds, judge, logit_metrics
+from k2trt.reference.verify import Thresholds, _cause, judge, logit_metrics
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -93,3 +93,15 @@ def test_check_argv_parses_back_with_its_own_parser() -> None:
     assert argv[1:3] == ["-m", "k2trt.reference.parallel"] and argv[argv.index("--layout") + 1] == "tp4,ep4,adp"
     a = parser().parse_args(argv[3:])
     assert (a.check, a.layout, a.out, a.seed, a.attn_impl, a.timeout) == ("/m", lay, "/o", 7, "naive", 33.0)
+
+
+def test_a_failed_layout_check_names_the_ranks_error_not_open_mpis_banner() -> None:
+    """mpirun ends its report with a line of dashes; the error quoted is a rank's exception line if there is one,
+    else the last line with words."""
+    dashes = "-" * 74
+    out = (f"Traceback (most recent call last):\n  File \"rank.py\", line 3\nRuntimeError: Address already in use\n"
+           f"{dashes}\nPrimary job  terminated normally, but 1 process returned\na non-zero exit code.\n{dashes}\n")
+    assert _cause(out) == "RuntimeError: Address already in use"
+    assert _cause(f"{dashes}\nmpirun noticed that process rank 1 exited on signal 9\n{dashes}\n") == \
+        "mpirun noticed that process rank 1 exited on signal 9"
+    assert _cause("") == "no output"
