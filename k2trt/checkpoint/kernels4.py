@@ -511,9 +511,9 @@ def _squares() -> np.ndarray:
 
 def warm() -> None:
     """Load (or compile, the first time on a machine) every loop for the sources the converter uses."""
-    g = np.ones((1, 1), np.float32)
+    u8 = np.zeros((1, 128), np.uint8)
     for src, grid in ((np.zeros((1, 128), np.float32), None), (np.zeros((1, 128), np.int16), None),
-                      (np.zeros((1, 128), np.uint8), g)):
+                      (u8, np.ones((1, 1), np.float32)), (u8, np.zeros((1, 1), np.float32))):  # bytes / decoding
         nvfp4_rows(src, 1.0, np.zeros((1, 64), np.uint8), np.zeros((1, 8), np.uint8), grid)
         w4a8_rows(src, np.zeros((1, 64), np.int8), np.zeros((1, 1), np.float32), grid)
         row_stats(src, np.zeros(1, np.float64), grid)
