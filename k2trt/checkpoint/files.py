@@ -40,7 +40,12 @@ from k2trt.fsio import fsync_dir, partial_name
 from k2trt.spec import DTYPE_BYTES as DTYPE_SIZE
 
 CHUNK = 16 * 2**20
-"""Read size for hashing and copying through user space: large enough to stream at disk speed."""
+"""Read size for copying through user space: large enough to stream at disk speed."""
+HASH_CHUNK = 2**20
+"""Read size for hashing a file: a buffer that stays in cache while sha256 reads it, reused for the whole file.
+Against 16 MiB: 5 % less CPU per file hashed, and no 16 MiB of fresh pages to fault in per file — a new process's
+first hashes paid that (65 MB file: 0.10 s of CPU against 0.06), which made a hashed copy of a 247 MB checkpoint
+take 0.33 s of streaming in a fresh process against 0.25 s later in the same one."""
 WRITEBACK = 8 * 2**20
 """Bytes a writer appends before it asks the kernel to start writing them to disk (``start_writeback``)."""
 MAX_HEADER = 100 * 2**20  # safetensors itself refuses headers over 100 MB
@@ -527,7 +532,7 @@ def start_writeback(fd: int, offset: int, n: int) -> None:
         fn(fd, offset, n, 2)  # SYNC_FILE_RANGE_WRITE
 
 
-def sha256_file(path: str | Path, chunk: int = CHUNK) -> str:
+def sha256_file(path: str | Path, chunk: int = HASH_CHUNK) -> str:
     """sha256 of a file, read in chunks (hashlib releases the GIL, so several files hash in parallel)."""
     h = hashlib.sha256()
     buf = bytearray(chunk)

@@ -155,3 +155,19 @@ def test_shard_writer_flush_then_commit(tmp_path, monkeypatch) -> None:
         w.flush()
     w.abort()
     assert sorted(os.listdir(tmp_path)) == ["s.safetensors"]
+
+
+@pytest.mark.parametrize("extra", [-1, 0, 1, 2**20 * 2 + 7])
+def test_file_hash_and_hashed_copy_equal_hashlib_at_buffer_boundaries(tmp_path, extra: int) -> None:
+    """sha256_file reads through one reused buffer (``HASH_CHUNK``): sizes around its edges, and a hashed copy,
+    give hashlib's digest of the whole bytes."""
+    import hashlib
+
+    data = np.random.default_rng(extra & 0xFFFF).integers(0, 256, files.HASH_CHUNK + extra, dtype=np.uint8).tobytes()
+    src = tmp_path / "a.bin"
+    src.write_bytes(data)
+    want = hashlib.sha256(data).hexdigest()
+    assert files.sha256_file(src) == want
+    assert files.copy_file(src, tmp_path / "b.bin", hashing=True) == want and (tmp_path / "b.bin").read_bytes() == data
+    (tmp_path / "empty").write_bytes(b"")
+    assert files.sha256_file(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()
