@@ -104,7 +104,8 @@ def _code_map(lanes, int4):  # type: ignore[no-untyped-def]
     @intrinsic
     def code_map(typingctx, src, dst, thr):  # type: ignore[no-untyped-def]
         """FP8 bytes at ``src`` → 4-bit codes packed at ``dst`` (even lane low). ``thr``: the thresholds minus
-        one, a byte each; a = how many a magnitude exceeds. e2m1: a | 8 for negatives; INT4: min(a, 7) or -a."""
+        one, a byte each; a = how many of them a byte's magnitude exceeds. e2m1: a, | 8 when negative; INT4:
+        min(a, 7), or -a when negative."""
         def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
             vt = _vec(lanes)
             b = _load(builder, args[0], lanes)
@@ -323,7 +324,6 @@ def _amax(src, grid, first_row, shift, values):  # type: ignore[no-untyped-def]
             for j in range(row.shape[0]):
                 top = max(top, (np.int32(row[j]) << shift) & np.int32(0x7FFFFFFF))
     return top
-
 
 
 @njit(inline="always")
