@@ -133,6 +133,8 @@ _mag_max16, _mag_max64 = _mag_max(16), _mag_max(64)
 _e2m1_map16, _int4_map64 = _code_map(16, False), _code_map(64, True)
 _SANE = (np.float32(2.0 ** -100), np.float32(2.0 ** 100))
 """Scales in this range keep every product and quotient the thresholds rely on normal and non-zero."""
+BYTES = True
+"""Whether FP8 sources take the byte loops (the bench turns it off to time the decoding loops beside them)."""
 
 
 @njit(inline="always")
@@ -451,7 +453,8 @@ def nvfp4_rows(src: np.ndarray, s2: float, q: np.ndarray, scale: np.ndarray, gri
     """
     rows, grid_, shift = _source(src, grid)
     _check(src, q, scale, NVFP4_GROUP)
-    if grid is not None and q.strides[1] == 1 and _on_bytes(grid_, first_row, src.shape[0], np.float32(s2)):
+    if BYTES and grid is not None and q.strides[1] == 1 and _on_bytes(grid_, first_row, src.shape[0],
+                                                                     np.float32(s2)):
         return bool(_nvfp4_bytes(rows, grid_, np.int64(first_row), e4m3_values(), np.float32(s2), q, scale))
     return bool(_nvfp4(rows, grid_, np.int64(first_row), shift, e4m3_values(), np.float32(s2), q, scale))
 
@@ -471,7 +474,7 @@ def w4a8_rows(src: np.ndarray, q: np.ndarray, scale: np.ndarray, grid: np.ndarra
     """
     rows, grid_, shift = _source(src, grid)
     _check(src, q, scale, W4A8_GROUP)
-    if grid is not None and q.strides[1] == 1 and _on_bytes(grid_, first_row, src.shape[0]):
+    if BYTES and grid is not None and q.strides[1] == 1 and _on_bytes(grid_, first_row, src.shape[0]):
         return bool(_w4a8_bytes(rows, grid_, np.int64(first_row), e4m3_values(), q.view(np.uint8), scale))
     return bool(_w4a8(rows, grid_, np.int64(first_row), shift, e4m3_values(), q.view(np.uint8), scale))
 
