@@ -189,17 +189,31 @@ def _pack(codes, q):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always")
+def _nvfp4_scale(amax, d6):  # type: ignore[no-untyped-def]
+    # a group's e4m3 block-scale code from its largest magnitude; d6 = 6 · weight_scale_2
+    b = amax / d6
+    b = np.float32(1.0) if b == np.float32(0.0) else b
+    # 0/0 (s2 = 0) stays NaN through torch's clamp and becomes the e4m3 NaN of the same sign
+    nan = np.uint8(np.int32(0x7F) | ((_as_i32(b) >> np.int32(24)) & np.int32(0x80)))
+    return _e4m3(min(max(b, np.float32(2.0 ** -9)), np.float32(E4M3_MAX))) if b == b else nan
+
+
+@njit(inline="always")
+def _w4a8_scale(amax):  # type: ignore[no-untyped-def]
+    # a group's scale from its largest magnitude: amax / 7 (0 → 1), rounded to the loader's bfloat16, as float32
+    s = amax / np.float32(INT4_MAX)
+    s = np.float32(1.0) if s == np.float32(0.0) else s
+    return _as_f32(np.int32(_bf16(s)) << np.int32(16))
+
+
+@njit(inline="always")
 def _nvfp4_row(x, s2, values, q, sc, tops, dens, codes):  # type: ignore[no-untyped-def]
     # x: f32 [N] → q: u8 [N/2], sc: u8 [N/16] e4m3 block scales; False when x holds NaN/Inf.
     # Three passes over the row, each a simple loop: group maxima, block scales, codes (then the packing)
     ok = _tops(x, NVFP4_GROUP, tops)
     d6 = np.float32(E2M1_MAX) * s2
     for g in range(tops.shape[0]):
-        b = _as_f32(tops[g]) / d6
-        b = np.float32(1.0) if b == np.float32(0.0) else b
-        # 0/0 (s2 = 0) stays NaN through torch's clamp and becomes the e4m3 NaN of the same sign
-        nan = np.uint8(np.int32(0x7F) | ((_as_i32(b) >> np.int32(24)) & np.int32(0x80)))
-        code = _e4m3(min(max(b, np.float32(2.0 ** -9)), np.float32(E4M3_MAX))) if b == b else nan
+        code = _nvfp4_scale(_as_f32(tops[g]), d6)
         sc[g] = code
         dens[g] = values[code] * s2
     for g in range(tops.shape[0]):
@@ -223,9 +237,7 @@ def _w4a8_row(x, q, sc, tops, codes):  # type: ignore[no-untyped-def]
     # x: f32 [N] → q: u8 view of int8 [N/2], sc: f32 [N/128]; False when x holds NaN/Inf
     ok = _tops(x, W4A8_GROUP, tops)
     for g in range(tops.shape[0]):
-        s = _as_f32(tops[g]) / np.float32(INT4_MAX)
-        s = np.float32(1.0) if s == np.float32(0.0) else s
-        s = _as_f32(np.int32(_bf16(s)) << np.int32(16))  # the loader's bfloat16, as float32
+        s = _w4a8_scale(_as_f32(tops[g]))
         sc[g] = s
         seg, out = x[g * W4A8_GROUP:(g + 1) * W4A8_GROUP], codes[g * W4A8_GROUP:(g + 1) * W4A8_GROUP]
         for j in range(seg.shape[0]):
@@ -356,10 +368,7 @@ def _thresholds(values, s, den, int4):  # type: ignore[no-untyped-def]
 @njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
 def _nvfp4_miss(values, s, s2, d6, c, mx, band, stamp, codes, thr):  # type: ignore[no-untyped-def]
     # the scale code and thresholds of a group whose largest magnitude is mx in block column c (as _nvfp4_row)
-    b = (values[mx] * abs(s)) / d6
-    b = np.float32(1.0) if b == np.float32(0.0) else b
-    nan = np.uint8(np.int32(0x7F) | ((_as_i32(b) >> np.int32(24)) & np.int32(0x80)))
-    code = _e4m3(min(max(b, np.float32(2.0 ** -9)), np.float32(E4M3_MAX))) if b == b else nan
+    code = _nvfp4_scale(values[mx] * abs(s), d6)
     codes[c, mx], thr[c, mx], stamp[c, mx] = code, _thresholds(values, s, values[code] * s2, False), band
 
 
@@ -400,8 +409,7 @@ def _w4a8_bytes(u8, grid, first_row, values, q, sc):  # type: ignore[no-untyped-
             mx = max(_mag_max64(at), _mag_max64(at + 64))
             if stamp[c, mx] != band:
                 s = grid[band, c]
-                t = (values[mx] * abs(s)) / np.float32(INT4_MAX)
-                t = _as_f32(np.int32(_bf16(np.float32(1.0) if t == np.float32(0.0) else t)) << np.int32(16))
+                t = _w4a8_scale(values[mx] * abs(s))
                 scales[c, mx], thr[c, mx], stamp[c, mx] = t, _thresholds(values, s, t, True), band
             top = max(top, mx)
             sc[i, c] = scales[c, mx]
