@@ -254,7 +254,7 @@ def _kernel4() -> dict[str, float]:
            "w4a8_ref_s": _cpu(lambda: quantize_w4a8(dequantize(q, s)), 1)}
     want_q, want_s, _ = quantize_nvfp4(dequantize(q, s), s2)
     want_wq, want_ws = quantize_w4a8(dequantize(q, s))
-    for suffix, on_bytes in (("_decode_s", False), ("_s", True)):  # the byte loops, and the decoding loops
+    for suffix, on_bytes in (("_decode_s", False), ("_s", True)):  # the decoding loops, then the byte loops (left on)
         kernels4.BYTES = on_bytes
         res["nvfp4" + suffix] = _cpu(lambda: kernels4.nvfp4_rows(u8, float(s2), nq, ns, grid))
         res["w4a8" + suffix] = _cpu(lambda: kernels4.w4a8_rows(u8, wq, ws, grid))
