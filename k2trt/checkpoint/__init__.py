@@ -4,7 +4,7 @@ Modules, bottom up (each imports only those above it, plus ``k2trt.spec``, ``err
 
 - ``names``     the HF tensor name of every role (``q_b``, ``expert_down`` ...) and the role of every name;
 - ``files``     safetensors headers and the index (headers only), ``ShardWriter`` (streaming, atomic, hashed),
-                whole-file copy (``copy_file_range``), link and sha256;
+                whole-file copy (``copy_file_range``), link and hash (BLAKE3);
 - ``fp8``       block-FP8 math: (de)quantisation, scale checks, the numpy FP8 → BF16 lookup-table path;
 - ``quant4``    the 4-bit math of the routed experts: NVFP4 and W4A8 INT4 (through nvidia-modelopt);
 - ``formats``   the table of storage formats of a linear weight (bf16, fp8, nvfp4, int4): each part's HF suffix,

@@ -241,7 +241,7 @@ def _run_shards(plan: Plan, todo: list[ShardPlan], man: Manifest, progress: bool
 
 
 _SHARDS_IN_FLIGHT = 3
-"""Shards written at once (their chunks share the pool): each file's sha256 is one sequential chain, so several
+"""Shards written at once (their chunks share the pool): each file's hash is one sequential chain, so several
 chains let hashing use every core, and a shard's final fsync (on its own thread) overlaps the others' writes. Shards
 still finish (and enter the manifest) in order. On 2 cores three measured 5–10 % faster than two while fsync still
 blocked (INT4 → FP8, both bench checkpoints), and two, three and four are even since the shards start their writeback
@@ -304,17 +304,17 @@ def _commit(sp: ShardPlan, w: files.ShardWriter) -> FileRecord:
     except BaseException:
         w.abort()
         raise
-    return FileRecord(sp.out_size, w.sha256, "rewrite", sp.name)
+    return FileRecord(sp.out_size, w.digest, "rewrite", sp.name)
 
 
 def _whole_shard(sp: ShardPlan, plan: Plan, tick: Callable[[int], None]) -> FileRecord:
     src, dst = plan.src / sp.name, plan.dst / sp.name
     if plan.links and files.link_file(src, dst):
-        sha = files.sha256_file(dst) if plan.options.hash else None
+        digest = files.hash_file(dst) if plan.options.hash else None
         tick(sp.src_size)
-        return FileRecord(sp.out_size, sha, "link", sp.name)
-    sha = files.copy_file(src, dst, hashing=plan.options.hash, on_bytes=tick)
-    return FileRecord(sp.out_size, sha, "copy", sp.name)
+        return FileRecord(sp.out_size, digest, "link", sp.name)
+    digest = files.copy_file(src, dst, hashing=plan.options.hash, on_bytes=tick)
+    return FileRecord(sp.out_size, digest, "copy", sp.name)
 
 
 def _ordered(pool: ThreadPoolExecutor, items: Iterable[Any], window: int) -> Iterator[tuple[Any, Any]]:
@@ -383,7 +383,7 @@ def _finish(plan: Plan, man: Manifest) -> None:
     """Index, side files, metadata files, then config.json last, then the manifest marked complete."""
     def record(name: str, how: str, source: str | None = None) -> None:
         p = plan.dst / name
-        man.files[name] = FileRecord(p.stat().st_size, files.sha256_file(p) if plan.options.hash else None, how,
+        man.files[name] = FileRecord(p.stat().st_size, files.hash_file(p) if plan.options.hash else None, how,
                                      source)
 
     try:

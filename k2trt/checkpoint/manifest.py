@@ -2,7 +2,7 @@
 
 ``k2trt-manifest.json`` sits in the output directory. It records the k2trt version, the target, the source
 directory, a digest of the whole conversion plan (target, options, resolved config, source file names, sizes and
-mtimes) and, per finished file, its size, sha256 (unless hashing was turned off) and how it was made
+mtimes) and, per finished file, its size, BLAKE3 hash (``files.FILE_HASH``; unless hashing was turned off) and how it was made
 (``link``/``copy``/``rewrite``/``write``). It is rewritten atomically after every finished shard, so a run that is
 killed resumes where it stopped: a shard listed here whose size (and hash) still match is skipped, anything else is
 redone. The manifest holds no timestamps, so an interrupted-and-resumed run ends byte-identical to an
@@ -18,12 +18,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from k2trt.checkpoint.files import sha256_file
+from k2trt.checkpoint.files import hash_file
 from k2trt.errors import CheckpointError
 from k2trt.fsio import atomic_write_json
 
 MANIFEST_FILE = "k2trt-manifest.json"
-FORMAT = "k2trt-convert-manifest/1"
+FORMAT = "k2trt-convert-manifest/2"
+"""/2 records BLAKE3 per file where /1 recorded sha256; a /1 manifest reads as another k2trt's conversion."""
+_FORMAT_FAMILY = "k2trt-convert-manifest/"
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class FileRecord:
     """One finished output file."""
 
     size: int
-    sha256: str | None = None
+    blake3: str | None = None
     how: str = "write"
     """``link`` (hard link to the source shard), ``copy``, ``rewrite`` (tensors converted) or ``write``."""
     source: str | None = None
@@ -71,8 +73,10 @@ class Manifest:
             return None
         except (json.JSONDecodeError, UnicodeDecodeError, OSError):
             return None
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
+        if not isinstance(d, dict) or not str(d.get("format", "")).startswith(_FORMAT_FAMILY):
             return None
+        if d["format"] != FORMAT:  # an older k2trt's: never resumed, but named as ours
+            return cls(str(d.get("target")), str(d.get("source")), "", str(d.get("k2trt_version")))
         try:
             recs = {k: FileRecord(**v) for k, v in d.get("files", {}).items()}
             return cls(d["target"], d["source"], d["plan_digest"], d["k2trt_version"], d.get("options", {}),
@@ -88,15 +92,15 @@ def digest(obj: Any) -> str:
 
 def file_matches(path: Path, rec: FileRecord, check_hash: bool) -> bool:
     """Whether a finished file still is what the manifest says: a regular file (a link under a final name is never
-    finished work — it may dangle), of its size, and of its sha256 when recorded and asked."""
+    finished work — it may dangle), of its size, and of its hash when recorded and asked."""
     try:
         st = path.lstat()
     except FileNotFoundError:
         return False
     if not stat.S_ISREG(st.st_mode) or st.st_size != rec.size:
         return False
-    if check_hash and rec.sha256 is not None:
-        return sha256_file(path) == rec.sha256
+    if check_hash and rec.blake3 is not None:
+        return hash_file(path) == rec.blake3
     return True
 
 

@@ -67,7 +67,7 @@ class ConvertOptions:
     copy: bool = False
     """Never hard-link a shard (``trtllm`` links where the filesystem allows; other targets rewrite anyway)."""
     hash: bool = True
-    """Record sha256 of every output file (reads linked shards once more; resume re-checks finished shards)."""
+    """Record the BLAKE3 hash of every output file (reads linked shards once more; resume re-checks finished shards)."""
     workers: int = 2
     """Threads converting tensors (trtllm: shards linked/copied/hashed at once)."""
     force: bool = False

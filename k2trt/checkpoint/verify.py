@@ -11,7 +11,7 @@ One check per op kind, each by a different path from the converter's:
   ``input_scale`` (TensorRT-LLM fuses them). A transposed or mis-blocked scale breaks the bound.
 
 Then, once every value is right, the structure: each shard's header lists exactly the planned tensors in order,
-every file's size and sha256 match the manifest, and the index matches the plan. Raises CheckpointError naming
+every file's size and hash match the manifest, and the index matches the plan. Raises CheckpointError naming
 the first bad tensor or file.
 """
 
@@ -86,9 +86,9 @@ def verify_output(plan: Plan, *, progress: bool = False) -> dict[str, Any]:
         if not file_matches(plan.dst / name, rec, check_hash=False):
             raise CheckpointError(f"{plan.dst / name}: size differs from the manifest",
                                   "the output was changed after conversion; convert again with --force")
-        if rec.sha256 is not None:
-            if name not in {sp.name for sp in plan.shards} and files.sha256_file(plan.dst / name) != rec.sha256:
-                raise CheckpointError(f"{plan.dst / name}: sha256 differs from the manifest",
+        if rec.blake3 is not None:
+            if name not in {sp.name for sp in plan.shards} and files.hash_file(plan.dst / name) != rec.blake3:
+                raise CheckpointError(f"{plan.dst / name}: its hash differs from the manifest",
                                       "convert again with --force")
             hashed += 1
     return {"tensors": sum(counts), "bytes": plan.out_bytes, "files_hashed": hashed,
@@ -120,15 +120,15 @@ def _verify_shard(plan: Plan, sp: ShardPlan, src: CheckpointReader, out: Checkpo
 
 
 def _verify_layout(plan: Plan, man: Manifest, sp: ShardPlan) -> None:
-    """The shard's header lists exactly the planned tensors in order, and its sha256 is the manifest's."""
+    """The shard's header lists exactly the planned tensors in order, and its hash is the manifest's."""
     path = plan.dst / sp.name
     hdr = files.read_header(path)
     if [(e.name, e.dtype, e.shape) for e in sorted(hdr.tensors.values(), key=lambda e: e.begin)] != sp.out_tensors:
         raise CheckpointError(f"{path}: its tensors differ from what the conversion should have written",
                               "convert again with --force")
     rec = man.files[sp.name]
-    if rec.sha256 is not None and files.sha256_file(path) != rec.sha256:
-        raise CheckpointError(f"{path}: sha256 differs from the manifest", "convert again with --force")
+    if rec.blake3 is not None and files.hash_file(path) != rec.blake3:
+        raise CheckpointError(f"{path}: its hash differs from the manifest", "convert again with --force")
 
 
 def _exact(op: Op, src: CheckpointReader) -> "list[torch.Tensor]":

@@ -131,7 +131,7 @@ def test_shard_writer_flush_then_commit(tmp_path, monkeypatch) -> None:
     """``flush`` (the converter calls it on the writing thread) hashes and syncs under the temporary name; ``commit``
     then only renames. A writer past ``WRITEBACK`` bytes asks the kernel to start writing them back as it goes,
     covering every byte once, in order."""
-    import hashlib
+    import blake3
 
     hinted: list[tuple[int, int]] = []
     real = files.start_writeback
@@ -142,11 +142,11 @@ def test_shard_writer_flush_then_commit(tmp_path, monkeypatch) -> None:
     for k in "abc":
         w.write(k, np.full(n, ord(k), np.float32).tobytes())
     w.flush()
-    assert not path.exists() and w.tmp.exists() and w.sha256 is not None
-    assert w.sha256 == hashlib.sha256(w.tmp.read_bytes()).hexdigest()
+    assert not path.exists() and w.tmp.exists() and w.digest is not None
+    assert w.digest == blake3.blake3(w.tmp.read_bytes()).hexdigest()
     w.flush()  # idempotent
     assert w.commit() == path and not w.tmp.exists()
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == w.sha256
+    assert blake3.blake3(path.read_bytes()).hexdigest() == w.digest
     assert len(hinted) == 1 and hinted[0][0] == 0 and hinted[0][1] >= files.WRITEBACK
     with safe_open(path, "np") as f:
         assert f.get_tensor("c")[0] == ord("c")
@@ -158,16 +158,16 @@ def test_shard_writer_flush_then_commit(tmp_path, monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("extra", [-1, 0, 1, 2**20 * 2 + 7])
-def test_file_hash_and_hashed_copy_equal_hashlib_at_buffer_boundaries(tmp_path, extra: int) -> None:
-    """sha256_file reads through one reused buffer (``HASH_CHUNK``): sizes around its edges, and a hashed copy,
-    give hashlib's digest of the whole bytes."""
-    import hashlib
+def test_file_hash_and_hashed_copy_equal_blake3_at_buffer_boundaries(tmp_path, extra: int) -> None:
+    """hash_file reads through one reused buffer (``HASH_CHUNK``): sizes around its edges, and a hashed copy,
+    give blake3's digest of the whole bytes in one call (what ``b3sum`` prints)."""
+    import blake3
 
     data = np.random.default_rng(extra & 0xFFFF).integers(0, 256, files.HASH_CHUNK + extra, dtype=np.uint8).tobytes()
     src = tmp_path / "a.bin"
     src.write_bytes(data)
-    want = hashlib.sha256(data).hexdigest()
-    assert files.sha256_file(src) == want
+    want = blake3.blake3(data).hexdigest()
+    assert files.FILE_HASH == "blake3" and files.hash_file(src) == want
     assert files.copy_file(src, tmp_path / "b.bin", hashing=True) == want and (tmp_path / "b.bin").read_bytes() == data
     (tmp_path / "empty").write_bytes(b"")
-    assert files.sha256_file(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()
+    assert files.hash_file(tmp_path / "empty") == blake3.blake3(b"").hexdigest()

@@ -23,7 +23,7 @@ from k2trt.checkpoint import names
 from k2trt.checkpoint.convert import ConvertOptions, convert, plan_conversion
 from k2trt.checkpoint.fp8 import dequantize
 from k2trt.checkpoint.inspect import inspect_checkpoint
-from k2trt.checkpoint.files import sha256_file
+from k2trt.checkpoint.files import hash_file
 from k2trt.checkpoint.manifest import MANIFEST_FILE
 from k2trt.checkpoint.verify import verify_output
 from k2trt.cli import cli
@@ -74,7 +74,7 @@ def test_trtllm_links_shards_and_carries_side_files(tiny_ckpt: Path, tmp_path: P
     assert man["complete"] and man["target"] == "trtllm" and man["source"] == str(tiny_ckpt.resolve())
     assert man["k2trt_version"]
     for name, rec in man["files"].items():
-        assert rec["size"] == (out / name).stat().st_size and rec["sha256"] == sha256_file(out / name), name
+        assert rec["size"] == (out / name).stat().st_size and rec["blake3"] == hash_file(out / name), name
     assert set(man["files"]) == {p.name for p in out.iterdir()} - {MANIFEST_FILE}
     assert inspect_checkpoint(out).ok
 
@@ -171,7 +171,7 @@ def test_resume_skips_finished_shards_and_redoes_damaged_ones(tiny_ckpt: Path, b
     (out / MANIFEST_FILE).write_text(json.dumps(man))
     p4 = out / "model-4-of-4.safetensors"
     data = bytearray(p4.read_bytes())
-    data[-5] ^= 0xFF  # same size, different bytes: the recorded sha256 catches it
+    data[-5] ^= 0xFF  # same size, different bytes: the recorded hash catches it
     p4.write_bytes(bytes(data))
     (out / ".model-4-of-4.safetensors.partial").write_bytes(b"leftover")
     keep = os.stat(out / "model-1-of-4.safetensors").st_mtime_ns
@@ -200,6 +200,13 @@ def test_dst_guards(tiny_ckpt: Path, tmp_path: Path) -> None:
         convert(tiny_ckpt, out, ConvertOptions(target="bf16"))
     res = convert(tiny_ckpt, out, ConvertOptions(target="bf16", force=True))
     assert res.state == "converted" and not (out / "hf_quant_config.json").exists()
+    man = json.loads((out / MANIFEST_FILE).read_text())
+    man["format"] = "k2trt-convert-manifest/1"  # an older k2trt's (sha256 per file): ours, but never resumed
+    (out / MANIFEST_FILE).write_text(json.dumps(man))
+    with pytest.raises(CheckpointError, match="different conversion.*--force"):
+        convert(tiny_ckpt, out, ConvertOptions(target="bf16"))
+    assert json.loads((out / MANIFEST_FILE).read_text())["format"] == "k2trt-convert-manifest/1"  # nothing touched
+    assert convert(tiny_ckpt, out, ConvertOptions(target="bf16", force=True)).state == "converted"
 
 
 def test_cli_json_and_one_line_errors(tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
