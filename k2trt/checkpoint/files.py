@@ -42,7 +42,7 @@ from k2trt.spec import DTYPE_BYTES as DTYPE_SIZE
 
 FILE_HASH = "blake3"
 """The hash the manifest records per output file (``b3sum FILE`` prints the same hex). BLAKE3 rather than sha256:
-as strong, and 4.6× faster on one core here (5.5 against 1.2 GB/s, 256 MiB in 1 MiB updates; AVX-512), which a
+as strong, and 4.6× faster on one core here (5.5 against 1.2 GB/s, 256 MiB in 8 MiB updates; AVX-512), which a
 re-encoding stream feels — it hashes every output byte while both cores compute (``bench_convert.py --repeat 3``,
 2 cores, small/large: FP8 → W4A8 0.45/0.53 → 0.64/0.60× cp, FP8 → NVFP4 0.41/0.48 → 0.61/0.49× cp)."""
 CHUNK = 16 * 2**20
