@@ -15,8 +15,8 @@ grammar, parsed by the gateway) is run by the demo and its result sent back (the
 both ways) until the model answers; the exchange is printed and recorded as it happened, whatever the model does.
 The model is the synthesized tiny K2, whose weights are random, so it rarely calls the tool and its replies are
 noise. ``k2trt train-tiny``'s trained checkpoint (``k2trt/data/tiny-k2``) does not yet meet its held-out gates
-(``tests/e2e/test_trained_tiny_gates.py``): its replies to the demo are empty, which would hide the plumbing this
-demo shows; ``_prepare`` takes it instead once a checkpoint meets them.
+(``tests/e2e/test_trained_tiny_gates.py``: it copies tool names and values now, but not always whole);
+``_prepare`` takes it instead once a checkpoint meets them.
 """
 
 from __future__ import annotations

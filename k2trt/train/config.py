@@ -66,6 +66,9 @@ class TrainConfig:
     """torch CPU threads (fixed: the result depends on it)."""
     bf16: bool = True
     """BF16 autocast for the forward pass (float32 master weights and optimizer)."""
+    copy_circuit: bool = True
+    """Start from the hand-wired copying heads (``circuit.py``): without them the run never learned to copy a
+    held-out name or value."""
     repro_steps: int = 3
     """Losses of this many first steps go into the metadata for the reproduction test."""
 

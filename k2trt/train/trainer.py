@@ -144,7 +144,7 @@ class Run:
         torch.set_num_threads(cfg.threads)
         _steady_heap()
         corpus = corpus or build_corpus(cfg, tokenizer)
-        k2 = TrainableK2(tiny_spec(), cfg.seed)
+        k2 = TrainableK2(tiny_spec(), cfg.seed, circuit=cfg.copy_circuit)
         mats, flat = k2.trainable()
         opt = torch.optim.AdamW([{"params": mats, "weight_decay": cfg.weight_decay},
                                  {"params": flat, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)

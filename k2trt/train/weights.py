@@ -16,7 +16,8 @@ balancing moves that one, see ``balance_routers``) and can *quantise in the loop
 
 Initialisation (per tensor, from ``(seed, tensor name)``, independent of construction order): linear weights
 N(0, 1/fan_in), the residual-output projections (``o``, the FFNs' ``down``) further scaled by 1/sqrt(2·layers),
-embeddings N(0, 1), lm_head N(0, 1/hidden), norms 1, router N(0, 1/hidden), router bias 0.
+embeddings N(0, 1), lm_head N(0, 1/hidden), norms 1, router N(0, 1/hidden), router bias 0; then, with
+``circuit``, the copying heads of ``circuit.py`` set over them.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class TrainableK2:
         >>> k2.model(torch.tensor([[1, 2, 3]])).sum().backward()    # doctest: +SKIP
     """
 
-    def __init__(self, spec: ModelSpec, seed: int, attn_impl: str = "sdpa") -> None:
+    def __init__(self, spec: ModelSpec, seed: int, attn_impl: str = "sdpa", *, circuit: bool = False) -> None:
         self.spec = spec
         infos = {(t.role, t.layer, t.expert): t for t in spec.tensors() if t.scale_of is None}
         made: dict[Key, torch.Tensor] = {}
@@ -110,6 +111,10 @@ class TrainableK2:
         for key, p in self.params.items():
             p.requires_grad_(key[0] != "router_bias")
         self.quantized = False
+        if circuit:  # the hand-wired copying heads (circuit.py), over the random values
+            from k2trt.train.circuit import wire
+
+            wire(self.model, spec)
 
     def names(self) -> list[str]:
         """Checkpoint tensor names of the parameters, in a fixed order (the optimizer's)."""
