@@ -216,7 +216,13 @@ def test_moe_fp8_matches_reference_and_dense_oracle(gen: torch.Generator, case: 
     ref = moe_fp8_reference(*dev_args)
     assert_close("moe_fp8", y, ref, case)
     dense = _dense_moe(x, ids, w, ws)
-    torch.testing.assert_close(ref.float().cpu(), dense, rtol=0.1, atol=0.06 * float(dense.abs().max()))
+    # The reference quantises its activations to FP8 (per 128), the oracle does not: that leaves 4.3 % relative
+    # error (median of 1,200 draws, at most 5.0 %), and one element in ~1,000 draws beyond 6 % of the largest output
+    # (seed 1977600828). So the whole output gets 6 % and each element 10 %: a wrong scale, expert or routing
+    # weight lands far outside both.
+    err = float((ref.float().cpu() - dense).norm() / dense.norm())
+    assert err <= 0.06, f"relative error {err:.4f} of the reference against the dense oracle"
+    torch.testing.assert_close(ref.float().cpu(), dense, rtol=0.1, atol=0.1 * float(dense.abs().max()))
 
 
 def test_align_slots_groups_by_expert(gen: torch.Generator) -> None:
