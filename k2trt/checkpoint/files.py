@@ -7,10 +7,11 @@ each tensor name to ``{"dtype", "shape", "data_offsets": [begin, end]}`` relativ
 
 Writing uses ``ShardWriter``: the header is laid out up front from the tensor list, the file is created under a
 temporary name (``fsio.partial_name``), the tensors' bytes are appended in layout order as they are produced (so a
-converter never holds a whole shard in memory), hashed on the way when asked (``FILE_HASH``), and ``commit()`` fsyncs and renames
-into place with the guarantees of ``k2trt.fsio``. ``commit(sparse=True)`` leaves the data region as a file hole — a
-faithful 1 TB layout that costs almost no disk. ``copy_file`` moves whole files with ``copy_file_range`` (the
-kernel copies; what ``cp`` does) unless the bytes must pass through for a hash. No torch here.
+converter never holds a whole shard in memory), hashed on the way when asked (``FILE_HASH``), and ``commit()`` fsyncs
+and renames into place with the guarantees of ``k2trt.fsio``. ``commit(sparse=True)`` leaves the data region as a
+file hole — a faithful 1 TB layout that costs almost no disk. ``copy_file`` moves whole files with
+``copy_file_range`` (the kernel copies; what ``cp`` does) unless the bytes must pass through for a hash. No torch
+here.
 
 Every source file is opened through ``open_regular``: links are followed (a Hugging Face cache snapshot is relative
 symlinks into ``../../blobs/``) and anything but a regular file (a FIFO, a device, a directory named like a shard) is
@@ -45,6 +46,8 @@ FILE_HASH = "blake3"
 as strong, and 4.6× faster on one core here (5.5 against 1.2 GB/s, 256 MiB in 8 MiB updates; AVX-512), which a
 re-encoding stream feels — it hashes every output byte while both cores compute (``bench_convert.py --repeat 3``,
 2 cores, small/large: FP8 → W4A8 0.45/0.53 → 0.64/0.60× cp, FP8 → NVFP4 0.41/0.48 → 0.61/0.49× cp)."""
+_new_hash = blake3.blake3
+"""A fresh ``FILE_HASH`` state: every hash the manifest records starts here."""
 CHUNK = 16 * 2**20
 """Read size for copying through user space: large enough to stream at disk speed."""
 HASH_CHUNK = 2**20
@@ -454,7 +457,7 @@ class _Hasher:
     writes wait on the disk). Buffers must not change after ``update``: the converter hands over fresh ones."""
 
     def __init__(self) -> None:
-        self._hasher = blake3.blake3()
+        self._hasher = _new_hash()
         self._q: queue.Queue[Any] = queue.Queue(maxsize=4)  # bounds the bytes waiting for the hash
         self._t = threading.Thread(target=self._run, name="k2trt-hash", daemon=True)
         self._t.start()
@@ -540,7 +543,7 @@ def start_writeback(fd: int, offset: int, n: int) -> None:
 
 def hash_file(path: str | Path, chunk: int = HASH_CHUNK) -> str:
     """``FILE_HASH`` of a file (hex), read in chunks (blake3 releases the GIL, so several files hash in parallel)."""
-    h = blake3.blake3()
+    h = _new_hash()
     buf = bytearray(chunk)
     mv = memoryview(buf)
     with os.fdopen(open_regular(path), "rb", buffering=0) as f:

@@ -1,12 +1,12 @@
 """The resume manifest of ``k2trt convert`` (every target): what was written, from what, which files are finished.
 
-``k2trt-manifest.json`` sits in the output directory. It records the k2trt version, the target, the source
-directory, a digest of the whole conversion plan (target, options, resolved config, source file names, sizes and
-mtimes) and, per finished file, its size, BLAKE3 hash (``files.FILE_HASH``; unless hashing was turned off) and how it was made
+``k2trt-manifest.json`` sits in the output directory. It records the k2trt version, the target, the source directory,
+a digest of the whole conversion plan (target, options, resolved config, source file names, sizes and mtimes) and,
+per finished file, its size, BLAKE3 hash (``files.FILE_HASH``; unless hashing was turned off) and how it was made
 (``link``/``copy``/``rewrite``/``write``). It is rewritten atomically after every finished shard, so a run that is
 killed resumes where it stopped: a shard listed here whose size (and hash) still match is skipped, anything else is
-redone. The manifest holds no timestamps, so an interrupted-and-resumed run ends byte-identical to an
-uninterrupted one, manifest included.
+redone. The manifest holds no timestamps, so an interrupted-and-resumed run ends byte-identical to an uninterrupted
+one, manifest included.
 """
 
 from __future__ import annotations

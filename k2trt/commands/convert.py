@@ -34,8 +34,9 @@ _CALIBRATED = [t.name for t in TARGETS.values() if t.calibrated]
               help="Never hard-link a shard: --to trtllm links where the filesystem allows (hard links share the "
                    "source's data: editing one edits both); the other targets rewrite every shard anyway.")
 @click.option("--hash/--no-hash", "hash_", default=_D.hash, show_default=True,
-              help="Record the BLAKE3 hash of every output file in k2trt-manifest.json (b3sum prints the same). Linked shards are read once to "
-                   "hash them (about 15 min per TB at 1 GB/s), and a resumed run re-hashes finished shards; "
+              help="Record the BLAKE3 hash of every output file in k2trt-manifest.json (b3sum prints the same). "
+                   "Linked shards are read once to hash them (about 15 min per TB at 1 GB/s), and a resumed run "
+                   "re-hashes finished shards; "
                    "--no-hash records sizes only, lets the kernel copy unchanged bytes, and makes --to trtllm with "
                    "hard links near-instant.")
 @click.option("--workers", type=click.IntRange(min=1), default=_D.workers, show_default=True,

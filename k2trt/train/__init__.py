@@ -8,6 +8,6 @@ initialisation) and the held-out scorer (``evaluate``, whose
 turns also go through ``k2trt toolcheck`` against a served stack in the end-to-end gates).
 
 ``config``, ``pools``, ``tools``, ``corpus`` and ``render`` import no torch (the CLI reads its defaults from
-``config``); ``weights``, ``circuit``, ``trainer`` and ``evaluate`` do. Nothing outside ``commands/train.py`` and the tests
-imports this package: the trained checkpoint it writes (``config.DEFAULT_OUT``) is ordinary package data.
+``config``); ``weights``, ``circuit``, ``trainer`` and ``evaluate`` do. Nothing outside ``commands/train.py`` and
+the tests imports this package: the trained checkpoint it writes (``config.DEFAULT_OUT``) is ordinary package data.
 """

@@ -64,7 +64,7 @@ def wire(model: Transformer, spec: ModelSpec) -> None:
     """Set the copying circuit's weights in ``model`` (module docstring); raises ValueError on a model it does not
     fit (fewer than 2 layers, no q LoRA, or no rope)."""
     if spec.num_hidden_layers < 2 or not spec.q_lora_rank or spec.qk_rope_head_dim < 2 * ROPE_PAIRS:
-        raise ValueError("the copying circuit needs 2 layers, a q LoRA and 22 rope dimensions")
+        raise ValueError(f"the copying circuit needs 2 layers, a q LoRA and {2 * ROPE_PAIRS} rope dimensions")
     k, half = width(spec), spec.hidden_size // 2
     tok, prev, idx = torch.arange(1, 1 + k), torch.arange(half, half + k), torch.arange(k)
     model.embed[:, 0] = CONST

@@ -73,9 +73,10 @@ def test_recorded_run_reproduces(meta, tmp_path) -> None:
         assert losses == pytest.approx(want, rel=1e-3)
 
 
-GATES_NOT_MET = ("the committed checkpoint does not meet the held-out gates: on all 600 held-out turns trigger F1 0.91, "
-                 "schema-valid 0.57 (names and values copied, not always whole), plain turns without a call 0.68, "
-                 "reasoning separated 0.58 (training.json eval); strict, so a checkpoint that meets them turns this red")
+GATES_NOT_MET = ("the committed checkpoint does not meet the held-out gates: on all 600 held-out turns trigger F1 "
+                 "0.91, schema-valid 0.57 (names and values copied, not always whole), plain turns without a call "
+                 "0.68, reasoning separated 0.58 (training.json eval); strict, so a checkpoint that meets them turns "
+                 "this red")
 
 
 @pytest.mark.slow
