@@ -23,9 +23,9 @@ from k2trt.cli_options import echo_json, json_option
 @json_option
 def demo(workdir: Path, bench: bool, baseline: Path | None, tolerance: float | None, hold_s: float,
          as_json: bool) -> None:
-    """Synthesize, inspect, convert, plan, build, serve (reference engine under mpirun + gateway), run
-    a chat request and an agent loop with the openai SDK, benchmark with aiperf, and stop — in a few minutes on a
-    laptop CPU."""
+    """Take the trained tiny K2, inspect, convert, plan, build, serve (reference engine under mpirun + gateway),
+    run a chat request and an agent loop with the openai SDK, benchmark with aiperf, and stop — in a few minutes on
+    a laptop CPU."""
     from k2trt.demo import run_demo
 
     echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
@@ -33,7 +33,8 @@ def demo(workdir: Path, bench: bool, baseline: Path | None, tolerance: float | N
     if as_json:
         echo_json(res.to_dict())
         return
-    click.echo("\nk2trt demo finished: every step ran for real on the tiny K2 (random weights: replies are noise).")
+    click.echo("\nk2trt demo finished: every step ran for real on the trained tiny K2 (16 M parameters: expect "
+               "garbled words).")
     for k, v in res.paths.items():
         click.echo(f"  {k:>10}: {v}")
     click.echo(f"  {'total':>10}: {sum(s['seconds'] for s in res.steps):.0f} s")

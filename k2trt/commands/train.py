@@ -45,7 +45,7 @@ def train_tiny(out: Path, workdir: Path, seed: int, examples: int, steps: int, b
     """Train the tiny K2 (CPU, deterministic under --seed and --threads) to chat, think and call tools.
 
     Resumable: rerun the same command after an interruption and it continues from the last saved state. The
-    defaults reproduce the committed checkpoint (about 80 minutes on one core); run long jobs under ``nice``."""
+    defaults reproduce the committed checkpoint (about 96 minutes on two cores); run long jobs under ``nice``."""
     cfg = dataclasses.replace(_C, seed=seed, examples=examples, steps=steps, batch_tokens=batch_tokens,
                               fp8_steps=fp8_steps, threads=threads, heldout=heldout)
     opts = dataclasses.replace(_R, workdir=workdir, restart=restart, evaluate=evaluate)

@@ -40,13 +40,17 @@ Thinking = Literal["none", "on", "open", "off"]
 THINKING_MODES: tuple[Thinking, ...] = ("none", "on", "open", "off")
 
 KINDS: dict[str, float] = {
-    "chat": 0.06, "chat_tools": 0.06, "echo": 0.10, "missing": 0.06, "call": 0.20, "parallel_same": 0.07,
-    "parallel_mixed": 0.07, "followup": 0.08, "followup_bare": 0.05, "chat_then_call": 0.03, "chat_multi": 0.02,
-    "session": 0.20,
+    "chat": 0.06, "chat_tools": 0.06, "echo": 0.10, "missing": 0.08, "call": 0.20, "parallel_same": 0.07,
+    "parallel_mixed": 0.09, "followup": 0.08, "followup_bare": 0.05, "chat_then_call": 0.03, "chat_multi": 0.02,
+    "session": 0.16,
 }
 """Kind → share of the training mix."""
-THINKING_MIX: dict[Thinking, float] = {"none": 0.62, "on": 0.26, "open": 0.06, "off": 0.06}
-"""Thinking mode → share of the training mix."""
+THINKING_MIX: dict[Thinking, float] = {"none": 0.60, "open": 0.28, "off": 0.12}
+"""Thinking mode → share of the training mix. No ``on``: a K2-Thinking prompt is a K2-Instruct prompt token for
+token (the two templates differ only in the weights behind them), so one set of weights trained on both can only
+guess whether to open ``<think>`` — the run that mixed them closed its reasoning on 0.24 of the ``on`` turns and
+wrote think tags into 0.08 of the ``none`` ones. The tiny K2 is K2-Instruct without a think prefill and K2.5 with
+one, which a prompt tells apart."""
 
 SYSTEM_PROMPTS = ("You are a helpful assistant.", "You are a concise assistant. Use tools when they help.",
                   "Answer briefly and accurately.", "You are Kimi, an AI assistant created by Moonshot AI.")

@@ -33,8 +33,9 @@ from k2trt.chat.toolcalls import ToolCall, parse_tool_calls
 from k2trt.train.corpus import Example, Thinking, build_examples
 from k2trt.train.render import MODES, prompt_ids
 
-HELDOUT_THINKING: dict[Thinking, float] = {"none": 0.5, "on": 0.3, "open": 0.1, "off": 0.1}
-"""The held-out split's thinking modes (more thinking than training, so the reasoning gate has samples)."""
+HELDOUT_THINKING: dict[Thinking, float] = {"none": 0.5, "open": 0.35, "off": 0.15}
+"""The held-out split's thinking modes (more thinking than training, so the reasoning gate has samples; no ``on``,
+for the reason ``corpus.THINKING_MIX`` gives)."""
 
 
 def heldout_examples(seed: int, n: int) -> list[Example]:

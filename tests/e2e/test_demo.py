@@ -1,4 +1,4 @@
-"""`k2trt demo` end to end — the README's first command, as CI runs it: the tiny K2 through synth, inspect, convert,
+"""`k2trt demo` end to end — the README's first command, as CI runs it: the trained tiny K2 through inspect, convert,
 build, serve (reference engine under real mpirun, gateway in front), the openai SDK, an aiperf sweep gated against
 a stored baseline, and stop. Also: an interrupted demo leaves no process behind (the process table is scanned)."""
 
@@ -70,9 +70,10 @@ def test_demo_runs_the_whole_pipeline_and_leaves_nothing(tmp_path: Path) -> None
 
 
 def _assert_agent_loop(agent: dict) -> None:
-    """The loop's mechanics, whatever the model chose: every call it made was run by the demo and answered with
-    the tool's result under the call's id, and the loop ended on a reply without calls or after its last round.
-    (Whether the model calls the right tool is the held-out gates' question: test_trained_tiny_gates.py.)"""
+    """The loop's mechanics: every call the model made was run by the demo and answered with the tool's result
+    under the call's id, and the loop ended on a reply without calls or after its last round. And the trained tiny
+    K2's behaviour on the demo's question: it calls ``get_weather`` for Paris, then answers from the result.
+    (Tools and values it never saw are the held-out gates' question: test_trained_tiny_gates.py.)"""
     from k2trt.demo import AGENT_QUESTION, AGENT_ROUNDS, run_tool
 
     t = agent["transcript"]
@@ -87,6 +88,9 @@ def _assert_agent_loop(agent: dict) -> None:
                                                                        c["function"]["arguments"])) for c in calls]
     assert agent["tool_calls"] == sum(len(t[i].get("tool_calls") or []) for i in turns)
     assert agent["answered"] == (not t[turns[-1]].get("tool_calls"))
+    first = t[turns[0]]["tool_calls"][0]["function"]
+    assert (first["name"], json.loads(first["arguments"])) == ("get_weather", {"city": "Paris"})
+    assert agent["answered"] and agent["grounded"] and "Paris" in agent["reply"], agent["reply"]
 
 
 def _default_sigint() -> None:

@@ -1,8 +1,8 @@
-"""The demo's agent loop when the model does call its tool: the real openai SDK through the real gateway on
-127.0.0.1, in front of the engine double (tests/e2e/engine_double.py). The double stands in only for the model's
-output — a recorded K2 tool call, then an answer — because neither tiny K2 that runs here calls the tool: the
-random one never does, and the trained one does not yet meet its held-out gates (test_trained_tiny_gates.py). The
-demo's own run (test_demo.py) covers the loop with the synthesized model under mpirun.
+"""The demo's agent loop on a recorded exchange: the real openai SDK through the real gateway on 127.0.0.1, in front
+of the engine double (tests/e2e/engine_double.py). The double stands in only for the model's output — a recorded
+K2 tool call, then an answer — so that the loop's every message (the rendered tool result, the call id renamed
+both ways, the printed lines) is checked exactly against a fixed exchange. The demo's own run (test_demo.py)
+covers the loop with the trained tiny K2 under mpirun, whose exact words may change with a retrained checkpoint.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from k2trt.gateway import BackgroundGateway, GatewayConfig
 pytestmark = pytest.mark.e2e
 ENGINE_PORT, GATEWAY_PORT = 18610, 18611
 CALL = ('<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>'
-        '{"city": "Beijing"}<|tool_call_end|><|tool_calls_section_end|>')
+        '{"city": "Paris"}<|tool_call_end|><|tool_calls_section_end|>')
 
 
 @pytest.fixture()
@@ -39,15 +39,15 @@ def client(tiny_ckpt: Path) -> Iterator[tuple[openai.OpenAI, EngineDouble]]:
 def test_the_call_is_run_and_its_result_reaches_the_model(client, tiny_ckpt: Path) -> None:
     oai, engine = client
     tok = K2Tokenizer.from_dir(tiny_ckpt)
-    result = run_tool("get_weather", '{"city": "Beijing"}')
-    answer = f"It is {result['temperature']} degrees and {result['condition']} in Beijing."
+    result = run_tool("get_weather", '{"city": "Paris"}')
+    answer = f"It is {result['temperature']} degrees and {result['condition']} in Paris."
     engine.script(Reply(CALL), Reply(answer))
     lines: list[str] = []
     out = _agent_loop(oai, "m", lines.append)
     t = out["transcript"]
     assert [m["role"] for m in t] == ["user", "assistant", "tool", "assistant"]
     call = t[1]["tool_calls"][0]
-    assert (call["function"]["name"], json.loads(call["function"]["arguments"])) == ("get_weather", {"city": "Beijing"})
+    assert (call["function"]["name"], json.loads(call["function"]["arguments"])) == ("get_weather", {"city": "Paris"})
     assert t[2] == {"role": "tool", "tool_call_id": call["id"], "content": json.dumps(result)}
     assert (out["tool_calls"], out["answered"], out["grounded"], out["reply"]) == (1, True, True, answer)
     # the second prompt the engine got holds the call under K2's id and the result the demo computed

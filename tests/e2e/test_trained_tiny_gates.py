@@ -2,9 +2,10 @@
 the gateway in front of the PyTorch reference engine under real mpirun (tp 2), scored by ``k2trt toolcheck``.
 
 One engine serves the committed checkpoint (``k2trt/data/tiny-k2``) made a K2-Thinking checkpoint (its template and
-think tokens; the weights are the same); three gateways render its families in front of it: K2-Instruct (the
-held-out turns without thinking), K2-Thinking (thinking on) and K2.5 (thinking opened by the prompt, or switched
-off). The gates of the training issue:
+think tokens, which the K2.5 gateway requires; the weights are the same); two gateways render its families in front
+of it: K2-Instruct (the held-out turns without thinking) and K2.5 (thinking opened by the prompt, or switched off).
+Not K2-Thinking: its prompts are K2-Instruct's token for token, so the tiny K2 is trained as K2-Instruct and K2.5
+only (``k2trt.train.corpus.THINKING_MIX``). The gates of the training issue:
 
 - tool-call trigger F1 ≥ 0.95 against the expected trigger (toolcheck's ``tool_call_f1``, all families together);
 - schema-valid arguments on ≥ 99 % of the responses that call (toolcheck's ``schema_accuracy``);
@@ -36,10 +37,10 @@ from k2trt.train.evaluate import gateway_separated, heldout_examples, toolcheck_
 
 pytestmark = pytest.mark.e2e
 PORT, MASTER_PORT = 18600, 18601
-GATEWAYS = {"k2-instruct": 18602, "k2-thinking": 18603, "k2.5": 18604}
-N = {"none": 64, "on": 40, "open": 12, "off": 12}
+GATEWAYS = {"k2-instruct": 18602, "k2.5": 18604}
+N = {"none": 64, "open": 44, "off": 20}
 """Scored turns per thinking mode (held-out order)."""
-FAMILY_OF = {"none": "k2-instruct", "on": "k2-thinking", "open": "k2.5", "off": "k2.5"}
+FAMILY_OF = {"none": "k2-instruct", "open": "k2.5", "off": "k2.5"}
 PLAIN_KINDS = ("chat", "chat_tools", "chat_multi", "echo", "missing")
 
 
@@ -82,8 +83,9 @@ def _toolcheck(url: str, exs: list[Example], work: Path) -> list[dict[str, Any]]
 
 @pytest.mark.timeout(900)
 @pytest.mark.xfail(strict=True, reason="the committed checkpoint does not meet the gates: served, n=128, trigger F1 "
-                   "0.84, schema-valid 0.58, 4 of 42 plain turns call, reasoning separated 0.44; strict, so a "
-                   "checkpoint that meets them turns this red")
+                   "0.71 (0.93 through reference generate: the served K2.5 tokenizer has <think> as a control token, "
+                   "the training tokenizer spelled it as text), schema-valid 0.54, 4 of 44 plain turns call, "
+                   "reasoning separated 1.00; strict, so a checkpoint that meets them turns this red")
 def test_heldout_gates_through_gateway_and_reference_engine(engine_url: str, thinking_ckpt: Path,
                                                             heldout: dict[str, list[Example]],
                                                             tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from k2trt.train.trainer import Run, schedule
 from k2trt.train.weights import stored_value
 
 SMALL = TrainConfig(examples=24, heldout=4, steps=4, batch_tokens=1024, warmup=2, decay_steps=2, fp8_steps=2,
-                    repro_steps=2)
+                    repro_steps=2, threads=1)
 
 
 @pytest.fixture(scope="module")
