@@ -62,18 +62,23 @@ def _modelopt() -> Any:
         from modelopt.torch.export import quant_utils
         from modelopt.torch.quantization.qtensor import NVFP4QTensor
     except ImportError as e:
-        raise CheckpointError(f"nvidia-modelopt is needed for NVFP4/W4A8 requantization ({e})",
-                              "pip install nvidia-modelopt (the base package; its [hf] extra pins transformers)"
-                              ) from None
+        raise CheckpointError(f"nvidia-modelopt is needed for NVFP4/W4A8 requantization ({e})", _MODELOPT_FIX) from None
     return NVFP4QTensor, quant_utils
 
 
-def modelopt_version() -> str:
-    """The installed nvidia-modelopt version (recorded as the checkpoint's producer)."""
-    _modelopt()
-    import modelopt
+_MODELOPT_FIX = "pip install nvidia-modelopt (the base package; its [hf] extra pins transformers)"
 
-    return str(modelopt.__version__)
+
+def modelopt_version() -> str:
+    """The installed nvidia-modelopt version (recorded as the checkpoint's producer), from the package's metadata:
+    reading ``modelopt.__version__`` would import modelopt's modules, seconds of a small conversion's time."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("nvidia-modelopt")
+    except metadata.PackageNotFoundError:
+        raise CheckpointError("nvidia-modelopt is needed for NVFP4/W4A8 requantization (it is not installed)",
+                              _MODELOPT_FIX) from None
 
 
 # ---- NVFP4 ---------------------------------------------------------------------------------------------------

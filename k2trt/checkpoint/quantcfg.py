@@ -20,6 +20,8 @@ For the ModelOpt layouts config.json carries the same information inline (modelo
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import Any
 
 from k2trt import __version__
@@ -148,9 +150,31 @@ def inline_quantization_config(hq: dict[str, Any]) -> dict[str, Any]:
     """config.json's ``quantization_config`` for ``hq``, by modelopt's ``convert_hf_quant_config_format``."""
     import warnings
 
+    with warnings.catch_warnings():  # it has no compressed-tensors group for FP8_BLOCK_SCALES; the layer list stays
+        warnings.simplefilter("ignore", UserWarning)
+        return dict(_convert_hf_quant_config_format()(hq))
+
+
+@functools.lru_cache(maxsize=1)
+def _convert_hf_quant_config_format() -> Any:
+    """modelopt's ``convert_hf_quant_config_format``. Its module needs only the standard library, but importing it
+    by name first runs ``modelopt.torch``'s package init, which imports all of modelopt.torch (5 to 12 s on two
+    cores, most of a small W4A8 conversion). So its file is loaded on its own; the import by name is the fallback
+    for a modelopt whose module needs more."""
+    import importlib.util
+
+    found = importlib.util.find_spec("modelopt")  # finds the package without importing it
+    for root in (found.submodule_search_locations or []) if found else []:
+        path = Path(root) / "torch" / "export" / "convert_hf_config.py"
+        spec = importlib.util.spec_from_file_location("k2trt_modelopt_convert_hf_config", path)
+        if path.is_file() and spec is not None and spec.loader is not None:
+            module = importlib.util.module_from_spec(spec)
+            try:
+                spec.loader.exec_module(module)
+                return module.convert_hf_quant_config_format
+            except (ImportError, AttributeError):  # it grew imports of its own package: the usual way below
+                break
     _modelopt()
     from modelopt.torch.export.convert_hf_config import convert_hf_quant_config_format
 
-    with warnings.catch_warnings():  # it has no compressed-tensors group for FP8_BLOCK_SCALES; the layer list stays
-        warnings.simplefilter("ignore", UserWarning)
-        return dict(convert_hf_quant_config_format(hq))
+    return convert_hf_quant_config_format

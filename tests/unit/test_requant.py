@@ -165,6 +165,34 @@ def test_w4a8_config_is_mixed_precision_with_int4_experts(ckpts: dict[str, Path]
     assert ModelSpec.from_config(out).quantization.target == "w4a8"
 
 
+def test_w4a8_metadata_is_modelopts_without_importing_modelopt_torch(ckpts: dict[str, Path]) -> None:
+    """The W4A8 metadata needs two things of modelopt: its version (package metadata) and
+    ``convert_hf_quant_config_format`` (its module file loaded alone). A fresh interpreter writing it must not import
+    modelopt.torch (seconds of a small conversion), and the inline config must be what modelopt's function, imported
+    the usual way, gives."""
+    import subprocess
+    import sys
+    import warnings
+
+    import modelopt
+
+    code = ("import json, sys; from k2trt.checkpoint import quantcfg; from k2trt.spec import ModelSpec; "
+            "spec = ModelSpec.from_config(sys.argv[1]); hq = quantcfg.hf_quant_config(spec, False); "
+            "print(json.dumps([hq, quantcfg.config_json(spec, hq)['quantization_config'], "
+            "'modelopt.torch' in sys.modules]))")
+    r = subprocess.run([sys.executable, "-c", code, str(ckpts["w4a8"])], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    hq, inline, imported = json.loads(r.stdout)
+    assert not imported
+    assert hq["producer"] == {"name": "modelopt", "version": modelopt.__version__}
+    from modelopt.torch.export.convert_hf_config import convert_hf_quant_config_format
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert inline == json.loads(json.dumps(convert_hf_quant_config_format(hq)))
+    assert inline == json.loads((ckpts["w4a8"] / "config.json").read_text())["quantization_config"]
+
+
 # ---- number formats --------------------------------------------------------------------------------------------
 
 def test_nibble_layouts_are_the_loaders() -> None:
