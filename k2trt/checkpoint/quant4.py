@@ -52,6 +52,9 @@ E4M3_MAX = FP8_MAX  # largest float8_e4m3fn
 INT4_MAX = 7.0  # modelopt's symmetric INT4 bound (codes -8..7)
 
 
+_MODELOPT_FIX = "pip install nvidia-modelopt (the base package; its [hf] extra pins transformers)"
+
+
 def _modelopt() -> Any:
     """modelopt's quantization/export modules, or a one-line error saying how to get them."""
     import warnings
@@ -64,9 +67,6 @@ def _modelopt() -> Any:
     except ImportError as e:
         raise CheckpointError(f"nvidia-modelopt is needed for NVFP4/W4A8 requantization ({e})", _MODELOPT_FIX) from None
     return NVFP4QTensor, quant_utils
-
-
-_MODELOPT_FIX = "pip install nvidia-modelopt (the base package; its [hf] extra pins transformers)"
 
 
 def modelopt_version() -> str:

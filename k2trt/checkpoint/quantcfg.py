@@ -164,16 +164,17 @@ def _convert_hf_quant_config_format() -> Any:
     import importlib.util
 
     found = importlib.util.find_spec("modelopt")  # finds the package without importing it
-    for root in (found.submodule_search_locations or []) if found else []:
-        path = Path(root) / "torch" / "export" / "convert_hf_config.py"
+    roots = list(found.submodule_search_locations or []) if found else []
+    path = Path(roots[0]) / "torch" / "export" / "convert_hf_config.py" if roots else None
+    if path is not None and path.is_file():
         spec = importlib.util.spec_from_file_location("k2trt_modelopt_convert_hf_config", path)
-        if path.is_file() and spec is not None and spec.loader is not None:
+        if spec is not None and spec.loader is not None:
             module = importlib.util.module_from_spec(spec)
             try:
                 spec.loader.exec_module(module)
                 return module.convert_hf_quant_config_format
             except (ImportError, AttributeError):  # it grew imports of its own package: the usual way below
-                break
+                pass
     _modelopt()
     from modelopt.torch.export.convert_hf_config import convert_hf_quant_config_format
 
