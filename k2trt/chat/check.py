@@ -4,9 +4,10 @@ The template's family is detected (``k2trt.chat.families``) or given. A built-in
 the ``name`` field, list content, empty content, tools, a tool round trip, several calls, unicode, no generation
 prompt; and for the thinking families reasoning in the history and in the current tool-call loop, an empty
 conversation, whitespace-exact reasoning and a pre-encoded ``tools_ts_str``) is rendered twice — by k2trt's renderer
-for that family and by the template under Transformers' jinja settings — once per template switch the family has
-(``thinking=false``, ``preserve_thinking=true``), and every differing region is reported with its byte offsets. A
-template that fails to render a conversation counts as a difference too.
+for that family and by the template under Transformers' jinja settings, given the tools with sorted keys as Moonshot's
+tokenizer hands them over — once per template switch the family has (``thinking=false``, ``preserve_thinking=true``),
+and every differing region is reported with its byte offsets. A template that fails to render a conversation counts
+as a difference too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from k2trt.chat import families as fam
 from k2trt.chat import thinking
 from k2trt.chat.families import load_template
-from k2trt.chat.template import render_with_jinja
+from k2trt.chat.template import render_with_jinja, sort_tools
 
 __all__ = ["CONVERSATIONS", "THINKING_CONVERSATIONS", "CheckReport", "check_template", "diff_renders",
            "family_conversations", "load_template"]
@@ -244,7 +245,9 @@ def check_template(template_text: str, conversations: dict[str, dict[str, Any]] 
         if conv.get("tools_ts") is not None:
             kw["tools_ts_str"] = conv["tools_ts"]
         try:
-            theirs = render_with_jinja(template_text, msgs, tools, agp, bos_token="[BOS]", eos_token="[EOS]", **kw)
+            # the template gets the tools as Moonshot's tokenizer hands them over: keys sorted (sort_tools)
+            theirs = render_with_jinja(template_text, msgs, sort_tools(tools) if tools else None, agp,
+                                       bos_token="[BOS]", eos_token="[EOS]", **kw)
         except (jinja2.TemplateError, TypeError, KeyError, AttributeError, ValueError) as e:
             results.append(ConversationCheck(name, False, len(ours.encode()), 0,
                                              error=f"{type(e).__name__}: {e}"))

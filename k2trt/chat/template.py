@@ -2,7 +2,7 @@
 
 The structure (kimi_formats.md §4.4) rendered here and by ``CHAT_TEMPLATE``::
 
-    [tools]      <|im_system|>tool_declare<|im_middle|>{tools as compact JSON}<|im_end|>
+    [tools]      <|im_system|>tool_declare<|im_middle|>{tools as compact JSON, keys sorted}<|im_end|>
     [first message is not system]
                  <|im_system|>system<|im_middle|>You are Kimi, an AI assistant created by Moonshot AI.<|im_end|>
     user         <|im_user|>{NAME}<|im_middle|>{content}<|im_end|>
@@ -74,6 +74,28 @@ def _json(obj: Any, where: str, **kw: Any) -> str:
         raise ChatFormatError(f"{where} is not JSON-serialisable ({e})", "send plain JSON values") from None
 
 
+def sort_tools(tools: Sequence[Any]) -> list[Any]:
+    """``tools`` with every object's keys sorted, recursively (lists keep their order).
+
+    Moonshot's K2 tokenizers do this (``deep_sort_dict`` in their ``apply_chat_template``) before the chat template
+    writes the ``tool_declare`` turn, and TensorRT-LLM's and vLLM's chat paths call that ``apply_chat_template``: a
+    served K2 sees ``{"function":{"description":…,"name":…,"parameters":…},"type":"function"}`` whatever order the
+    client sent. ``docs/reference/k2_tool_declarations.md`` lists the evidence per family.
+    """
+    def deep(x: Any) -> Any:
+        if isinstance(x, Mapping):
+            return {k: deep(x[k]) for k in sorted(x)}
+        return [deep(v) for v in x] if isinstance(x, list) else x
+
+    return [deep(t) for t in tools]
+
+
+def tools_json(tools: Sequence[Any]) -> str:
+    """The ``tool_declare`` turn's text: ``sort_tools`` as compact JSON, as the template's
+    ``tojson(separators=(',', ':'))`` writes it."""
+    return _json(sort_tools(tools), "tools", separators=(",", ":"))
+
+
 def _turn(marker: str, name: str) -> list[tuple[str, bool]]:
     """The opening of a turn: role marker, sub-role name (plain text), ``<|im_middle|>``."""
     return [(marker, True), (name, False), (vocab.IM_MIDDLE, True)]
@@ -87,7 +109,7 @@ def _segments(messages: Sequence[Message], tools: Sequence[Any] | None,
     seg: list[tuple[str, bool]] = []
     if tools:
         seg += _turn(v.IM_SYSTEM, "tool_declare")
-        seg += [(_json(list(tools), "tools", separators=(",", ":")), False), end]
+        seg += [(tools_json(tools), False), end]
     for n, m in enumerate(messages):
         where = f"messages[{n}]"
         if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
@@ -126,7 +148,8 @@ def render(messages: Sequence[Message], tools: Sequence[Any] | None = None,
     Args:
         messages: OpenAI-style messages (``role``, ``content``, optional ``name``, ``tool_calls``,
             ``tool_call_id``). Normalise tool-call IDs first with ``normalize_tool_call_ids``.
-        tools: the OpenAI ``tools`` array, rendered as compact JSON in a ``tool_declare`` turn.
+        tools: the OpenAI ``tools`` array, rendered as compact JSON with sorted keys (``tools_json``) in a
+            ``tool_declare`` turn.
         add_generation_prompt: end with ``<|im_assistant|>assistant<|im_middle|>``.
 
     Returns:

@@ -3,7 +3,7 @@ and the tokenizer additions a thinking checkpoint carries.
 
 The structure rendered here and by ``thinking_template(family)`` (K2-Instruct's is in ``k2trt.chat.template``)::
 
-    [tools]     <|im_system|>tool_declare<|im_middle|>{tools_ts, or tools as compact JSON}<|im_end|>
+    [tools]     <|im_system|>tool_declare<|im_middle|>{tools_ts, or tools as compact JSON, keys sorted}<|im_end|>
     [family has a default system turn and messages[0] is not system]
                 <|im_system|>system<|im_middle|>You are Kimi, an AI assistant created by Moonshot AI.<|im_end|>
     history     assistant: <|im_assistant|>{NAME}<|im_middle|><think></think>{content}[tool calls]<|im_end|>
@@ -19,10 +19,10 @@ after it (the current turn's tool-call loop) keeps ``reasoning_content``, which 
 its reasoning; thinking off (K2.5/K2.6) drops the suffix's reasoning too unless preserved.
 
 Deviations from the official text, on purpose: ``reasoning_content: null`` renders as nothing (the official jinja
-prints ``None``); images in K2.5+ (their vision encoder is not served) and the ``tools_ts`` TypeScript encoding
-(Moonshot's tokenizer supplies ``tools_ts_str``; k2trt renders the template's compact-JSON fallback unless the
-caller passes the encoded string) are left to the caller. ``k2trt chat check DIR`` proves byte identity of this
-renderer with a checkpoint's own template for the family it detects.
+prints ``None``); images in K2.5+ are refused (their vision encoder is not served); the ``tools_ts`` TypeScript
+declaration is the caller's to pass (``k2trt.chat.tools_ts.declare_tools_ts``, as Moonshot's tokenizer supplies
+``tools_ts_str``), else the template's compact-JSON fallback is rendered. ``k2trt chat check DIR`` proves byte
+identity of this renderer with a checkpoint's own template for the family it detects.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def segments(messages: Sequence[Message], tools: Sequence[Any] | None, family: f
     seg: list[_T] = []
     if tools:
         decl = tools_ts if (tools_ts is not None and family.tools_ts) else \
-            k2._json(list(tools), "tools", separators=(",", ":"))
+            k2.tools_json(tools)
         seg += k2._turn(v.IM_SYSTEM, "tool_declare") + [(decl, False), end]
     if family.default_system and (not messages or not isinstance(messages[0], Mapping)
                                   or messages[0].get("role") != "system"):
@@ -359,9 +359,31 @@ def thinking_template(family: str) -> str:
     return _TEMPLATE.replace("@FAMILY@", family)
 
 
+def register_thinking_tokens(model_dir: str | Path) -> Path:
+    """Give a (tiny) K2 tokenizer the think and media tokens of the thinking families (``THINKING_TOKENS``), as
+    K2-Thinking's and K2.5's ``tokenizer_config.json`` register them; ``tokenizer_config.json`` is edited in place,
+    atomically. Idempotent.
+
+    Returns:
+        The file written.
+    """
+    cfg_path = Path(model_dir) / "tokenizer_config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ChatFormatError(f"cannot read {cfg_path}: {e}", "run it on a K2 model directory") from None
+    decoder = cfg.setdefault("added_tokens_decoder", {})
+    n_ranks = min(int(k) for k in decoder) if decoder else vocab.K2_N_RANKS  # [BOS] sits at n_ranks + 0
+    for off, tok, special in THINKING_TOKENS:
+        decoder[str(n_ranks + off)] = {"content": tok, "lstrip": False, "normalized": False, "rstrip": False,
+                                       "single_word": False, "special": special}
+    cfg["added_tokens_decoder"] = dict(sorted(decoder.items(), key=lambda kv: int(kv[0])))
+    return atomic_write_json(cfg_path, cfg)
+
+
 def write_family_files(model_dir: str | Path, family: str) -> list[Path]:
     """Make a (tiny) K2 model directory a ``family`` checkpoint: its ``chat_template.jinja`` becomes that family's
-    template, and a thinking family's tokenizer gains the think and media tokens (``THINKING_TOKENS``).
+    template, and a thinking family's tokenizer gains the think and media tokens (``register_thinking_tokens``).
 
     Args:
         model_dir: a directory holding ``tokenizer_config.json`` (``k2trt synth`` writes one); edited in place,
@@ -376,16 +398,6 @@ def write_family_files(model_dir: str | Path, family: str) -> list[Path]:
     """
     f = fam.family(family)
     d = Path(model_dir)
-    cfg_path = d / "tokenizer_config.json"
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ChatFormatError(f"cannot read {cfg_path}: {e}", "run it on a K2 model directory") from None
-    decoder = cfg.setdefault("added_tokens_decoder", {})
-    n_ranks = min(int(k) for k in decoder) if decoder else vocab.K2_N_RANKS  # [BOS] sits at n_ranks + 0
-    for off, tok, special in THINKING_TOKENS if f.thinks else ():
-        decoder[str(n_ranks + off)] = {"content": tok, "lstrip": False, "normalized": False, "rstrip": False,
-                                       "single_word": False, "special": special}
-    cfg["added_tokens_decoder"] = dict(sorted(decoder.items(), key=lambda kv: int(kv[0])))
+    written = [register_thinking_tokens(d)] if f.thinks else []
     text = thinking_template(family) if f.thinks else k2.CHAT_TEMPLATE
-    return [atomic_write_json(cfg_path, cfg), atomic_write(d / "chat_template.jinja", text)]
+    return written + [atomic_write(d / "chat_template.jinja", text)]

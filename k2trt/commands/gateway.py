@@ -8,7 +8,8 @@ import click
 
 from k2trt.chat.families import FAMILY_NAMES
 from k2trt.cli_options import ByteSizeType, dry_run_option, echo_json
-from k2trt.gateway.config import API_KEYS_ENV, CLI_FLAGS, LOG_FORMATS, MODES, GatewayConfig, read_api_keys
+from k2trt.gateway.config import (API_KEYS_ENV, CLI_FLAGS, LOG_FORMATS, MODES, TOOL_DECLARATIONS, GatewayConfig,
+                                  read_api_keys)
 
 _D = GatewayConfig(engine_url="http://127.0.0.1:8000")  # defaults come from the dataclass (one place)
 F = CLI_FLAGS  # option names come from the config's table, which GatewayConfig.argv writes too
@@ -62,6 +63,10 @@ F = CLI_FLAGS  # option names come from the config's table, which GatewayConfig.
 @click.option(F["chat_family"], "chat_family", type=click.Choice(FAMILY_NAMES), default=None,
               help="K2 chat family (template, thinking switches, sampling defaults) [default: detected from "
                    "--model-dir's chat template, else k2-instruct].")
+@click.option(F["tool_declaration"], "tool_declaration", type=click.Choice(TOOL_DECLARATIONS),
+              default=_D.tool_declaration, show_default=True,
+              help="How K2.5+ prompts declare tools: typescript (as K2.5's tokenizer), json, or auto (typescript "
+                   "when --model-dir ships tool_declaration_ts.py).")
 @click.option(F["default_temperature"], "default_temperature", type=float, default=_D.default_temperature,
               help="Temperature for requests without one [default: the family's recommendation for the mode].")
 @click.option(F["default_top_p"], "default_top_p", type=float, default=_D.default_top_p,
@@ -79,7 +84,7 @@ def gateway(engine_url: str, model_dir: Path | None, host: str, port: int, mode:
             served_model_name: str | None, model_aliases: tuple[str, ...], max_body: int, max_context: int | None,
             max_header: int, max_connections: int, header_timeout: float, body_timeout: float,
             health_timeout: float, connect_timeout: float, read_timeout: float,
-            unknown_tools: str, chat_family: str | None, default_temperature: float | None,
+            unknown_tools: str, chat_family: str | None, tool_declaration: str, default_temperature: float | None,
             default_top_p: float | None, log_prompts: bool, log_format: str, log_level: str, dry_run: bool) -> None:
     """Serve /v1/chat/completions (OpenAI) and /v1/messages (Anthropic) in front of a K2 engine; Prometheus
     metrics on /metrics (no API key needed, like /health)."""
@@ -91,6 +96,7 @@ def gateway(engine_url: str, model_dir: Path | None, host: str, port: int, mode:
                         body_timeout_s=body_timeout, health_timeout_s=health_timeout,
                         max_body_bytes=max_body, connect_timeout_s=connect_timeout, read_timeout_s=read_timeout,
                         unknown_tools=unknown_tools, chat_family=chat_family,  # type: ignore[arg-type]
+                        tool_declaration=tool_declaration,  # type: ignore[arg-type]
                         default_temperature=default_temperature, default_top_p=default_top_p,
                         log_prompts=log_prompts, log_format=log_format).validate()  # type: ignore[arg-type]
     if dry_run:

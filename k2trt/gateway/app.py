@@ -38,6 +38,7 @@ from starlette.routing import Route
 
 from k2trt.asgi import ClientGone, until_disconnect
 from k2trt.chat import families as fam
+from k2trt.chat import tools_ts
 from k2trt.errors import ConfigError, K2trtError
 from k2trt.gateway import anthropic_api, openai_api
 from k2trt.gateway.backend import ChatBackend, RenderBackend, sampling
@@ -60,6 +61,7 @@ class _State:
         self.config = config
         self.tokenizer = tokenizer
         self.family = family
+        self.tools_ts = _tools_ts(config, family)
         self.engine: EngineClient | None = None
         self.render: RenderBackend | None = None
         self.chat: ChatBackend | None = None
@@ -223,7 +225,7 @@ async def health(request: Request) -> Response:
     st: _State = request.app.state.k2
     assert st.engine is not None
     info = {"mode": st.config.mode, "model": st.config.model_name, "chat_family": st.family.name,
-            "engine_url": st.engine.base_url}
+            "tool_declaration": "typescript" if st.tools_ts else "json", "engine_url": st.engine.base_url}
     try:
         r = await st.engine.get("/health", timeout_s=st.config.health_timeout_s)
     except ApiError as e:
@@ -260,6 +262,16 @@ def _family(config: GatewayConfig) -> fam.Family:
             raise ConfigError(f"cannot tell the chat family of {config.model_dir}: {e}",
                               "pass --chat-family") from None
     return fam.FAMILIES["k2-instruct"]
+
+
+def _tools_ts(config: GatewayConfig, family: fam.Family) -> bool:
+    """Whether prompts declare tools in TypeScript (``GatewayConfig.tool_declaration``)."""
+    if config.tool_declaration == "typescript" and not family.tools_ts:
+        raise ConfigError(f"--tool-declaration typescript: {family.name} prompts declare tools as JSON",
+                          "drop the option, or serve a K2.5+ family (--chat-family)")
+    if config.tool_declaration == "auto":
+        return family.tools_ts and bool(config.model_dir) and tools_ts.ships_encoder(config.model_dir or "")
+    return config.tool_declaration == "typescript"
 
 
 def _model_context(config: GatewayConfig) -> int | None:
@@ -305,10 +317,11 @@ def create_app(config: GatewayConfig, *, tokenizer: Any = None) -> Starlette:
         st.engine = EngineClient(config.engine_url, connect_timeout_s=config.connect_timeout_s,
                                  read_timeout_s=config.read_timeout_s)
         if tokenizer is not None:
-            st.render = RenderBackend(config, st.engine, tokenizer, st.family, context=context)
+            st.render = RenderBackend(config, st.engine, tokenizer, st.family, context=context, tools_ts=st.tools_ts)
         st.chat = ChatBackend(config, st.engine, st.family)
-        log.info("gateway (%s mode) in front of %s, model %s (%s), context %s tokens", config.mode,
-                 config.engine_url, config.model_name, st.family.name, context or "unchecked")
+        log.info("gateway (%s mode) in front of %s, model %s (%s), context %s tokens, tools declared as %s",
+                 config.mode, config.engine_url, config.model_name, st.family.name, context or "unchecked",
+                 "TypeScript" if st.tools_ts else "JSON")
         try:
             yield
         finally:

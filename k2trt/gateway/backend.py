@@ -56,6 +56,7 @@ from typing import Any, AsyncIterator
 from k2trt.chat import families as fam
 from k2trt.chat import reasoning as rs
 from k2trt.chat import thinking as th
+from k2trt.chat import tools_ts
 from k2trt.chat import toolcalls as tc
 from k2trt.chat import vocab
 from k2trt.chat.template import ChatFormatError, ids_from_segments, normalize_tool_call_ids
@@ -119,7 +120,7 @@ class RenderBackend:
     """Mode ``render``: K2 prompt rendering, reasoning and tool-call parsing in the gateway (module docstring)."""
 
     def __init__(self, config: GatewayConfig, engine: EngineClient, tokenizer: Any,
-                 family: fam.Family | None = None, *, context: int | None = None) -> None:
+                 family: fam.Family | None = None, *, context: int | None = None, tools_ts: bool = False) -> None:
         self.config = config
         self.engine = engine
         self.tok = tokenizer
@@ -127,6 +128,8 @@ class RenderBackend:
         self.engine_model = config.engine_model or config.model_name
         self.context = context
         """Tokens the model holds (prompt + output); ``None``: not checked here (the engine checks)."""
+        self.tools_ts = tools_ts
+        """Declare tools in K2.5's TypeScript (``GatewayConfig.tool_declaration``), else JSON."""
 
     def normalize(self, job: Job) -> tuple[list[dict[str, Any]], dict[str, str]]:
         try:
@@ -141,8 +144,10 @@ class RenderBackend:
         self._check_text_size(job)
         messages, id_back = self.normalize(job)
         tools = job.tools if job.tools and job.tool_choice.mode != "none" else None
+        ts = tools_ts.declare_tools_ts(tools) if tools and self.tools_ts else None
         try:
-            ids = th.render_ids(self.tok, messages, tools, family=self.family, thinking=on, preserve_thinking=keep)
+            ids = th.render_ids(self.tok, messages, tools, family=self.family, thinking=on, preserve_thinking=keep,
+                                tools_ts=ts)
         except ChatFormatError as e:
             raise bad_request(str(e), "messages") from None
         prefill: list[tuple[str, bool]] = []  # (text, is a control marker)

@@ -19,11 +19,13 @@ from k2trt.chat.families import FAMILY_NAMES
 from k2trt.errors import ConfigError
 from k2trt.jsonlog import DEFAULT_LOG_FORMAT, LOG_FORMATS, LogFormat
 
-__all__ = ["API_KEYS_ENV", "CLI_FLAGS", "LOG_FORMATS", "MODES", "GatewayConfig", "GatewayLimits", "LogFormat",
-           "read_api_keys"]
+__all__ = ["API_KEYS_ENV", "CLI_FLAGS", "LOG_FORMATS", "MODES", "TOOL_DECLARATIONS", "GatewayConfig", "GatewayLimits",
+           "LogFormat", "read_api_keys"]
 
 Mode = Literal["render", "passthrough"]
 UnknownTools = Literal["drop", "keep"]
+ToolDeclaration = Literal["auto", "typescript", "json"]
+TOOL_DECLARATIONS: tuple[str, ...] = ("auto", "typescript", "json")
 MODES: tuple[str, ...] = ("render", "passthrough")
 API_KEYS_ENV = "K2TRT_GATEWAY_API_KEYS"
 """The environment variable the gateway reads accepted API keys from (whitespace-separated)."""
@@ -35,7 +37,8 @@ CLI_FLAGS: dict[str, str] = {
     "max_header_bytes": "--max-header-size", "max_connections": "--max-connections",
     "health_timeout_s": "--health-timeout", "connect_timeout_s": "--connect-timeout",
     "read_timeout_s": "--read-timeout", "chat_family": "--chat-family", "default_temperature": "--default-temperature",
-    "default_top_p": "--default-top-p", "unknown_tools": "--unknown-tools", "log_prompts": "--log-prompts",
+    "default_top_p": "--default-top-p", "unknown_tools": "--unknown-tools",
+    "tool_declaration": "--tool-declaration", "log_prompts": "--log-prompts",
     "log_format": "--log-format"}
 """``GatewayConfig`` field → the ``k2trt gateway`` option that sets it: the command declares its options with these
 names and ``GatewayConfig.argv`` writes them (one spelling). ``api_keys`` has none on purpose: keys never travel in
@@ -139,6 +142,11 @@ class GatewayConfig:
     becomes 0.6); without one, the defaults above apply."""
     unknown_tools: UnknownTools = "drop"
     """Calls to tools the request did not declare: ``drop`` them (as TensorRT-LLM's parser does) or ``keep``."""
+    tool_declaration: ToolDeclaration = "auto"
+    """How a K2.5+ prompt declares the tools (render mode): ``typescript`` as Moonshot's K2.5 tokenizer does
+    (``k2trt.chat.tools_ts``; the JSON where a schema has no TypeScript rule), ``json`` as the template's fallback,
+    ``auto``: TypeScript when --model-dir ships that tokenizer's encoder (``tool_declaration_ts.py``). Earlier
+    families always declare JSON."""
     log_prompts: bool = False
     """Log rendered prompts and outputs (off by default: prompts may hold private data)."""
     log_format: LogFormat = DEFAULT_LOG_FORMAT
@@ -202,6 +210,9 @@ class GatewayConfig:
             raise ConfigError(f"--log-format {self.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
         if self.unknown_tools not in ("drop", "keep"):
             raise ConfigError(f"unknown_tools {self.unknown_tools!r} must be drop or keep")
+        if self.tool_declaration not in TOOL_DECLARATIONS:
+            raise ConfigError(f"--tool-declaration {self.tool_declaration!r} is not one of "
+                              f"{', '.join(TOOL_DECLARATIONS)}")
         if self.chat_family is not None and self.chat_family not in FAMILY_NAMES:
             raise ConfigError(f"--chat-family {self.chat_family!r} is not one of {', '.join(FAMILY_NAMES)}")
         for name, v, hi in (("--default-temperature", self.default_temperature, 2.0),

@@ -8,6 +8,8 @@ Each ``Example`` is an OpenAI-style conversation (``messages`` + ``tools``) draw
   in text, with no tools or with tools declared that do not apply (the answer to "what can you do?" names them);
 - ``echo``: "Repeat after me: …" with three to eight made-up words, paths or addresses — pure copying, the
   skill every tool call rests on (names and values come from the prompt), and the cheapest way to teach it;
+- ``prose``: a fragment of narrative prose or verse that asks nothing (what a benchmark's filler prompt is), with
+  or without tools declared: answered in text, never with a call, though it may name a city or the weather;
 - ``missing``: a request only a tool could serve, none of the declared tools fits: a one-line refusal;
 - ``call``: the request → a K2 tool call (``functions.{name}:{k}``, ``k`` counting calls over the conversation)
   → the tool's result → an answer grounded in it; the right tool sits among up to three distractors;
@@ -40,9 +42,9 @@ Thinking = Literal["none", "on", "open", "off"]
 THINKING_MODES: tuple[Thinking, ...] = ("none", "on", "open", "off")
 
 KINDS: dict[str, float] = {
-    "chat": 0.06, "chat_tools": 0.06, "echo": 0.10, "missing": 0.08, "call": 0.20, "parallel_same": 0.07,
-    "parallel_mixed": 0.09, "followup": 0.08, "followup_bare": 0.05, "chat_then_call": 0.03, "chat_multi": 0.02,
-    "session": 0.16,
+    "chat": 0.06, "chat_tools": 0.06, "echo": 0.06, "prose": 0.05, "missing": 0.08, "call": 0.20,
+    "parallel_same": 0.07, "parallel_mixed": 0.09, "followup": 0.08, "followup_bare": 0.05, "chat_then_call": 0.03,
+    "chat_multi": 0.02, "session": 0.15,
 }
 """Kind → share of the training mix."""
 THINKING_MIX: dict[Thinking, float] = {"none": 0.60, "open": 0.28, "off": 0.12}
@@ -224,6 +226,18 @@ def _echo(c: _Conversation, rng: random.Random, pools: Pools) -> int:
     return c.say(text, f'The user wants me to repeat "{text}". I will say it back.')
 
 
+_PROSE_REPLIES = ("That reads like a passage from a story. What would you like me to do with it?",
+                  "It sounds like an old poem. Shall I summarise it, translate it or continue it?",
+                  "A nice piece of prose. Tell me what you would like to know about it.",
+                  "I see a fragment of a story, but no question. How can I help with it?")
+
+
+def _prose(c: _Conversation, rng: random.Random, pools: Pools) -> int:
+    c.user(pools.prose(rng))
+    return c.say(rng.choice(_PROSE_REPLIES), "The user sent a passage of text without a request. No tool is "
+                 "asked for, so I will not call one; I will ask what they want done with it.")
+
+
 def _chat(c: _Conversation, rng: random.Random, pools: Pools, tools: list[Tool]) -> int:
     q, a, why = _small_talk(rng, pools, tools)
     c.user(q)
@@ -274,6 +288,10 @@ def _example(kind: str, rng: random.Random, pools: Pools, thinking: Thinking) ->
         if rng.random() < 0.5:
             _, tools = _toolset(rng, pools, [], rng.choice((1, 2)))
         at = _echo(c, rng, pools)
+    elif kind == "prose":
+        if rng.random() < 0.6:
+            _, tools = _toolset(rng, pools, [], rng.choice((1, 2, 3)))
+        at = _prose(c, rng, pools)
     elif kind == "missing":
         if rng.random() < 0.7:
             _, tools = _toolset(rng, pools, [], rng.choice((1, 2, 3)))

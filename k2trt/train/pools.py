@@ -72,6 +72,17 @@ PHRASES = (
     "happy birthday", "I love this city", "the meeting starts at noon", "please close the door", "it is cold today",
     "the train is late", "welcome to the team", "how much does it cost", "the museum opens at nine",
 )
+PROSE_NOUNS = (
+    "king", "queen", "lord", "lady", "knight", "sailor", "stranger", "child", "soldier", "poet", "shepherd",
+    "night", "morning", "storm", "sea", "heart", "crown", "sword", "letter", "rose", "moon", "star", "door",
+)
+PROSE_VERBS = (
+    "walked", "waited", "sang", "fell", "spoke", "wept", "laughed", "slept", "wandered", "turned", "rose", "stood",
+    "dreamed", "listened", "returned", "whispered",
+)
+PROSE_LINKS = ("and", "but", "while", "for", "when", "as", "though", "until")
+PROSE_PLACES = ("by the", "beyond the", "under the", "near the", "across the", "within the", "upon the")
+PROSE_OLD = ("thou art", "I pray thee", "hath", "doth", "O", "alas", "methinks", "my good lord", "'tis", "ere")
 _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "tr", "st", "gr", "pl",
            "sk", "ch", "sh", "th", "kr", "dr", "fl", "j", "h", "w", "y")
 _VOWELS = ("a", "e", "i", "o", "u", "ai", "ou", "ee", "oa", "ie")
@@ -167,6 +178,29 @@ class Pools:
         if rng.random() < 0.5:
             return rng.choice(self.phrases)
         return " ".join(self.word(rng) for _ in range(rng.choice((2, 3))))
+
+    def prose(self, rng: random.Random) -> str:
+        """A fragment of narrative prose or old-fashioned verse that asks nothing (a benchmark's filler prompt is
+        such text), sometimes starting or ending mid-sentence, and sometimes naming a city or the weather."""
+        def clause() -> str:
+            who = rng.choice((f"the {rng.choice(PROSE_NOUNS)}", f"the {self.word(rng)}", self.pseudo(rng).title(),
+                              "she", "he", "they", "I"))
+            where = rng.choice((f"{rng.choice(PROSE_PLACES)} {rng.choice(PROSE_NOUNS)}",
+                                f"{rng.choice(PROSE_PLACES)} {self.word(rng)}", f"in {self.city(rng)}",
+                                f"{rng.choice(PROSE_PLACES)} {rng.choice(CONDITIONS)} {rng.choice(PROSE_NOUNS)}"))
+            c = f"{who} {rng.choice(PROSE_VERBS)} {where}"
+            return f"{rng.choice(PROSE_OLD)}, {c}" if rng.random() < 0.25 else c
+        sentences = []
+        for _ in range(rng.randint(1, 4)):
+            parts = [clause() for _ in range(rng.randint(1, 3))]
+            text = parts[0] + "".join(f"{rng.choice((',', ';', ''))} {rng.choice(PROSE_LINKS)} {p}" for p in parts[1:])
+            sentences.append(text[0].upper() + text[1:] + rng.choice((".", ".", "!", "?", ";", ":")))
+        out = " ".join(sentences)
+        if rng.random() < 0.3:
+            out = out[0].lower() + out[1:]
+        if rng.random() < 0.3:
+            out = out[:-1]
+        return out
 
     def tool_name(self, rng: random.Random, verbs: Sequence[str], nouns: Sequence[str]) -> str:
         """A tool name. Training names are mostly made with pseudo-words (so writing one means copying it from the

@@ -3,8 +3,9 @@
 Every thinking mode renders with ``k2trt.chat.thinking`` — the one renderer of every K2 family, the gateway's
 too: ``none`` as K2-Instruct, ``on`` as K2-Thinking, ``open``/``off`` as K2.5 with thinking on/off (``MODES``).
 Prompts are its ``segments`` with the generation prompt, outputs its ``completion_segments``. The tiny K2's
-tokenizer is K2-Instruct's, which has no ``<think>``/``</think>`` tokens: there the think markers are text (the
-model reads and writes them as ordinary tokens); a tokenizer that registers them gets their control ids.
+tokenizer registers ``<think>``/``</think>`` as K2-Thinking's and K2.5's do (``workdir_tokenizer``), so the think
+markers are their control ids, as a K2.5 gateway sends them; with a tokenizer that lacks them (K2-Instruct's) they
+are text.
 
 ``encode`` builds one training sequence per conversation: the conversation rendered as it is when the model
 generates its *last* message, with every assistant message the model would have generated in that same history
@@ -153,10 +154,12 @@ def build_corpus(cfg: TrainConfig, tokenizer: Any) -> Corpus:
 
 
 def workdir_tokenizer(work: str | Path) -> Any:
-    """The tiny K2 tokenizer (the files ``synth`` writes), written into ``work/tokenizer`` and loaded."""
+    """The tiny K2 tokenizer (the files ``synth`` writes, with the think tokens registered:
+    ``thinking.register_thinking_tokens``), written into ``work/tokenizer`` and loaded."""
     from k2trt.chat import vocab
     from k2trt.chat.tokenizer import K2Tokenizer
 
     d = Path(work) / "tokenizer"
     vocab.write_tokenizer_files(d, n_ranks=tiny_spec().vocab_size - vocab.NUM_RESERVED, seed=TOKENIZER_SEED)
+    thinking.register_thinking_tokens(d)
     return K2Tokenizer.from_dir(d)

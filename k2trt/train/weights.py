@@ -163,7 +163,8 @@ class TrainableK2:
             self.params[by_name[name]].copy_(value)
 
     def export(self, out_dir: str | Path, *, tokenizer_seed: int = 0, force: bool = True) -> Path:
-        """Write the tiny K2 checkpoint (block FP8, K2's tokenizer files and chat template) from the master weights.
+        """Write the tiny K2 checkpoint (block FP8, K2's tokenizer files with the think tokens registered, as the
+        corpus was tokenised, and K2-Instruct's chat template) from the master weights.
 
         Args:
             out_dir: the checkpoint directory (replaced when ``force``).
@@ -171,11 +172,14 @@ class TrainableK2:
         Returns:
             The directory.
         """
+        from k2trt.chat.thinking import register_thinking_tokens
         from k2trt.checkpoint.synth import synthesize
 
         by_key = {self.infos[k]: self.params[k] for k in self.params}
-        return synthesize(self.spec, out_dir, seed=tokenizer_seed, force=force, preset_name="tiny",
-                          weights=lambda info: by_key[info])
+        out = synthesize(self.spec, out_dir, seed=tokenizer_seed, force=force, preset_name="tiny",
+                         weights=lambda info: by_key[info])
+        register_thinking_tokens(out)
+        return out
 
 
 def stored_value(info: TensorInfo, w: torch.Tensor) -> torch.Tensor:

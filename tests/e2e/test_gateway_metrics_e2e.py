@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import anthropic
 import httpx
@@ -27,8 +27,6 @@ import pytest
 from engine_double import EngineDouble, Reply
 from prometheus_client.parser import text_string_to_metric_families
 
-from k2trt.chat import vocab
-from k2trt.chat.thinking import write_family_files
 from k2trt.chat.tokenizer import K2Tokenizer
 from k2trt.gateway import BackgroundGateway, GatewayConfig
 from k2trt.gateway import metrics as gm
@@ -53,11 +51,8 @@ ANT = {"model": MODEL, "api": "anthropic"}
 
 
 @pytest.fixture(scope="module")
-def k26_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("k2.6")
-    vocab.write_tokenizer_files(d)
-    write_family_files(d, "k2.6")
-    return d
+def k26_dir(family_dir: Callable[[str], Path]) -> Path:
+    return family_dir("k2.6")
 
 
 @pytest.fixture(scope="module")

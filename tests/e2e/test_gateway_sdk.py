@@ -29,6 +29,7 @@ TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "Get weather information for a city",
     "parameters": {"type": "object", "required": ["city"], "properties": {"city": {"type": "string"}}}}},
     {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}]
+DECLARED = json.dumps(TOOLS, separators=(",", ":"), sort_keys=True)  # as Moonshot's tokenizer sorts them
 A_TOOLS = [{"name": t["function"]["name"], "description": t["function"].get("description", ""),
             "input_schema": t["function"]["parameters"]} for t in TOOLS]
 SB, SE, CB, AB, CE = ("<|tool_calls_section_begin|>", "<|tool_calls_section_end|>", "<|tool_call_begin|>",
@@ -170,7 +171,7 @@ def test_openai_tool_call_non_streaming(oai: openai.OpenAI, engine: EngineDouble
         "functions.get_weather:0", "get_weather", {"city": "Beijing"})
     assert sent_prompt(engine) == expected_ids(tok, msgs, TOOLS)
     assert tok.decode(sent_prompt(engine)).startswith(
-        "<|im_system|>tool_declare<|im_middle|>" + json.dumps(TOOLS, separators=(",", ":")) + "<|im_end|>")
+        "<|im_system|>tool_declare<|im_middle|>" + DECLARED + "<|im_end|>")
 
 
 def test_openai_two_calls_streaming(oai: openai.OpenAI, engine: EngineDouble) -> None:
@@ -210,7 +211,7 @@ def test_tool_call_with_client_loop(oai: openai.OpenAI, engine: EngineDouble, to
                 messages.append({"role": "tool", "tool_call_id": tool_call.id, "name": name,
                                  "content": json.dumps(result)})
     assert turns == 2 and choice.message.content == FINAL and finish_reason == "stop"
-    want = ("<|im_system|>tool_declare<|im_middle|>" + json.dumps(TOOLS, separators=(",", ":")) + "<|im_end|>"
+    want = ("<|im_system|>tool_declare<|im_middle|>" + DECLARED + "<|im_end|>"
             "<|im_system|>system<|im_middle|>You are Kimi, an AI assistant created by Moonshot AI.<|im_end|>"
             "<|im_user|>user<|im_middle|>What's the weather like in Beijing today?<|im_end|>"
             "<|im_assistant|>assistant<|im_middle|>I will check.<|tool_calls_section_begin|><|tool_call_begin|>"

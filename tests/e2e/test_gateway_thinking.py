@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import anthropic
 import openai
 import pytest
 from engine_double import EngineDouble, Reply
 
-from k2trt.chat import vocab
 from k2trt.chat.template import normalize_tool_call_ids
-from k2trt.chat.thinking import render, render_ids, write_family_files
+from k2trt.chat.thinking import render, render_ids
 from k2trt.chat.tokenizer import K2Tokenizer
 from k2trt.gateway import BackgroundGateway, GatewayConfig
 
@@ -42,14 +41,8 @@ K26_FINAL = "It rained; now summarise.</think>Paris: rain, 14°C."
 
 
 @pytest.fixture(scope="module")
-def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = {}
-    for family in ("k2.6", "k2-thinking"):
-        d = tmp_path_factory.mktemp(family)
-        vocab.write_tokenizer_files(d)
-        write_family_files(d, family)
-        out[family] = d
-    return out
+def dirs(family_dir: Callable[[str], Path]) -> dict[str, Path]:
+    return {family: family_dir(family) for family in ("k2.6", "k2-thinking")}
 
 
 @pytest.fixture(scope="module")

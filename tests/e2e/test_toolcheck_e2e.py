@@ -13,14 +13,12 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from engine_double import EngineDouble, Reply
 
 from k2trt.bench.toolcheck import Gate, ToolcheckSpec, run_toolcheck
-from k2trt.chat import vocab
-from k2trt.chat.thinking import write_family_files
 from k2trt.chat.tokenizer import K2Tokenizer
 from k2trt.gateway import BackgroundGateway, GatewayConfig
 
@@ -67,10 +65,8 @@ SAMPLES = [sample("case-01"), sample("case-02"), sample("case-03"), sample("case
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory: pytest.TempPathFactory) -> tuple[K2Tokenizer, Path]:
-    d = tmp_path_factory.mktemp("k26")
-    vocab.write_tokenizer_files(d)
-    write_family_files(d, "k2.6")
+def tok(family_dir: Callable[[str], Path]) -> tuple[K2Tokenizer, Path]:
+    d = family_dir("k2.6")
     return K2Tokenizer.from_dir(d), d
 
 

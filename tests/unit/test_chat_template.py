@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from k2trt.chat import vocab
+from k2trt.chat import thinking, vocab
 from k2trt.chat.check import CONVERSATIONS, check_template, load_template
 from k2trt.chat.template import (CHAT_TEMPLATE, ChatFormatError, normalize_tool_call_ids, render, render_ids,
-                                 render_with_jinja)
+                                 render_with_jinja, sort_tools)
 from k2trt.chat.tokenizer import K2Tokenizer
 from k2trt.cli import cli
 from k2trt.errors import CheckpointError
@@ -52,12 +52,32 @@ def tok(tmp_path_factory) -> K2Tokenizer:
 
 @needs_testdata
 def test_renderer_matches_byte_exact_official_render() -> None:
-    expected = (TESTDATA / "kimi_k2_canonical_render_example.txt").read_text(encoding="utf-8")
+    """The official render is the template's own, of the tools as given; a served K2 gets them from Moonshot's
+    tokenizer with sorted keys, so the renderer's output is that render with the declaration sorted."""
+    official = (TESTDATA / "kimi_k2_canonical_render_example.txt").read_text(encoding="utf-8")
     msgs, back = normalize_tool_call_ids(client_round_trip())
-    assert render(msgs, [WEATHER]) == expected
-    assert render_with_jinja(CHAT_TEMPLATE, msgs, [WEATHER]) == expected
+    assert render_with_jinja(CHAT_TEMPLATE, msgs, [WEATHER]) == official
+    compact = {"separators": (",", ":"), "ensure_ascii": False}
+    expected = official.replace(json.dumps([WEATHER], **compact), json.dumps(sort_tools([WEATHER]), **compact))
+    assert expected != official and '[{"function":{"description":"Get weather' in expected
+    assert render(msgs, [WEATHER]) == expected == render_with_jinja(CHAT_TEMPLATE, msgs, sort_tools([WEATHER]))
     assert back == {"functions.get_weather:0": "call_59adf56e"}
     assert render(CONVERSATIONS["tool_round_trip"]["messages"], [WEATHER]) == expected
+
+
+def test_tool_declaration_keys_are_sorted_at_every_level_whatever_the_client_order() -> None:
+    """Moonshot's tokenizers sort the tools' keys recursively before the template (``deep_sort_dict``)."""
+    shuffled = {"function": {"parameters": {"properties": {"unit": {"type": "string", "enum": ["c", "f"]},
+                                                           "city": {"type": "string"}},
+                                            "type": "object", "required": ["unit", "city"]},
+                             "name": "w", "description": "d"}, "type": "function"}
+    decl = render([{"role": "user", "content": "hi"}], [shuffled]).split("<|im_middle|>")[1].split("<|im_end|>")[0]
+    assert decl == ('[{"function":{"description":"d","name":"w","parameters":{"properties":{"city":{"type":"string"},'
+                    '"unit":{"enum":["c","f"],"type":"string"}},"required":["unit","city"],"type":"object"}},'
+                    '"type":"function"}]')
+    assert shuffled["function"]["parameters"]["required"] == ["unit", "city"]  # the caller's tools are not touched
+    for family in ("k2-thinking", "k2.5"):
+        assert decl in thinking.render([{"role": "user", "content": "hi"}], [shuffled], family=family)
 
 
 def test_our_jinja_template_equals_renderer_on_every_conversation() -> None:
@@ -84,7 +104,7 @@ def test_structure_details() -> None:
     tools = [{"type": "function", "function": {"name": "天气", "parameters": {"type": "object"}}}]
     calls = [{"id": "functions.天气:0", "function": {"name": "天气", "arguments": {"城市": "北京", "n": [1, 2]}}}]
     out = render(sys_first + [{"role": "assistant", "content": "ok", "tool_calls": calls}], tools, False)
-    assert out.startswith('<|im_system|>tool_declare<|im_middle|>[{"type":"function","function":{"name":"天气",')
+    assert out.startswith('<|im_system|>tool_declare<|im_middle|>[{"function":{"name":"天气",')
     assert ('<|im_assistant|>assistant<|im_middle|>ok<|tool_calls_section_begin|><|tool_call_begin|>functions.天气:0'
             '<|tool_call_argument_begin|>{"城市": "北京", "n": [1, 2]}<|tool_call_end|><|tool_calls_section_end|>'
             '<|im_end|>') in out

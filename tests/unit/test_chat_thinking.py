@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from click.testing import CliRunner
@@ -118,7 +119,7 @@ def test_tools_ts_replaces_the_json_declaration_from_k25_on() -> None:
     decl = "<|im_system|>tool_declare<|im_middle|>"
     assert render([Q1], tools, family="k2.5", tools_ts="TS").startswith(decl + "TS<|im_end|>")
     assert render([Q1], tools, family="k2-thinking", tools_ts="TS").startswith(
-        decl + '[{"type":"function","function":{"name":"f"}}]<|im_end|>')
+        decl + '[{"function":{"name":"f"},"type":"function"}]<|im_end|>')
 
 
 def test_null_reasoning_renders_nothing() -> None:
@@ -196,11 +197,8 @@ def test_detect_own_templates(family: str) -> None:
 
 # --- checkpoint files, ids, completions -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def k26_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("k26")
-    vocab.write_tokenizer_files(d)
-    write_family_files(d, "k2.6")
-    return d
+def k26_dir(family_dir: Callable[[str], Path]) -> Path:
+    return family_dir("k2.6")
 
 
 def test_write_family_files_makes_a_thinking_checkpoint(k26_dir: Path) -> None:

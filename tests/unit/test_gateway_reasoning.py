@@ -7,14 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import pytest
 
 from k2trt.chat import families as fam
 from k2trt.chat import reasoning as rs
 from k2trt.chat import vocab
-from k2trt.chat.thinking import write_family_files
 from k2trt.chat.tokenizer import K2Tokenizer
 from k2trt.gateway import anthropic_api, openai_api, usage
 from k2trt.gateway.backend import RenderBackend, sampling
@@ -72,11 +71,8 @@ def test_output_chain_prefill_is_parsed_not_counted() -> None:
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory: pytest.TempPathFactory) -> K2Tokenizer:
-    d = tmp_path_factory.mktemp("k26")
-    vocab.write_tokenizer_files(d)
-    write_family_files(d, "k2.6")
-    return K2Tokenizer.from_dir(d)
+def tok(family_dir: Callable[[str], Path]) -> K2Tokenizer:
+    return K2Tokenizer.from_dir(family_dir("k2.6"))
 
 
 def test_usage_count(tok: K2Tokenizer) -> None:

@@ -88,7 +88,7 @@ def test_every_setting_survives_the_command_line(tiny_ckpt: Path) -> None:
                         header_timeout_s=2.5, body_timeout_s=0.125, max_header_bytes=16 * 1024, max_connections=7,
                         health_timeout_s=1.75, connect_timeout_s=3.0, read_timeout_s=1200.0 + 1 / 3,
                         chat_family="k2-thinking", default_temperature=0.3, default_top_p=0.9,
-                        unknown_tools="keep", log_prompts=True, log_format="json").validate()
+                        unknown_tools="keep", tool_declaration="json", log_prompts=True, log_format="json").validate()
     untouched = {"api_keys", "engine_model", "anthropic_temperature_scale", "extra"}
     defaults = GatewayConfig(engine_url="http://e")
     for f in dataclasses.fields(GatewayConfig):  # the config above exercises every option

@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 
 from k2trt.chat import vocab
-from k2trt.chat.template import CHAT_TEMPLATE, render, render_with_jinja
+from k2trt.chat.template import CHAT_TEMPLATE, render, render_with_jinja, sort_tools
 from k2trt.chat.tokenizer import K2Tokenizer
 from k2trt.train.corpus import KINDS, build_examples
 from k2trt.train.pools import CITIES, Pools, heldout_atom
@@ -111,7 +111,7 @@ def test_encoded_sequence_is_the_template_render_and_masks_assistant_turns(tok, 
     for x in (e for e in train_ex[:200] if e.thinking == "none"):
         ids, mask = encode(tok, x)
         text = tok.decode(ids)
-        assert text == render_with_jinja(CHAT_TEMPLATE, x.messages, [t for t in x.tools or []] or None, False)
+        assert text == render_with_jinja(CHAT_TEMPLATE, x.messages, sort_tools(x.tools) if x.tools else None, False)
         assert text == render(x.messages, x.tools, False)
         spans = _spans(ids, mask)
         assert len(spans) == len(targets(x)) == sum(m["role"] == "assistant" for m in x.messages)
