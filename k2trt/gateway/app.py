@@ -38,7 +38,7 @@ from starlette.routing import Route
 
 from k2trt.asgi import ClientGone, until_disconnect
 from k2trt.chat import families as fam
-from k2trt.chat import tools_ts
+from k2trt.chat.tools_ts import ships_encoder
 from k2trt.errors import ConfigError, K2trtError
 from k2trt.gateway import anthropic_api, openai_api
 from k2trt.gateway.backend import ChatBackend, RenderBackend, sampling
@@ -270,7 +270,7 @@ def _tools_ts(config: GatewayConfig, family: fam.Family) -> bool:
         raise ConfigError(f"--tool-declaration typescript: {family.name} prompts declare tools as JSON",
                           "drop the option, or serve a K2.5+ family (--chat-family)")
     if config.tool_declaration == "auto":
-        return family.tools_ts and bool(config.model_dir) and tools_ts.ships_encoder(config.model_dir or "")
+        return family.tools_ts and bool(config.model_dir and ships_encoder(config.model_dir))
     return config.tool_declaration == "typescript"
 
 

@@ -56,10 +56,10 @@ from typing import Any, AsyncIterator
 from k2trt.chat import families as fam
 from k2trt.chat import reasoning as rs
 from k2trt.chat import thinking as th
-from k2trt.chat import tools_ts
 from k2trt.chat import toolcalls as tc
 from k2trt.chat import vocab
 from k2trt.chat.template import ChatFormatError, ids_from_segments, normalize_tool_call_ids
+from k2trt.chat.tools_ts import declare_tools_ts
 from k2trt.gateway import usage
 from k2trt.gateway.config import GatewayConfig
 from k2trt.gateway.engine import EngineClient
@@ -144,7 +144,7 @@ class RenderBackend:
         self._check_text_size(job)
         messages, id_back = self.normalize(job)
         tools = job.tools if job.tools and job.tool_choice.mode != "none" else None
-        ts = tools_ts.declare_tools_ts(tools) if tools and self.tools_ts else None
+        ts = declare_tools_ts(tools) if tools and self.tools_ts else None
         try:
             ids = th.render_ids(self.tok, messages, tools, family=self.family, thinking=on, preserve_thinking=keep,
                                 tools_ts=ts)

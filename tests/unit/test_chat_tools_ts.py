@@ -101,6 +101,7 @@ def test_keys_are_sorted_before_encoding_and_other_types_skipped() -> None:
     b = {"type": "function", "function": {"name": "s", "parameters": obj({"q": {"type": "string"}})}}
     assert declare_tools_ts([a]) == declare_tools_ts([b]) == HEAD + "type s = (_: {\n  q?: string\n}) => any;\n}\n"
     assert encode_tools_ts([{"type": "_plugin", "function": {"name": "x"}}, b]) == encode_tools_ts([b])
+    assert encode_tools_ts([{"type": "_plugin", "function": {"name": "x"}}]) == "# Tools\n\n"  # not "": no JSON
     assert declare_tools_ts([]) is None
 
 

@@ -96,6 +96,15 @@ def test_missing_tool_requests_declare_no_fitting_tool(train_ex) -> None:
         assert not x.expect_calls and not x.messages[x.eval_at].get("tool_calls")
 
 
+def test_prose_turns_ask_nothing_and_get_text(train_ex) -> None:
+    prose = [e for e in train_ex if e.kind == "prose"]
+    assert prose and any(e.tools for e in prose) and any(not e.tools for e in prose)
+    for x in prose:
+        user = x.messages[x.eval_at - 1]["content"]
+        assert x.messages[x.eval_at - 1]["role"] == "user" and len(user.split()) >= 3
+        assert not x.expect_calls and not x.messages[x.eval_at].get("tool_calls") and x.messages[x.eval_at]["content"]
+
+
 def _spans(ids: list[int], mask: list[int]) -> list[tuple[int, int]]:
     out, start = [], None
     for i, m in enumerate(mask + [0]):
