@@ -225,8 +225,11 @@ def test_bench_through_the_gateway_scrapes_its_metrics(server: str, tiny_ckpt: P
     assert g["requests"] == p["completed"] == p["requests"] == 4
     assert g["output_tokens"] == 4 * OSL and g["input_tokens"] > 4 * ISL  # the chat template adds to ISL
     assert g["input_tokens"] == 4 * m["input_tokens"]  # aiperf's ISL is the usage the gateway sent back
-    assert 0 < g["latency_ms_avg"] < m["latency_ms_avg"]  # the server's window lies inside the client's
-    assert 0 < g["ttft_ms_avg"] < g["latency_ms_avg"] and g["itl_ms_avg"] > 0
+    # Each request's first output is seen by the gateway before aiperf receives it, after aiperf sent the request:
+    # the server's TTFT window lies inside the client's. Latency cannot be compared so: aiperf's ends at the last
+    # content chunk, the gateway's at the engine's finish, which may come a step later.
+    assert 0 < g["ttft_ms_avg"] < m["ttft_ms_avg"]
+    assert g["ttft_ms_avg"] < g["latency_ms_avg"] and g["itl_ms_avg"] > 0
     assert g["ttft_ms_p50"] > 0 and g["ttft_ms_p99"] >= g["ttft_ms_p50"] and g["latency_ms_p99"] > 0
     assert 1 <= g["concurrency_max"] <= 2
     row = next(ln for ln in report.splitlines() if ln.startswith("| 2 | gateway |"))
