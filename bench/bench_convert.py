@@ -56,6 +56,7 @@ CASES: dict[str, tuple[str, ...]] = {
     "fp8-block": ("--to", "fp8-block"),
     "nvfp4": ("--to", "nvfp4"),
     "w4a8": ("--to", "w4a8"),
+    "ct-int4": ("--to", "ct-int4"),
     "int4 → fp8-block": ("--to", "fp8-block"),
 }
 INT4_CASES = ("int4 → fp8-block",)

@@ -53,9 +53,9 @@ CT_INT4_PACK = 8
 HF_QUANT_CONFIG = "hf_quant_config.json"
 """ModelOpt's quantization file, which TensorRT-LLM reads before config.json's ``quantization_config``."""
 REQUANT_TARGETS = ("nvfp4", "w4a8")
+"""ModelOpt layouts ``k2trt convert`` writes (routed experts in 4 bits)."""
 CT_METHOD = "compressed-tensors"
 """config.json ``quant_method`` of Moonshot's native INT4 checkpoints (K2-Thinking, K2.5, K2.6)."""
-"""ModelOpt layouts ``k2trt convert`` writes (routed experts in 4 bits)."""
 QUANT_ALGO = {"nvfp4": "NVFP4", "w4a8": "W4A8_AWQ"}
 """ModelOpt/TensorRT-LLM ``quant_algo`` of the routed experts per requant target."""
 QUANT_LAYOUTS: dict[str, tuple[str, str]] = {

@@ -6,8 +6,9 @@ Every source tensor gets exactly one ``Op``, in file order, so each output shard
 - ``copy``: the bytes as they are (every tensor of a ``trtllm`` shard, norms, embeddings, routers, and linears the
   target keeps in their format);
 - a re-encode of a linear weight, named by its output format (``ENCODE_KIND``): ``dequant`` (→ BF16), ``quant``
-  (→ block FP8), ``nvfp4``, ``int4``. Its outputs are the output format's parts (``formats.FORMATS``), written where
-  the source weight was; it reads the source weight's other parts (scales) wherever they are;
+  (→ block FP8), ``nvfp4``, ``int4`` (W4A8's), ``ct-int4`` (compressed-tensors). Its outputs are the output
+  format's parts (``formats.FORMATS``), written where the source weight was; it reads the source weight's other
+  parts (scales) wherever they are;
 - ``drop``: a source part consumed by its weight's re-encode (the block scale of a dequantised weight).
 
 A linear's output format is the output spec's (``ModelSpec.linear_format`` under the target's quantization, see
@@ -45,7 +46,7 @@ def _torch_free(op: "Op") -> bool:
             "int4": fp8 or bf16_bits}.get(op.kind, False)
 
 
-ENCODE_KIND = {"bf16": "dequant", "fp8": "quant", "nvfp4": "nvfp4", "int4": "int4"}
+ENCODE_KIND = {"bf16": "dequant", "fp8": "quant", "nvfp4": "nvfp4", "int4": "int4", "ct-int4": "ct-int4"}
 """Op kind of a re-encode, by output storage format."""
 # Weight formats that must not ride along as "side files": a loader could pick them up instead of the shards.
 _NOT_CARRIED = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".partial")
@@ -58,7 +59,7 @@ class ConvertOptions:
     The CLI takes its defaults from here."""
 
     target: str = "trtllm"
-    """A row of ``targets.TARGETS``: ``trtllm``, ``bf16``, ``fp8-block``, ``nvfp4`` or ``w4a8``."""
+    """A row of ``targets.TARGETS``: ``trtllm``, ``bf16``, ``fp8-block``, ``nvfp4``, ``w4a8`` or ``ct-int4``."""
     kv_cache_dtype: str = "auto"
     """``fp8`` asks TensorRT-LLM for an FP8 KV cache (hf_quant_config.json); ``auto`` leaves KV as BF16."""
     model_type: str = "auto"
@@ -218,6 +219,9 @@ def plan_conversion(src: str | Path, dst: str | Path, options: ConvertOptions = 
                               "load as they are", f"convert them: k2trt convert {src} {dst} --to fp8-block (Hopper) "
                               "or --to nvfp4 (Blackwell)")
     kv = options.kv_cache_dtype == "fp8"
+    if kv and not t.fp8_kv:
+        raise CheckpointError(f"--kv-cache-dtype fp8 does not apply to --to {t.name}: TensorRT-LLM, which reads it "
+                              "from hf_quant_config.json, cannot load that format", "leave --kv-cache-dtype at auto")
     out = spec.with_quantization(t.quantization(spec, kv))
     headers = [_read_validated_header(s / f) for f in _source_shards(s)]
     entries, vision = names.strip_text_prefix({n: e for h in headers for n, e in h.tensors.items()})

@@ -14,6 +14,9 @@ bf16       every quantized linear weight dequantised to BF16 (FP8 with the exact
 fp8-block  every linear weight in block FP8 (BF16 quantised with one amax/448 scale per 128×128 block; FP8 kept)
 nvfp4      Blackwell: routed experts NVFP4 (modelopt), every other linear BF16
 w4a8       Hopper: routed experts INT4 per 128 with FP8 activations, every other linear block FP8
+ct-int4    K2-Thinking / K2.5's own layout: routed experts compressed-tensors INT4 (group 32, quantized by the package
+           itself), every other linear BF16, K2-Thinking's ``quantization_config`` (for engines that load it, and
+           the tiny K2's INT4 variant; TensorRT-LLM cannot, so ``--kv-cache-dtype fp8`` is refused)
 =========  ========================================================================================================
 
 Adding a target is a row here (plus, for a new output storage format, its ``encode`` in ``formats.py``).
@@ -46,6 +49,9 @@ class Target:
     """Shards are linked or copied as files (no tensor is touched)."""
     calibrated: bool = False
     """Takes ``--calib-data`` (activation scales of 4-bit experts); its source must not be 4-bit already."""
+    fp8_kv: bool = True
+    """Takes ``--kv-cache-dtype fp8`` (``hf_quant_config.json``'s ``kv_cache_quant_algo``, which TensorRT-LLM
+    reads): every target whose output TensorRT-LLM loads."""
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
@@ -57,6 +63,9 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            lambda spec, kv: Quantization.requant("nvfp4", "FP8" if kv else None), calibrated=True),
     Target("w4a8", "(Hopper) INT4 routed experts with FP8 activations, the rest block FP8",
            lambda spec, kv: Quantization.requant("w4a8", "FP8" if kv else None), calibrated=True),
+    Target("ct-int4", "K2-Thinking's own format: compressed-tensors INT4 routed experts (group 32), the rest BF16 "
+           "(vLLM, SGLang and k2trt's reference engine load it; TensorRT-LLM does not)",
+           lambda spec, kv: Quantization.compressed_int4(), fp8_kv=False),
 )}
 
 

@@ -8,7 +8,10 @@ One check per op kind, each by a different path from the converter's:
 - ``quant``: weight and scales equal to ``fp8.quantize`` of the whole source tensor;
 - ``nvfp4`` / ``int4``: every element within its format's rounding bound of the source weight (NVFP4: one e2m1
   unit, ``weight_scale · weight_scale_2``; INT4: half a group scale), and gate/up sharing ``weight_scale_2`` /
-  ``input_scale`` (TensorRT-LLM fuses them). A transposed or mis-blocked scale breaks the bound.
+  ``input_scale`` (TensorRT-LLM fuses them). A transposed or mis-blocked scale breaks the bound;
+- ``ct-int4`` (compressed-tensors, symmetric): every element within half a group scale of the source, plus the
+  BF16 rounding of that scale (the group's largest magnitude sits at 7.5 steps and rounds onto the code 7 or -8),
+  and ``weight_shape`` the source's shape.
 
 Then, once every value is right, the structure: each shard's header lists exactly the planned tensors in order,
 every file's size and hash match the manifest, and the index matches the plan. Raises CheckpointError naming
@@ -29,7 +32,7 @@ from k2trt.checkpoint.manifest import Manifest, file_matches
 from k2trt.checkpoint.plan import Op, Plan, ShardPlan
 from k2trt.checkpoint.reader import CheckpointReader
 from k2trt.errors import CheckpointError
-from k2trt.spec import NVFP4_GROUP, W4A8_GROUP
+from k2trt.spec import CT_INT4_GROUP, NVFP4_GROUP, W4A8_GROUP
 
 if TYPE_CHECKING:
     import torch
@@ -108,7 +111,7 @@ def _verify_shard(plan: Plan, sp: ShardPlan, src: CheckpointReader, out: Checkpo
         if op.kind == "copy":
             if not linked:
                 _same_bytes(src, op.src, out, got[0])
-        elif op.kind in ("nvfp4", "int4"):
+        elif op.kind in ("nvfp4", "int4", "ct-int4"):
             rel = _within_bound(op, src, out, plan)
             with lock:
                 worst[op.kind] = max(worst.get(op.kind, 0.0), rel)
@@ -167,11 +170,15 @@ def _within_bound(op: Op, src: CheckpointReader, out: CheckpointReader, plan: Pl
 
     if op.kind == "nvfp4":
         step = (part("scale").float() * part("scale_2")).repeat_interleave(NVFP4_GROUP, 1)
+    elif op.kind == "ct-int4":
+        if part("shape").tolist() != list(st.shape):
+            raise bad(ost.fmt.part_name(module, "shape"), f"is not the weight's shape {list(st.shape)}")
+        step = (0.5 + 2**-4) * part("scale").float().repeat_interleave(CT_INT4_GROUP, 1)  # 7.5 / bf16's 1 - 2^-8
     else:
         step = 0.5 * part("scale").repeat_interleave(W4A8_GROUP, 1) * (1 + 2**-7)
     if ((got - w).abs() > step + 1e-7).any():
         raise bad(st.name, f"is off its source by more than the {op.kind} rounding bound (scale layout?)")
-    if op.role == "expert_up":
+    if op.role == "expert_up" and op.kind != "ct-int4":
         gate = formats.stored(out.locations, names.name_of("expert_gate", op.layer, op.expert))
         assert gate is not None
         for p in (("scale_2", "input_scale") if op.kind == "nvfp4" else ("input_scale",)):

@@ -24,7 +24,7 @@ _CALIBRATED = [t.name for t in TARGETS.values() if t.calibrated]
 @click.argument("dst", type=click.Path(path_type=Path))
 @click.option("--to", "target", type=click.Choice(list(TARGETS)), default=_D.target, show_default=True,
               help=" ".join(f"{t.name}: {t.help}." for t in TARGETS.values())
-              + " The 4-bit targets need the quant extra (nvidia-modelopt).")
+              + " The 4-bit targets need the quant extra (nvidia-modelopt; compressed-tensors for ct-int4).")
 @click.option("--kv-cache-dtype", type=click.Choice(KV_CACHE_DTYPES), default=_D.kv_cache_dtype,
               show_default=True, help="fp8: hf_quant_config.json asks TensorRT-LLM for an FP8 KV cache.")
 @click.option("--model-type", type=click.Choice(MODEL_TYPES), default=_D.model_type, show_default=True,

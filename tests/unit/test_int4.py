@@ -170,6 +170,77 @@ def test_every_target_converts_and_verifies(ckpts: dict[str, Path]) -> None:
     assert Thresholds.for_pair(ckpts["src"], ckpts["bf16"]).max_kl == 1e-3
 
 
+def _tensors(d: Path) -> dict[str, "torch.Tensor"]:
+    from safetensors.torch import load_file
+
+    return {k: v for f in sorted(d.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+def test_ct_int4_target_writes_k2_thinkings_own_layout(ckpts: dict[str, Path], tiny_ckpt: Path,
+                                                      tmp_path: Path) -> None:
+    """``--to ct-int4`` (the tiny K2's INT4 variant is written by it): a K2-Thinking source comes out unchanged,
+    byte for byte; from its BF16 conversion every routed expert is the compressed-tensors package's own quantization
+    of the BF16 weight, every other tensor the BF16 bytes, config.json K2-Thinking's, and verify passes; K2-Instruct's
+    block FP8 converts too; ``--kv-cache-dtype fp8`` (a TensorRT-LLM setting) is refused."""
+    from k2trt.checkpoint.verify import verify_output
+    from k2trt.errors import CheckpointError
+    from k2trt.presets import K2_THINKING_QUANT
+
+    same = convert(ckpts["src"], tmp_path / "same", ConvertOptions(target="ct-int4")).plan.dst
+    for f in sorted(ckpts["src"].glob("*.safetensors")):
+        assert (same / f.name).read_bytes() == f.read_bytes(), f.name
+    src_cfg = json.loads((ckpts["src"] / "config.json").read_text())
+    assert json.loads((same / "config.json").read_text()) == src_cfg
+
+    res = convert(ckpts["bf16"], tmp_path / "back", ConvertOptions(target="ct-int4"), verify=True)
+    assert res.verified and res.verified["tensors"] > 0
+    back, bf = _tensors(res.plan.dst), _tensors(ckpts["bf16"])
+    experts = 0
+    for name, w in bf.items():
+        p = names.parse(name)
+        if p is not None and p.role in ("expert_gate", "expert_up", "expert_down"):
+            mod = name.removesuffix(".weight")
+            want = dict(zip(("weight_packed", "weight_scale", "weight_shape"), quantize_ct_int4(w)))
+            for part, t in want.items():
+                assert torch.equal(back.pop(f"{mod}.{part}"), t), (mod, part)
+            experts += 1
+        else:
+            assert torch.equal(back.pop(name), w), name
+    assert not back and experts == 2 * 16 * 3  # 2 MoE layers × 16 experts × gate/up/down, nothing else written
+    cfg = json.loads((res.plan.dst / "config.json").read_text())
+    assert cfg["quantization_config"] == K2_THINKING_QUANT == src_cfg["quantization_config"]
+    assert ModelSpec.from_config(cfg).quantization.is_int4_source
+    assert inspect_checkpoint(res.plan.dst).ok
+    rep = between(ckpts["src"], res.plan.dst, prompts=8)
+    # not lossless: a dequantized group's largest magnitude is 7 or 8 steps, so its new scale (amax / 7.5) is not
+    # the old one and the codes round again
+    assert rep.passed and rep.metrics["kl"] > 1e-4, rep.metrics
+
+    fp8 = convert(tiny_ckpt, tmp_path / "from-fp8", ConvertOptions(target="ct-int4"))
+    assert ModelSpec.from_config(json.loads((fp8.plan.dst / "config.json").read_text())).quantization.layout == \
+        "ct-int4"
+    assert between(tiny_ckpt, fp8.plan.dst, prompts=4).passed
+    swapped = _swapped_nibbles_encode(formats.FORMATS["ct-int4"])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(formats.FORMATS, "ct-int4", swapped)
+        bad = convert(tiny_ckpt, tmp_path / "swapped", ConvertOptions(target="ct-int4")).plan
+    with pytest.raises(CheckpointError, match="off its source by more than the ct-int4 rounding bound"):
+        verify_output(bad)  # convert --verify catches a mispacked encoder
+    assert not between(tiny_ckpt, bad.dst, prompts=4).passed  # and so do the 4-bit logit thresholds
+    with pytest.raises(CheckpointError, match="kv-cache-dtype fp8 does not apply to --to ct-int4"):
+        convert(tiny_ckpt, tmp_path / "kv", ConvertOptions(target="ct-int4", kv_cache_dtype="fp8"))
+    assert not (tmp_path / "kv").exists()
+
+
+def _swapped_nibbles_encode(row: formats.StorageFormat) -> formats.StorageFormat:
+    def encode(w: "torch.Tensor", extra: dict) -> "list[torch.Tensor]":
+        packed, *rest = row.encode(w, extra)
+        b = packed.contiguous().view(torch.uint8)
+        return [((b >> 4) | ((b & 15) << 4)).view(torch.int32), *rest]
+
+    return dataclasses.replace(row, encode=encode)
+
+
 def test_bf16_is_the_exact_dequantisation_rounded_once(ckpts: dict[str, Path]) -> None:
     """``--to bf16``: every expert is code × scale (exact in float32) rounded once to BF16 — relative error at most
     2^-8 per weight (BF16 unit roundoff); the BF16 rest is copied byte for byte."""

@@ -1,6 +1,7 @@
 """The committed trained tiny K2 is what ``k2trt train-tiny`` writes, its recorded run reproduces, and it passes
-the held-out gates through the reference model's own ``generate``; its 4-bit requantizations (NVFP4, W4A8) stay
-within ``k2trt verify``'s thresholds of its exact BF16 dequantisation.
+the held-out gates through the reference model's own ``generate``; its 4-bit variants (NVFP4, W4A8, and INT4 as
+K2-Thinking ships it, compressed-tensors group 32) stay within ``k2trt verify``'s thresholds of its exact BF16
+dequantisation.
 
 Reproduction: the corpus (sha256 over every token and loss-mask bit) and the held-out prompts hash to the values
 recorded in ``training.json``, and the first training steps, re-run from scratch under the recorded thread count,
@@ -113,7 +114,7 @@ def bf16(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["nvfp4", "w4a8"])
+@pytest.mark.parametrize("target", ["nvfp4", "w4a8", "ct-int4"])
 def test_requantized_trained_model_stays_within_verify_thresholds(bf16, target, tmp_path) -> None:
     from k2trt.checkpoint.convert import ConvertOptions, convert
     from k2trt.reference.verify import between
