@@ -68,7 +68,7 @@ def _render(rep: "object", show_layers: bool) -> None:
     total = sum(rep.bytes_by_dtype.values())
     con.print(f"[bold]{rep.model_dir}[/bold]: {rep.model_type or '?'}, quantization {rep.quantization or '?'}")
     con.print(f"  {rep.shards} shards, {rep.tensors:,} tensors, {rep.params:,} parameters "
-              f"({rep.params / 1e9:.1f} B), {total / 2**30:.1f} GiB, linear weights "
+              f"({_count(rep.params)}), {_size(total)}, linear weights "
               + (", ".join(f"{k} {v:.1%}" for k, v in sorted(rep.coverage.items(), key=lambda kv: -kv[1]))
                  or f"fp8 {rep.fp8_coverage:.1%}"))
     con.print("  bytes by dtype: " + ", ".join(f"{k} {v / 2**30:.2f} GiB" for k, v in
@@ -106,3 +106,15 @@ def _render_int4(con: "object", d: dict) -> None:  # type: ignore[type-arg]
     for k, cmd in d["convert"].items():
         why = INT4_CONVERSIONS.get(k, INT4_CONVERSIONS["blackwell" if "nvfp4" in cmd else "hopper"])[1]
         con.print(f"    {k}: {cmd}   # {why}", soft_wrap=True)
+
+
+def _count(n: int) -> str:
+    """A parameter count at a glance: ``1.03 T``, ``32.5 B``, ``15.7 M``."""
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:,}"
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"

@@ -126,6 +126,7 @@ def test_inspect_cli_names_the_conversion_for_the_gpu(full: Path) -> None:
     flat = " ".join(r.output.split())
     assert "TensorRT-LLM cannot load INT4 experts" in flat and f"k2trt convert {full} DST --to fp8-block" in flat
     assert "ct-int4 99.1%" in flat and "weight_packed I32[2048, 896]" in flat
+    assert " parameters (1.03 T), 553.4 GiB," in flat, flat[:300]  # at a glance: the count and the bytes
     r = CliRunner().invoke(cli, ["inspect", str(full), "--gpu", "b200", "--json"])
     assert json.loads(r.output)["int4"]["convert"] == {"b200": f"k2trt convert {full} DST --to nvfp4"}
 
@@ -182,7 +183,10 @@ def test_ct_int4_target_writes_k2_thinkings_own_layout(ckpts: dict[str, Path], t
     byte for byte; from its BF16 conversion every routed expert is the compressed-tensors package's own quantization
     of the BF16 weight, every other tensor the BF16 bytes, config.json K2-Thinking's, and verify passes; K2-Instruct's
     block FP8 converts too; ``--kv-cache-dtype fp8`` (a TensorRT-LLM setting) is refused."""
+    from click.testing import CliRunner
+
     from k2trt.checkpoint.verify import verify_output
+    from k2trt.cli import cli
     from k2trt.errors import CheckpointError
     from k2trt.presets import K2_THINKING_QUANT
 
@@ -211,6 +215,8 @@ def test_ct_int4_target_writes_k2_thinkings_own_layout(ckpts: dict[str, Path], t
     assert cfg["quantization_config"] == K2_THINKING_QUANT == src_cfg["quantization_config"]
     assert ModelSpec.from_config(cfg).quantization.is_int4_source
     assert inspect_checkpoint(res.plan.dst).ok
+    shown = " ".join(CliRunner().invoke(cli, ["inspect", str(res.plan.dst)]).output.split())
+    assert "compressed-tensors INT4 experts" in shown and "parameters (15.7 M), 21.2 MiB," in shown, shown[:300]
     rep = between(ckpts["src"], res.plan.dst, prompts=8)
     # not lossless: a dequantized group's largest magnitude is 7 or 8 steps, so its new scale (amax / 7.5) is not
     # the old one and the codes round again
