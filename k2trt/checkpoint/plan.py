@@ -219,10 +219,10 @@ def plan_conversion(src: str | Path, dst: str | Path, options: ConvertOptions = 
                               "load as they are", f"convert them: k2trt convert {src} {dst} --to fp8-block (Hopper) "
                               "or --to nvfp4 (Blackwell)")
     kv = options.kv_cache_dtype == "fp8"
-    if kv and not t.fp8_kv:
+    out = spec.with_quantization(t.quantization(spec, kv))
+    if kv and out.quantization is not None and out.quantization.is_int4_source:
         raise CheckpointError(f"--kv-cache-dtype fp8 does not apply to --to {t.name}: TensorRT-LLM, which reads it "
                               "from hf_quant_config.json, cannot load that format", "leave --kv-cache-dtype at auto")
-    out = spec.with_quantization(t.quantization(spec, kv))
     headers = [_read_validated_header(s / f) for f in _source_shards(s)]
     entries, vision = names.strip_text_prefix({n: e for h in headers for n, e in h.tensors.items()})
     linears, part_of, scales = _linears(entries)

@@ -49,9 +49,6 @@ class Target:
     """Shards are linked or copied as files (no tensor is touched)."""
     calibrated: bool = False
     """Takes ``--calib-data`` (activation scales of 4-bit experts); its source must not be 4-bit already."""
-    fp8_kv: bool = True
-    """Takes ``--kv-cache-dtype fp8`` (``hf_quant_config.json``'s ``kv_cache_quant_algo``, which TensorRT-LLM
-    reads): every target whose output TensorRT-LLM loads."""
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
@@ -65,7 +62,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            lambda spec, kv: Quantization.requant("w4a8", "FP8" if kv else None), calibrated=True),
     Target("ct-int4", "K2-Thinking's own format: compressed-tensors INT4 routed experts (group 32), the rest BF16 "
            "(vLLM, SGLang and k2trt's reference engine load it; TensorRT-LLM does not)",
-           lambda spec, kv: Quantization.compressed_int4(), fp8_kv=False),
+           lambda spec, kv: Quantization.compressed_int4()),
 )}
 
 

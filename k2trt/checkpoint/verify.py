@@ -179,10 +179,11 @@ def _within_bound(op: Op, src: CheckpointReader, out: CheckpointReader, plan: Pl
         step = 0.5 * part("scale").repeat_interleave(W4A8_GROUP, 1) * (1 + 2**-7)
     if ((got - w).abs() > step + 1e-7).any():
         raise bad(st.name, f"is off its source by more than the {op.kind} rounding bound (scale layout?)")
-    if op.role == "expert_up" and op.kind != "ct-int4":
+    fused = [p for p in ("scale_2", "input_scale") if p in ost.parts]  # the per-tensor scales a format has
+    if op.role == "expert_up" and fused:
         gate = formats.stored(out.locations, names.name_of("expert_gate", op.layer, op.expert))
         assert gate is not None
-        for p in (("scale_2", "input_scale") if op.kind == "nvfp4" else ("input_scale",)):
+        for p in fused:
             if not torch.equal(part(p), out.tensor(gate.parts[p])):
                 raise bad(ost.fmt.part_name(module, p), "differs from the gate's (TensorRT-LLM fuses gate and up)")
     return float((got - w).norm() / max(float(w.norm()), 1e-30))

@@ -393,6 +393,25 @@ def test_verify_passes_the_output_and_catches_wrong_scale_layouts(ckpts: dict[st
             verify_output(plan_conversion(ckpts["src"], bad_dir, ConvertOptions(target=target)))
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_verify_catches_an_up_input_scale_that_is_not_the_gates(ckpts: dict[str, Path], tmp_path: Path,
+                                                                target: str) -> None:
+    """TensorRT-LLM fuses gate and up, so their activation scales must be one: ``convert --verify`` refuses an up
+    projection whose ``input_scale`` was doubled in place (its weights still decode within bounds; a changed
+    ``weight_scale_2`` is caught by the rounding bound first)."""
+    part = "input_scale"
+    out = tmp_path / target
+    shutil.copytree(ckpts[target], out)
+    e = _tensors(out)[names.name_of("expert_up", 1, 5).removesuffix("weight") + part]
+    with open(out / e.file, "r+b") as f:
+        f.seek(e.begin)
+        v = np.frombuffer(f.read(e.nbytes), dtype=np.float32) * 2
+        f.seek(e.begin)
+        f.write(v.tobytes())
+    with pytest.raises(CheckpointError, match=f"{part} differs from the gate's"):
+        verify_output(plan_conversion(ckpts["src"], out, ConvertOptions(target=target)))
+
+
 def test_inspect_catches_a_transposed_scale_shape(ckpts: dict[str, Path], tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     _rewrite_expert_scales(ckpts["nvfp4"], bad, ".weight_scale", "shape")
